@@ -1,0 +1,275 @@
+-- Reference subset of XiVO's `asterisk` database: the tables that HA touches.
+-- Load into an empty database created with UTF8 encoding:
+--   createdb -E UTF8 -T template0 asterisk && psql -d asterisk -f asterisk.sql
+-- Replicated to the slave: configuration (users, lines, extensions, voicemail, SIP,
+-- contexts, DHCP, trunks).  Excluded by default: network configuration (netiface,
+-- resolvconf), support configuration (mail, monitoring), provisioning, event data
+-- (queue_log, cel, call_log*, stat_*), and alembic_version (compared, not copied).
+
+BEGIN;
+
+CREATE TABLE alembic_version (
+    version_num varchar(32) PRIMARY KEY
+);
+INSERT INTO alembic_version VALUES ('2c1b3ad2b9d7');
+
+CREATE TABLE context (
+    id serial PRIMARY KEY,
+    name varchar(39) NOT NULL UNIQUE,
+    displayname varchar(128),
+    entity varchar(64),
+    contexttype varchar(40) NOT NULL DEFAULT 'internal',
+    commented integer NOT NULL DEFAULT 0,
+    description text NOT NULL DEFAULT ''
+);
+
+CREATE TABLE userfeatures (
+    id serial PRIMARY KEY,
+    uuid varchar(38) NOT NULL UNIQUE,
+    firstname varchar(128) NOT NULL DEFAULT '',
+    lastname varchar(128) NOT NULL DEFAULT '',
+    email varchar(254),
+    callerid varchar(160),
+    language varchar(20),
+    voicemailid integer,
+    enablednd integer NOT NULL DEFAULT 0,
+    enableunc integer NOT NULL DEFAULT 0,
+    destunc varchar(128) NOT NULL DEFAULT '',
+    description text NOT NULL DEFAULT '',
+    commented integer NOT NULL DEFAULT 0
+);
+
+-- voicemail <-> userfeatures: the circular pair of foreign keys.
+CREATE TABLE voicemail (
+    uniqueid serial PRIMARY KEY,
+    context varchar(39) NOT NULL REFERENCES context (name),
+    mailbox varchar(40) NOT NULL,
+    password varchar(80),
+    fullname varchar(80) NOT NULL DEFAULT '',
+    email varchar(80),
+    user_id integer REFERENCES userfeatures (id),
+    commented integer NOT NULL DEFAULT 0,
+    UNIQUE (mailbox, context)
+);
+ALTER TABLE userfeatures
+    ADD CONSTRAINT userfeatures_voicemailid_fkey FOREIGN KEY (voicemailid) REFERENCES voicemail (uniqueid);
+
+CREATE TABLE usersip (
+    id serial PRIMARY KEY,
+    name varchar(40) NOT NULL UNIQUE,
+    type varchar(8) NOT NULL DEFAULT 'friend',
+    username varchar(80),
+    secret varchar(80) NOT NULL DEFAULT '',
+    context varchar(39) REFERENCES context (name),
+    host varchar(255) NOT NULL DEFAULT 'dynamic',
+    callerid varchar(160),
+    qualify varchar(4),
+    category varchar(8) NOT NULL DEFAULT 'user',
+    commented integer NOT NULL DEFAULT 0
+);
+
+CREATE TABLE linefeatures (
+    id serial PRIMARY KEY,
+    protocol varchar(8) NOT NULL DEFAULT 'sip',
+    protocolid integer NOT NULL REFERENCES usersip (id),
+    name varchar(128) NOT NULL,
+    context varchar(39) NOT NULL REFERENCES context (name),
+    provisioningid integer NOT NULL,
+    num integer NOT NULL DEFAULT 1,
+    commented integer NOT NULL DEFAULT 0,
+    description text NOT NULL DEFAULT ''
+);
+
+CREATE TABLE extensions (
+    id serial PRIMARY KEY,
+    commented integer NOT NULL DEFAULT 0,
+    context varchar(39) NOT NULL DEFAULT '' REFERENCES context (name),
+    exten varchar(40) NOT NULL DEFAULT '',
+    type varchar(40) NOT NULL,
+    typeval varchar(255) NOT NULL DEFAULT '',
+    UNIQUE (exten, context)
+);
+
+CREATE TABLE user_line (
+    user_id integer NOT NULL REFERENCES userfeatures (id) ON DELETE CASCADE,
+    line_id integer NOT NULL REFERENCES linefeatures (id) ON DELETE CASCADE,
+    extension_id integer REFERENCES extensions (id),
+    main_user boolean NOT NULL DEFAULT true,
+    main_line boolean NOT NULL DEFAULT true,
+    PRIMARY KEY (user_id, line_id)
+);
+
+-- Asterisk sip.conf as rows; HA forces minexpiry/maxexpiry/defaultexpiry.
+CREATE TABLE staticsip (
+    id serial PRIMARY KEY,
+    cat_metric integer NOT NULL DEFAULT 0,
+    var_metric integer NOT NULL DEFAULT 0,
+    commented integer NOT NULL DEFAULT 0,
+    filename varchar(128) NOT NULL,
+    category varchar(128) NOT NULL,
+    var_name varchar(128) NOT NULL,
+    var_val varchar(255)
+);
+
+CREATE TABLE trunkfeatures (
+    id serial PRIMARY KEY,
+    protocol varchar(8) NOT NULL DEFAULT 'sip',
+    protocolid integer REFERENCES usersip (id),
+    name varchar(128) NOT NULL UNIQUE,
+    registerid integer NOT NULL DEFAULT 0,
+    registercommented integer NOT NULL DEFAULT 0,
+    register_expiry integer,
+    description text NOT NULL DEFAULT ''
+);
+
+CREATE TABLE dhcp (
+    id serial PRIMARY KEY,
+    active integer NOT NULL DEFAULT 0,
+    pool_start varchar(64) NOT NULL DEFAULT '',
+    pool_end varchar(64) NOT NULL DEFAULT '',
+    extra_ifaces varchar(255) NOT NULL DEFAULT ''
+);
+
+-- Excluded from replication: each node keeps its own.
+CREATE TABLE netiface (
+    id serial PRIMARY KEY,
+    ifname varchar(64) NOT NULL UNIQUE,
+    hwtypeid integer NOT NULL DEFAULT 65534,
+    networktype varchar(16) NOT NULL DEFAULT 'voip',
+    type varchar(8) NOT NULL DEFAULT 'iface',
+    family varchar(8) NOT NULL DEFAULT 'inet',
+    method varchar(8) DEFAULT 'static',
+    address varchar(39),
+    netmask varchar(39),
+    broadcast varchar(15),
+    gateway varchar(39),
+    mtu integer,
+    disable integer NOT NULL DEFAULT 0,
+    description text
+);
+
+CREATE TABLE resolvconf (
+    id serial PRIMARY KEY,
+    hostname varchar(63) NOT NULL DEFAULT 'xivo',
+    domain varchar(255) NOT NULL DEFAULT '',
+    nameserver1 varchar(255),
+    nameserver2 varchar(255),
+    nameserver3 varchar(255),
+    search varchar(255),
+    description text
+);
+
+CREATE TABLE mail (
+    id serial PRIMARY KEY,
+    mydomain varchar(255) NOT NULL DEFAULT '0',
+    origin varchar(255) NOT NULL DEFAULT 'xivo-clients.proformatique.com',
+    relayhost varchar(255),
+    fallback_relayhost varchar(255),
+    canonical text NOT NULL DEFAULT ''
+);
+
+CREATE TABLE monitoring (
+    id serial PRIMARY KEY,
+    maintenance integer NOT NULL DEFAULT 0,
+    alert_emails varchar(4096),
+    dahdi_monitor_ports varchar(255),
+    max_call_duration integer
+);
+
+CREATE TABLE provisioning (
+    id serial PRIMARY KEY,
+    net4_ip varchar(39) NOT NULL,
+    net4_ip_rest varchar(39) NOT NULL,
+    username varchar(32) NOT NULL,
+    password varchar(32) NOT NULL,
+    dhcp_integration integer NOT NULL DEFAULT 0,
+    rest_port integer NOT NULL,
+    http_port integer NOT NULL,
+    private integer NOT NULL DEFAULT 0,
+    secure integer NOT NULL DEFAULT 0
+);
+
+CREATE TABLE queue_log (
+    time varchar(26) DEFAULT '',
+    callid varchar(32) DEFAULT '',
+    queuename varchar(50) DEFAULT '',
+    agent varchar(50) DEFAULT '',
+    event varchar(20) DEFAULT '',
+    data1 varchar(30) DEFAULT '',
+    data2 varchar(30) DEFAULT '',
+    data3 varchar(30) DEFAULT '',
+    data4 varchar(30) DEFAULT '',
+    data5 varchar(30) DEFAULT ''
+);
+
+CREATE TABLE cel (
+    id serial PRIMARY KEY,
+    eventtype varchar(30) NOT NULL,
+    eventtime timestamp NOT NULL,
+    cid_num varchar(80) NOT NULL DEFAULT '',
+    exten varchar(80) NOT NULL DEFAULT '',
+    context varchar(80) NOT NULL DEFAULT '',
+    uniqueid varchar(150) NOT NULL,
+    linkedid varchar(150) NOT NULL
+);
+
+CREATE TABLE call_log (
+    id serial PRIMARY KEY,
+    date timestamptz NOT NULL,
+    date_answer timestamptz,
+    date_end timestamptz,
+    source_name varchar(255),
+    source_exten varchar(255),
+    destination_exten varchar(255)
+);
+
+CREATE TABLE call_log_participant (
+    uuid varchar(38) PRIMARY KEY,
+    call_log_id integer NOT NULL REFERENCES call_log (id) ON DELETE CASCADE,
+    user_uuid varchar(38) NOT NULL,
+    role varchar(16) NOT NULL
+);
+
+CREATE TABLE stat_agent (
+    id serial PRIMARY KEY,
+    name varchar(128) NOT NULL
+);
+
+CREATE TABLE stat_queue (
+    id serial PRIMARY KEY,
+    name varchar(128) NOT NULL
+);
+
+CREATE TABLE stat_call_on_queue (
+    id serial PRIMARY KEY,
+    callid varchar(32) NOT NULL,
+    time timestamp NOT NULL,
+    stat_queue_id integer REFERENCES stat_queue (id),
+    stat_agent_id integer REFERENCES stat_agent (id),
+    status varchar(32) NOT NULL
+);
+
+-- Reference rows of a freshly installed node (wizard passed, HA disabled).
+INSERT INTO context (name, displayname, entity, contexttype) VALUES
+    ('default', 'Default', 'xivo', 'internal'),
+    ('from-extern', 'Incalls', 'xivo', 'incall'),
+    ('to-extern', 'Outcalls', 'xivo', 'outcall');
+
+INSERT INTO staticsip (cat_metric, var_metric, filename, category, var_name, var_val) VALUES
+    (0, 0, 'sip.conf', 'general', 'context', 'default'),
+    (0, 0, 'sip.conf', 'general', 'allowguest', 'no'),
+    (0, 0, 'sip.conf', 'general', 'bindport', '5060'),
+    (0, 0, 'sip.conf', 'general', 'minexpiry', NULL),
+    (0, 0, 'sip.conf', 'general', 'maxexpiry', NULL),
+    (0, 0, 'sip.conf', 'general', 'defaultexpiry', NULL),
+    (0, 0, 'sip.conf', 'general', 'registertimeout', '20');
+
+INSERT INTO netiface (ifname, address, netmask, gateway) VALUES ('eth0', '10.0.0.1', '255.255.255.0', '10.0.0.254');
+INSERT INTO resolvconf (hostname, domain, nameserver1) VALUES ('xivo', 'example.invalid', '10.0.0.254');
+INSERT INTO mail (mydomain) VALUES ('example.invalid');
+INSERT INTO monitoring (maintenance) VALUES (0);
+INSERT INTO provisioning (net4_ip, net4_ip_rest, username, password, rest_port, http_port)
+    VALUES ('10.0.0.1', '127.0.0.1', 'admin', 'admin', 8666, 8667);
+INSERT INTO dhcp (active) VALUES (0);
+
+COMMIT;

@@ -1,0 +1,32 @@
+-- Demo users for the reference schema: each user gets a SIP account, a line, an
+-- extension (1000 + n), a voicemail box and the user/line link.  Idempotent for a
+-- given range.  Usage: psql -v first=1 -v count=200 -d asterisk -f demo-users.sql
+\set ON_ERROR_STOP on
+BEGIN;
+CREATE TEMP TABLE demo_range AS
+    SELECT n FROM generate_series(:first::int, :first::int + :count::int - 1) AS n
+    WHERE NOT EXISTS (SELECT 1 FROM usersip WHERE name = 'user' || n);
+INSERT INTO usersip (name, username, secret, context, callerid)
+    SELECT 'user' || n, 'user' || n, md5('secret' || n), 'default', '"User ' || n || '" <' || (1000 + n) || '>'
+    FROM demo_range;
+INSERT INTO userfeatures (uuid, firstname, lastname, callerid, language)
+    SELECT md5('uuid' || n)::uuid::text, 'User', n::text, '"User ' || n || '"', 'en_US'
+    FROM demo_range;
+INSERT INTO voicemail (context, mailbox, password, fullname, user_id)
+    SELECT 'default', (1000 + n)::text, (1000 + n)::text, 'User ' || n, u.id
+    FROM demo_range JOIN userfeatures u ON u.uuid = md5('uuid' || n)::uuid::text;
+UPDATE userfeatures u SET voicemailid = v.uniqueid
+    FROM voicemail v WHERE v.user_id = u.id AND u.voicemailid IS NULL;
+INSERT INTO linefeatures (protocolid, name, context, provisioningid)
+    SELECT s.id, s.name, 'default', 100000 + n
+    FROM demo_range JOIN usersip s ON s.name = 'user' || n;
+INSERT INTO extensions (context, exten, type, typeval)
+    SELECT 'default', (1000 + n)::text, 'user', u.id::text
+    FROM demo_range JOIN userfeatures u ON u.uuid = md5('uuid' || n)::uuid::text;
+INSERT INTO user_line (user_id, line_id, extension_id)
+    SELECT u.id, l.id, e.id
+    FROM demo_range
+    JOIN userfeatures u ON u.uuid = md5('uuid' || n)::uuid::text
+    JOIN linefeatures l ON l.name = 'user' || n
+    JOIN extensions e ON e.exten = (1000 + n)::text AND e.context = 'default';
+COMMIT;

@@ -1,0 +1,116 @@
+"""Throw-away PostgreSQL 15 clusters for tests and benchmarks (initdb + pg_ctl as postgres)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "simulator" / "node" / "asterisk.sql"
+DEMO_USERS = REPO / "simulator" / "node" / "demo-users.sql"
+TEMPLATE = "asterisk_template"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _as_postgres(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    return subprocess.run(argv, check=True, capture_output=True, text=True, **kwargs)
+
+
+@dataclass
+class Database:
+    server: "PgServer"
+    name: str
+
+    @property
+    def dsn(self) -> str:
+        return f"host=127.0.0.1 port={self.server.port} user=postgres dbname={self.name}"
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.dsn, autocommit=True)
+
+    def query(self, sql: str, params=None) -> list[tuple]:
+        with self.connect() as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    def execute(self, sql: str, params=None) -> None:
+        with self.connect() as conn:
+            conn.execute(sql, params)
+
+    def add_demo_users(self, first: int, count: int) -> None:
+        subprocess.run(
+            ["psql", "-q", "-X", "-v", f"first={first}", "-v", f"count={count}", "-d", self.dsn,
+             "-f", str(DEMO_USERS)],
+            check=True, capture_output=True, text=True,
+        )
+
+    def snapshot(self) -> dict[str, list[tuple]]:
+        """Every table's full content, sorted: for before/after comparisons."""
+        tables = [row[0] for row in self.query(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")]
+        return {t: sorted(map(repr, self.query(f'SELECT * FROM "{t}"'))) for t in tables}
+
+
+class PgServer:
+    """A PostgreSQL cluster in a temp dir, on 127.0.0.1:<free port>, trust auth."""
+
+    def __init__(self, locale: str = "C.UTF-8"):
+        self.dir = Path(tempfile.mkdtemp(prefix="xivo-ha-pg-"))
+        self.port = free_port()
+        self.locale = locale
+        os.chmod(self.dir, 0o755)
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+
+    @property
+    def data(self) -> Path:
+        return self.dir / "data"
+
+    def start(self) -> "PgServer":
+        _as_postgres([str(PG_BIN / "initdb"), "-D", str(self.data), "-E", "UTF8",
+                      f"--locale={self.locale}", "-A", "trust", "-U", "postgres"])
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options,
+                      "-l", str(self.dir / "log"), "-w", "-t", "60", "start"])
+        self.admin("postgres").execute(f"CREATE DATABASE {TEMPLATE}")
+        subprocess.run(["psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", "-d",
+                        self.admin(TEMPLATE).dsn, "-f", str(SCHEMA)],
+                       check=True, capture_output=True, text=True)
+        return self
+
+    def admin(self, name: str) -> Database:
+        return Database(self, name)
+
+    def create_database(self, name: str | None = None, template: str = TEMPLATE, **options) -> Database:
+        name = name or f"asterisk_{uuid.uuid4().hex[:10]}"
+        extra = "".join(f" {key.upper()} '{value}'" for key, value in options.items())
+        self.admin("postgres").execute(f'CREATE DATABASE "{name}" TEMPLATE {template}{extra}')
+        return Database(self, name)
+
+    def drop_database(self, name: str) -> None:
+        self.admin("postgres").execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def stop(self) -> None:
+        try:
+            _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"])
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
