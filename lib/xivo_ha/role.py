@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import json
+import os
 from dataclasses import dataclass
 
 from . import paths, system
@@ -27,6 +28,9 @@ class HaConfig:
 
 
 DISABLED = HaConfig(Role.DISABLED, "")
+
+# Single-host test benches run both "nodes" on 127.0.0.1; production never sets this.
+ALLOW_LOOPBACK_ENV = "XIVO_HA_ALLOW_LOOPBACK_PEER"
 
 
 def parse_role(text: str) -> Role:
@@ -51,8 +55,10 @@ def validate_peer(text: str, own_addresses: frozenset[str] = frozenset()) -> str
         raise UsageError(f"IPv6 peer address {text!r} is not supported: XiVO HA works over IPv4")
     if str(address) != candidate:
         raise UsageError(f"invalid peer address {text!r}: write it as {address}")
-    if address.is_unspecified or address.is_multicast or address.is_loopback or str(address) == "255.255.255.255":
+    if address.is_unspecified or address.is_multicast or str(address) == "255.255.255.255":
         raise UsageError(f"invalid peer address {text!r}: not a unicast host address")
+    if address.is_loopback and os.environ.get(ALLOW_LOOPBACK_ENV) != "1":
+        raise UsageError(f"peer address {text!r} is a loopback address of this node: give the other node's address")
     if str(address) in own_addresses:
         raise UsageError(f"peer address {text!r} is this node's own address: give the other node's address")
     return str(address)

@@ -126,3 +126,14 @@ def touch(path: Path, mode: int = 0o644) -> None:
 def private_tempdir(prefix: str = "xivo-ha-") -> tempfile.TemporaryDirectory:
     """A 0700 temporary directory removed when the context ends."""
     return tempfile.TemporaryDirectory(prefix=prefix)
+
+
+def local_ipv4_addresses() -> frozenset[str]:
+    """This host's IPv4 addresses (every interface), from ``ip -o -4 addr show``."""
+    result = run(["ip", "-o", "-4", "addr", "show"], timeout=10)
+    addresses = set()
+    for line in result.stdout.splitlines():
+        fields = line.split()
+        if "inet" in fields:
+            addresses.add(fields[fields.index("inet") + 1].split("/")[0])
+    return frozenset(addresses)
