@@ -277,7 +277,7 @@ def _when_master_up(obs: Observations, state: State, policy: Policy, now: float)
             return (
                 Action.NOTHING,
                 f"{why}: {state.consecutive_successes} of {policy.successes_before_failback} "
-                f"consecutive good checks before failback, the services keep running",
+                f"consecutive good checks before failback, this slave keeps serving",
                 SERVING,
             )
         left = hold_down_left(state, policy, now)
@@ -285,7 +285,7 @@ def _when_master_up(obs: Observations, state: State, policy: Policy, now: float)
             return (
                 Action.NOTHING,
                 f"{why}, but the last failover was {now - state.last_failover:.0f} s ago and "
-                f"failback_hold_down is {policy.failback_hold_down:g} s: the services keep running "
+                f"failback_hold_down is {policy.failback_hold_down:g} s: this slave keeps serving "
                 f"{left:.0f} s more",
                 SERVING,
             )
