@@ -48,6 +48,9 @@ class _Section:
         except KeyError:
             raise AttributeError(f"[{self._name}] {key}") from None
 
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
 
 def _env_overrides(spec: ConfigObj, environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     overrides: dict[str, dict[str, str]] = {}

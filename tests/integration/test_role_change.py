@@ -1,0 +1,289 @@
+"""`xivo-ha enable|disable|status` against a temp root and a real PostgreSQL 15 database."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from node import make_node
+
+pytestmark = pytest.mark.integration
+
+SLAVE = "10.20.30.2"
+MASTER = "10.20.30.1"
+MASTER_CRON = (
+    f"# Written by `xivo-ha enable master {SLAVE}` from /etc/xivo/ha.conf: do not edit.\n"
+    f"0 * * * * root /usr/sbin/xivo-master-slave-db-replication {SLAVE} >/dev/null\n"
+    "0 * * * * root /usr/bin/xivo-sync >/dev/null\n"
+)
+SLAVE_CRON = (
+    f"# Written by `xivo-ha enable slave {MASTER}` from /etc/xivo/ha.conf: do not edit.\n"
+    f"* * * * * root /usr/sbin/xivo-check-master-status {MASTER} >/dev/null\n"
+)
+HA_EXPIRY = {"minexpiry": "180", "maxexpiry": "300", "defaultexpiry": "240"}
+BLANK_EXPIRY = {"minexpiry": None, "maxexpiry": None, "defaultexpiry": None}
+
+
+@pytest.fixture
+def node(tmp_path, asterisk_db):
+    root = tmp_path / "node"
+    root.mkdir()
+    return make_node(root, asterisk_db)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stderr + result.stdout
+    return result
+
+
+def mode(path) -> int:
+    return path.stat().st_mode & 0o7777
+
+
+def test_enable_master_writes_every_side_effect(node):
+    ok(node.run("enable", "master", SLAVE))
+
+    ha_conf = node.path("/etc/xivo/ha.conf")
+    assert json.loads(ha_conf.read_text()) == {"node_type": "master", "remote_address": SLAVE}
+    assert mode(ha_conf) == 0o644
+    cron = node.path("/etc/cron.d/xivo-ha-master")
+    assert cron.read_text() == MASTER_CRON
+    assert mode(cron) == 0o644 and cron.stat().st_uid == 0
+    assert not node.path("/etc/cron.d/xivo-ha-slave").exists()
+    assert node.path("/var/lib/xivo/is-primary").exists()
+    assert not node.path("/var/lib/xivo/is-secondary").exists()
+    assert node.expiry() == HA_EXPIRY
+    registrar = node.provd("default")
+    assert registrar["registrar_backup"] == SLAVE and registrar["proxy_backup"] == SLAVE
+    assert registrar["registrar_main"] == "10.0.0.1"
+    assert "registrar_backup" not in node.provd("autoprov")
+    assert "asterisk postgres" not in node.path("/etc/postgresql/15/main/pg_hba.conf").read_text()
+    assert not node.path("/postgresql-reloaded").exists()
+
+
+def test_enable_slave_opens_postgresql_to_the_master_and_reloads(node):
+    result = ok(node.run("enable", "slave", MASTER))
+
+    hba = node.path("/etc/postgresql/15/main/pg_hba.conf")
+    assert f"host asterisk postgres {MASTER}/32 trust" in hba.read_text().splitlines()
+    assert mode(hba) == 0o640
+    assert "listen_addresses = '*'" in node.path("/etc/postgresql/15/main/postgresql.conf").read_text().splitlines()
+    assert node.path("/postgresql-reloaded").exists()
+    assert node.path("/etc/cron.d/xivo-ha-slave").read_text() == SLAVE_CRON
+    assert not node.path("/etc/cron.d/xivo-ha-master").exists()
+    assert node.path("/var/lib/xivo/is-secondary").exists()
+    assert not node.path("/var/lib/xivo/is-primary").exists()
+    assert node.expiry() == HA_EXPIRY
+    assert node.provd("default")["registrar_backup"] is None
+    assert "xivo-service restart" in result.stdout
+
+
+def test_slave_access_line_replaces_an_earlier_one(node):
+    hba = node.path("/etc/postgresql/15/main/pg_hba.conf")
+    hba.write_text(hba.read_text() + "host asterisk postgres 10.9.9.9/32 trust\n")
+    ok(node.run("enable", "slave", MASTER))
+    rules = [line for line in hba.read_text().splitlines() if line.startswith("host asterisk postgres")]
+    assert rules == [f"host asterisk postgres {MASTER}/32 trust"]
+
+
+def test_role_switches_master_slave_disabled(node):
+    ok(node.run("enable", "master", SLAVE))
+    ok(node.run("enable", "slave", MASTER))
+    assert not node.path("/etc/cron.d/xivo-ha-master").exists()
+    assert not node.path("/var/lib/xivo/is-primary").exists()
+    # a slave leaves provisioning as the master left it
+    assert node.provd("default")["registrar_backup"] == SLAVE
+
+    ok(node.run("disable"))
+    assert json.loads(node.path("/etc/xivo/ha.conf").read_text()) == {"node_type": "disabled", "remote_address": ""}
+    assert not node.path("/etc/cron.d/xivo-ha-master").exists()
+    assert not node.path("/etc/cron.d/xivo-ha-slave").exists()
+    assert not node.path("/var/lib/xivo/is-primary").exists()
+    assert not node.path("/var/lib/xivo/is-secondary").exists()
+    assert "asterisk postgres" not in node.path("/etc/postgresql/15/main/pg_hba.conf").read_text()
+    assert "listen_addresses = '*'" not in node.path("/etc/postgresql/15/main/postgresql.conf").read_text()
+    assert node.expiry() == BLANK_EXPIRY
+    # disabling a slave leaves provisioning untouched
+    assert node.provd("default")["registrar_backup"] == SLAVE
+
+
+def test_disable_on_a_master_clears_the_backup_registrar(node):
+    ok(node.run("enable", "master", SLAVE))
+    ok(node.run("disable"))
+    registrar = node.provd("default")
+    assert registrar["registrar_backup"] is None and registrar["proxy_backup"] is None
+    assert node.expiry() == BLANK_EXPIRY
+
+
+def test_postgresql_files_are_restored_exactly_after_slave_then_disable(node):
+    before = {p: node.path(p).read_text() for p in ("/etc/postgresql/15/main/pg_hba.conf",
+                                                    "/etc/postgresql/15/main/postgresql.conf")}
+    ok(node.run("enable", "slave", MASTER))
+    ok(node.run("disable"))
+    assert {p: node.path(p).read_text() for p in before} == before
+
+
+@pytest.mark.parametrize("args", [("enable", "master", SLAVE), ("enable", "slave", MASTER), ("disable",)])
+def test_enable_twice_gives_the_same_files_and_changes_nothing_more(node, args):
+    ok(node.run(*args))
+    node.path("/postgresql-reloaded").unlink(missing_ok=True)
+    first = node.tree()
+    second_run = ok(node.run(*args))
+    assert node.tree() == first
+    assert not node.path("/postgresql-reloaded").exists()
+    assert "wrote" not in second_run.stdout and "removed" not in second_run.stdout
+
+
+def test_status_json_shows_what_enable_wrote(node):
+    ok(node.run("enable", "master", SLAVE))
+    report = json.loads(ok(node.run("status", "--json")).stdout)
+    assert report["role"] == "master"
+    assert report["remote_address"] == SLAVE
+    assert report["cron_files"] == ["/etc/cron.d/xivo-ha-master"]
+    assert report["sentinels"] == {"is-primary": True, "is-secondary": False}
+    assert report["sip_expiry"] == HA_EXPIRY
+    assert report["provisioning_backup"] == {"default": {"registrar_backup": SLAVE, "proxy_backup": SLAVE}}
+
+
+def test_status_of_a_disabled_node_exits_3(node):
+    result = node.run("status")
+    assert result.returncode == 3
+    assert "role: disabled" in result.stdout
+
+
+def _own_address() -> str:
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        address = line.split()[3].split("/")[0]
+        if not address.startswith("127."):
+            return address
+    pytest.skip("this host has no non-loopback IPv4 address")
+
+
+BAD_INPUTS = [
+    (("enable", "master", "10.0.0.300"), "invalid peer address"),
+    (("enable", "master", "slave.example.com"), "host names are not accepted"),
+    (("enable", "master", "10.0.0.2;rm -rf /"), "invalid peer address"),
+    (("enable", "slave", "$(reboot)"), "invalid peer address"),
+    (("enable", "master", "10.0.0.2 10.0.0.3"), "invalid peer address"),
+    (("enable", "slave", "fe80::1"), "IPv6"),
+    (("enable", "master", "127.0.0.1"), "loopback"),
+    (("enable", "master", "010.000.000.002"), "invalid peer address"),
+    (("enable", "primary", SLAVE), "unknown role"),
+    (("enable", "master"), "missing address"),
+    (("enable",), "missing role"),
+    (("enable", "disabled", SLAVE), "xivo-ha disable"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS)
+def test_bad_input_exits_2_with_one_line_and_changes_nothing(node, args, message):
+    before_files, before_db = node.tree(), node.db.snapshot()
+    result = node.run(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert node.tree() == before_files
+    assert node.db.snapshot() == before_db
+
+
+def test_own_address_is_refused(node):
+    own = _own_address()
+    before = node.tree()
+    result = node.run("enable", "master", own)
+    assert result.returncode == 2
+    assert "this node's own address" in result.stderr
+    assert node.tree() == before
+
+
+@pytest.mark.parametrize("content,where", [
+    ('{"node_type": "master",\n "remote_address": }\n', "line 2"),
+    ('{"node_type": "boss", "remote_address": ""}\n', "node_type"),
+    ('{"node_type": "slave", "remote_address": "not-an-ip"}\n', "remote_address"),
+])
+def test_corrupt_ha_conf_is_named_and_nothing_changes(node, content, where):
+    ha_conf = node.path("/etc/xivo/ha.conf")
+    ha_conf.parent.mkdir(parents=True)
+    ha_conf.write_text(content)
+    before_files, before_db = node.tree(), node.db.snapshot()
+    for args in (("enable", "master", SLAVE), ("disable",), ("status",)):
+        result = node.run(*args)
+        assert result.returncode == 2, result.stderr
+        assert str(ha_conf) in result.stderr and where in result.stderr
+    assert node.tree() == before_files
+    assert node.db.snapshot() == before_db
+
+
+def test_invalid_setting_exits_2_naming_the_key(node):
+    settings = node.path("/etc/xivo-ha/xivo-ha.conf")
+    settings.parent.mkdir(parents=True)
+    settings.write_text("[probe]\nping_count = many\n")
+    before = node.tree()
+    result = node.run("enable", "master", SLAVE)
+    assert result.returncode == 2
+    assert "[probe] ping_count" in result.stderr
+    assert node.tree() == before
+
+
+def test_unreachable_database_changes_nothing(node, postgres_server):
+    before = node.tree()
+    dead = f"host=127.0.0.1 port={postgres_server.port} user=postgres dbname=no_such_db"
+    result = node.run("enable", "master", SLAVE, env={"XIVO_HA_DATABASE_DSN": dead})
+    assert result.returncode == 1
+    assert "cannot connect to the database" in result.stderr
+    assert node.tree() == before
+
+
+def test_failure_at_the_sip_expiry_step_rolls_back_the_earlier_steps(node):
+    node.db.execute("""
+        CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'staticsip is locked for maintenance'; END $$;
+        CREATE TRIGGER refuse BEFORE UPDATE ON staticsip FOR EACH ROW EXECUTE FUNCTION refuse();
+    """)
+    before_files, before_db = node.tree(), node.db.snapshot()
+    result = node.run("enable", "slave", MASTER)
+    assert result.returncode == 1
+    assert "e. SIP expiry failed" in result.stderr and "nothing was changed" in result.stderr
+    assert "staticsip is locked for maintenance" in result.stderr
+    after = node.tree()
+    # PostgreSQL was reloaded again once its restored files were back in place
+    assert after.pop("postgresql-reloaded")
+    assert after == before_files
+    assert node.db.snapshot() == before_db
+
+
+def test_failing_postgresql_reload_rolls_back(node):
+    before = node.tree()
+    result = node.run("enable", "slave", MASTER, env={"XIVO_HA_POSTGRESQL_RELOAD_COMMAND": "false"})
+    assert result.returncode == 1
+    assert "b. slave PostgreSQL access failed" in result.stderr
+    assert node.tree() == before
+
+
+def test_restart_runs_the_configured_command(node):
+    marker = node.path("/services-restarted")
+    result = ok(node.run("enable", "master", SLAVE, "--restart",
+                         env={"XIVO_HA_SERVICES_RESTART_COMMAND": f"touch,{marker}"}))
+    assert marker.exists()
+    assert "restarted services" in result.stdout
+
+
+def test_cron_regenerate_follows_ha_conf(node):
+    ok(node.run("enable", "master", SLAVE))
+    cron = node.path("/etc/cron.d/xivo-ha-master")
+    cron.write_text("0 * * * * root /usr/sbin/old-format\n")
+    ok(node.run("cron", "regenerate"))
+    assert cron.read_text() == MASTER_CRON
+    node.path("/etc/xivo/ha.conf").write_text('{"node_type": "disabled", "remote_address": ""}\n')
+    ok(node.run("cron", "regenerate"))
+    assert not cron.exists()
+
+
+def test_help_on_every_subcommand(node):
+    for args in (("--help",), ("enable", "--help"), ("disable", "--help"), ("status", "--help"),
+                 ("cron", "--help"), ("cron", "regenerate", "--help")):
+        result = ok(node.run(*args))
+        assert "Usage" in result.stdout
+    assert ok(node.run("--version")).stdout.strip().startswith("xivo-ha ")

@@ -1,0 +1,63 @@
+"""Settings: defaults, file values, environment overrides and validation errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from xivo_ha import settings
+from xivo_ha.errors import UsageError
+
+
+def test_missing_file_gives_the_documented_defaults(tmp_path):
+    loaded = settings.load(tmp_path / "absent.conf", environ={})
+    assert loaded.database.dsn == "dbname=asterisk user=postgres"
+    assert loaded.replication.slave_port == 5432
+    assert loaded.probe.ping_count == 3 and loaded.probe.ping_interval == 10.0
+    assert loaded.probe.sip_probe is False
+    assert loaded.failover.failures_before_failover == 1
+    assert loaded.services.slave_services == ["monit", "asterisk"]
+    assert "/etc/asterisk/extensions_extra.d" in loaded.sync.directories
+    assert len(loaded.sync.directories) == 7
+
+
+def test_shipped_commented_file_equals_the_defaults(tmp_path):
+    from xivo_ha import paths
+
+    shipped = settings.load(paths.share_dir() / "xivo-ha.conf", environ={})
+    assert shipped.values == settings.load(tmp_path / "absent.conf", environ={}).values
+
+
+def test_file_values_and_single_item_lists(tmp_path):
+    conf = tmp_path / "x.conf"
+    conf.write_text("[services]\nslave_services = kamailio\n[probe]\nsip_probe = on\nping_count = 1\n")
+    loaded = settings.load(conf, environ={})
+    assert loaded.services.slave_services == ["kamailio"]
+    assert loaded.probe.sip_probe is True and loaded.probe.ping_count == 1
+
+
+def test_environment_wins_over_the_file(tmp_path):
+    conf = tmp_path / "x.conf"
+    conf.write_text("[probe]\nping_count = 5\n")
+    loaded = settings.load(conf, environ={"XIVO_HA_PROBE_PING_COUNT": "2",
+                                          "XIVO_HA_SERVICES_SLAVE_SERVICES": "a, b"})
+    assert loaded.probe.ping_count == 2
+    assert loaded.services.slave_services == ["a", "b"]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[probe]\nping_count = many\n", "[probe] ping_count"),
+    ("[replication]\nslave_port = 70000\n", "[replication] slave_port"),
+    ("[probe]\nsip_probe = perhaps\n", "[probe] sip_probe"),
+    ("[probe]\nping_cuont = 3\n", "unknown setting [probe] ping_cuont"),
+    ("[probe\nping_count = 3\n", "x.conf"),
+])
+def test_invalid_values_name_the_key(tmp_path, text, message):
+    conf = tmp_path / "x.conf"
+    conf.write_text(text)
+    with pytest.raises(UsageError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        settings.load(conf, environ={})
+
+
+def test_invalid_environment_value_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="ping_interval"):
+        settings.load(tmp_path / "absent.conf", environ={"XIVO_HA_PROBE_PING_INTERVAL": "soon"})
