@@ -49,6 +49,9 @@ dockerd:
 	fi
 
 deb:
+	@dpkg-checkbuilddeps 2>/dev/null || { \
+		echo "Installing the build dependencies of debian/control"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get build-dep -y -qq --no-install-recommends ./ >/dev/null; }
 	rm -rf $(DIST) && mkdir -p $(DIST)
 	dpkg-buildpackage -us -uc -b >$(DIST)/build.log 2>&1 || { tail -40 $(DIST)/build.log; exit 1; }
 	mv ../xivo-ha_*.deb ../xivo-ha-simulator_*.deb ../xivo-ha_*.changes ../xivo-ha_*.buildinfo $(DIST)/

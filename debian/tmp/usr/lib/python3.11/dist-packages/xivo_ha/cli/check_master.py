@@ -1,0 +1,210 @@
+"""xivo-check-master-status <master_ip>: failover and failback, run by cron on the slave."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from typing import Optional
+
+from plumbum import cli
+
+from . import Command, run
+from .. import failover, paths, probes, role, services, settings
+from ..errors import OperationFailed, UsageError
+
+LOCK_FILE = "check-master-status.lock"
+MAX_LOOP = 3600.0
+
+
+class Seconds:
+    """A switch type: a number of seconds within bounds."""
+
+    def __init__(self, minimum: float, maximum: float):
+        self.minimum = minimum
+        self.maximum = maximum
+
+    def __call__(self, text: str) -> float:
+        value = float(text)
+        if not self.minimum <= value <= self.maximum:
+            raise ValueError(f"{text} is not between {self.minimum:g} and {self.maximum:g}")
+        return value
+
+    def __str__(self) -> str:
+        return f"{self.minimum:g}..{self.maximum:g}"
+
+    __repr__ = __str__
+
+
+class Lock:
+    """A non-blocking exclusive flock, held until the process ends or release()."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class CheckMasterStatus(Command):
+    """Check the master; start this slave's services when it is down, stop them when it is back.
+
+    Run by cron every minute on the slave with the master's VoIP address.  The master
+    is pinged (and, with [probe] sip_probe = on, its registrar is asked with SIP
+    OPTIONS); the decision follows the [failover] settings and the state kept in
+    /var/lib/xivo-ha/failover.json.  Services are started and stopped only when
+    needed, with the same code as xivo-manage-slave-services.  Transitions are
+    logged to syslog.  Exit 0 when the check ran (whatever it decided), 1 when a
+    probe could not run or a service step failed, 2 on bad input.
+    """
+
+    PROGNAME = "xivo-check-master-status"
+
+    loop = cli.SwitchAttr(
+        ["--loop"],
+        Seconds(0, MAX_LOOP),
+        default=None,
+        argname="SECONDS",
+        help="Fast mode: repeat the check for this many seconds (default: [failover] loop; 0 = one check)",
+    )
+    interval = cli.SwitchAttr(
+        ["--interval"],
+        Seconds(0.5, MAX_LOOP),
+        default=None,
+        argname="SECONDS",
+        help="Fast mode: start a check every SECONDS (default: [failover] interval)",
+    )
+
+    def main(self, master_ip: str):
+        logger = self.log()
+        master = role.validate_peer(master_ip)
+        config = settings.load()
+        policy = failover.Policy.from_settings(config)
+        if policy.witness:
+            try:
+                role.validate_peer(policy.witness, frozenset({master}))
+            except UsageError as exc:
+                raise UsageError(f"[probe] witness: {exc}") from None
+        manager = services.Manager.from_settings(config)
+        loop = config.failover.loop if self.loop is None else self.loop
+        interval = config.failover.interval if self.interval is None else self.interval
+
+        if not self._still_slave_of(master, logger, before=True):
+            return 0
+        lock = Lock(paths.state(LOCK_FILE))
+        if not lock.acquire():
+            logger.info("another xivo-check-master-status is running (%s is locked): nothing done", lock.path)
+            return 0
+        try:
+            return self._checks(master, config, policy, manager, float(loop), float(interval), logger)
+        finally:
+            lock.release()
+
+    def _still_slave_of(self, master: str, logger, before: bool) -> bool:
+        current = role.read()
+        if current.role is role.Role.SLAVE and current.remote_address == master:
+            return True
+        if current.role is not role.Role.SLAVE:
+            if before:
+                logger.info(
+                    "this node is not a slave (its role is %s in %s): nothing to do",
+                    current.role.value, paths.node(paths.HA_CONF),
+                )
+            else:
+                logger.info(
+                    "this node is no longer a slave (its role became %s in %s while the master "
+                    "was being checked): nothing done",
+                    current.role.value, paths.node(paths.HA_CONF),
+                )
+            return False
+        if before:
+            raise UsageError(
+                f"{paths.node(paths.HA_CONF)} names the master {current.remote_address}, not {master}: "
+                f"check the address given"
+            )
+        logger.info(
+            "the master changed from %s to %s in %s while it was being checked: nothing done",
+            master, current.remote_address, paths.node(paths.HA_CONF),
+        )
+        return False
+
+    def _checks(self, master, config, policy, manager, loop, interval, logger) -> int:
+        started = time.monotonic()
+        deadline = started + loop
+        iterations = 1 + int(loop // interval)
+        for _ in range(iterations):
+            began = time.monotonic()
+            if not self._check_once(master, config, policy, manager, logger):
+                break
+            next_at = began + interval
+            if next_at >= deadline:
+                break
+            pause = next_at - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+        return 0
+
+    def _check_once(self, master, config, policy, manager, logger) -> bool:
+        """One observe-decide-act round; False when the loop must end."""
+        observed = observe(master, config, policy, manager, lambda: self._still_slave_of(master, logger, before=False))
+        if observed is None:
+            return False
+        decision = failover.decide(observed, failover.load_state(), policy, time.time())
+        logger.debug("%s [%s]", decision.reason, observed.describe())
+        try:
+            if decision.action is failover.Action.START:
+                manager.start(progress=logger.debug)
+            elif decision.action is failover.Action.STOP:
+                manager.stop(progress=logger.debug)
+        except OperationFailed as exc:
+            failover.save_state(decision.state)
+            logger.error("%s [%s], but it failed: %s", decision.reason, observed.describe(), exc)
+            raise OperationFailed(f"{decision.action.value} failed: {exc}") from None
+        failover.save_state(decision.state)
+        if decision.transition:
+            level = logger.warning if decision.action is not failover.Action.NOTHING else logger.info
+            level("%s [%s]", decision.reason, observed.describe())
+        return True
+
+
+def observe(master, config, policy, manager, still_slave) -> Optional[failover.Observations]:
+    """Probe the master (then the registrar, then the witness, as needed).
+
+    ``still_slave`` is asked after probing, before anything is decided: when the
+    node's role changed meanwhile, None is returned and nothing is done.
+    """
+    probe = config.probe
+    icmp = probes.ping(master, probe.ping_count, probe.ping_interval, probe.ping_timeout)
+    sip = None
+    if policy.sip_probe and icmp.alive:
+        sip = probes.sip_options(master, probe.sip_port, probe.sip_timeout)
+    witness = None
+    looks_down = not icmp.alive or (sip is not None and not sip.alive)
+    if policy.witness and looks_down:
+        witness = probes.ping(
+            policy.witness, probe.ping_count, probe.ping_interval, probe.ping_timeout, what=probes.WITNESS
+        )
+    if not still_slave():
+        return None
+    status = manager.status()
+    return failover.Observations(master=master, icmp=icmp, sip=sip, witness=witness, services=status.summary)
+
+
+def main(argv=None) -> int:
+    return run(CheckMasterStatus, argv)

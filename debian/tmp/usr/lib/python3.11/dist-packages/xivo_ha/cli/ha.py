@@ -1,0 +1,143 @@
+"""`xivo-ha`: change and show this node's HA role."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from plumbum import cli
+
+from . import Command, run
+from .. import apply, cron, paths, role, settings, status, system
+from ..errors import EXIT_NOT_RUNNING, OperationFailed, UsageError
+from ..role import HaConfig, Role
+
+
+class XivoHa(Command):
+    """High availability of a XiVO cluster: a master serving phones and a slave standing by."""
+
+    PROGNAME = "xivo-ha"
+    USAGE = "    xivo-ha [SWITCHES] enable master|slave <peer_ip> | disable | status | cron regenerate\n"
+
+    def main(self, *args):
+        if args:
+            raise UsageError(f"unknown command {args[0]!r}: see xivo-ha --help")
+        if not self.nested_command:
+            self.help()
+            return 2
+        return None
+
+
+class _RoleChange(Command):
+    restart = cli.Flag(["--restart"], help="Restart the services afterwards with [services] restart_command")
+
+    def change(self, target: HaConfig) -> int:
+        self.log()
+        config = settings.load()
+        print(f"xivo-ha: making this node {_describe(target)}")
+        apply.change_role(target, config, print)
+        print(f"xivo-ha: this node is now {_describe(target)}")
+        if self.restart:
+            command = list(config.services.restart_command)
+            result = system.run(command, timeout=config.services.command_timeout)
+            if not result.ok:
+                raise OperationFailed(
+                    f"the role change is applied but `{' '.join(command)}` failed: {result.output() or 'no output'}"
+                )
+            print(f"xivo-ha: restarted services ({' '.join(command)})")
+        else:
+            print("Restart the services for the change to take effect: xivo-service restart "
+                  "(or run this command again with --restart).")
+            if target.role is Role.MASTER:
+                print("Then resynchronize the phones so that they learn their backup registrar.")
+        return 0
+
+
+class Enable(_RoleChange):
+    """Make this node the master (give the slave's VoIP IPv4) or the slave (give the master's)"""
+
+    USAGE = "    xivo-ha enable master <slave_ip>\n    xivo-ha enable slave <master_ip>\n"
+
+    def main(self, node_role: str = "", peer_ip: str = ""):
+        if not node_role:
+            raise UsageError("missing role: xivo-ha enable master <slave_ip> | xivo-ha enable slave <master_ip>")
+        wanted = role.parse_role(node_role)
+        if wanted is Role.DISABLED:
+            raise UsageError("use `xivo-ha disable` to disable HA on this node")
+        if not peer_ip:
+            other = "slave" if wanted is Role.MASTER else "master"
+            raise UsageError(f"missing address: xivo-ha enable {wanted.value} <{other}_ip>")
+        return self.change(HaConfig(wanted, role.validate_peer(peer_ip)))
+
+
+class Disable(_RoleChange):
+    """Disable HA on this node: remove cron, sentinels and slave access, blank the SIP expiry"""
+
+    def main(self):
+        return self.change(role.DISABLED)
+
+
+class Status(Command):
+    """Show the role, the peer, cron files, sentinels, SIP expiry, provisioning and last jobs"""
+
+    DESCRIPTION_MORE = "Exit status: 0 when HA is enabled (master or slave), 3 when it is disabled."
+
+    as_json = cli.Flag(["--json"], help="Print one JSON object with stable keys")
+
+    def main(self):
+        report = status.collect(settings.load())
+        if self.as_json:
+            print(json.dumps(report, indent=2, sort_keys=True))
+        else:
+            print("\n".join(status.render_text(report)))
+        return EXIT_NOT_RUNNING if report["role"] == Role.DISABLED.value else 0
+
+
+class Cron(Command):
+    """Maintain the HA cron file"""
+
+    def main(self, *args):
+        if args:
+            raise UsageError(f"unknown cron command {args[0]!r}: expected `regenerate`")
+        if not self.nested_command:
+            self.help()
+            return 2
+        return None
+
+
+class CronRegenerate(Command):
+    """Rewrite /etc/cron.d/xivo-ha-master or -slave from /etc/xivo/ha.conf (used by the package)"""
+
+    def main(self):
+        config = role.read()
+        for path, content in cron.desired_files(config).items():
+            if content is None:
+                if system.remove(path):
+                    print(f"removed {path}")
+            elif system.read_text(path) != content:
+                system.write_atomic(path, content, 0o644)
+                print(f"wrote {path}")
+        return 0
+
+
+def _describe(config: HaConfig) -> str:
+    if config.role is Role.MASTER:
+        return f"master (slave {config.remote_address})"
+    if config.role is Role.SLAVE:
+        return f"slave (master {config.remote_address})"
+    return "HA disabled"
+
+
+XivoHa.subcommand("enable", Enable)
+XivoHa.subcommand("disable", Disable)
+XivoHa.subcommand("status", Status)
+XivoHa.subcommand("cron", Cron)
+Cron.subcommand("regenerate", CronRegenerate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(XivoHa, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

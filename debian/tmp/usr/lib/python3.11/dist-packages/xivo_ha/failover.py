@@ -1,0 +1,378 @@
+"""Whether the slave should start or stop its services: a pure decision, plus its memory.
+
+:func:`decide` looks at one round of observations (master ping, optional SIP
+registrar, optional witness, the services' actual status), the state remembered from
+earlier rounds and the policy from the settings, and returns a :class:`Decision`:
+``start``, ``stop`` or ``nothing``, the sentence that explains it (that sentence is
+what gets logged) and the new state to remember.  It does no I/O and reads no clock.
+
+The state lives in ``/var/lib/xivo-ha/failover.json`` (:func:`load_state`,
+:func:`save_state`)::
+
+    {
+      "mode": "standby",                 # or "serving": what this slave is doing
+      "master": "10.0.0.1",              # the master these counters are about
+      "condition": "up",                 # last verdict: up, down, registrar-down, isolated
+      "consecutive_failures": 0,         # down verdicts in a row
+      "consecutive_successes": 42,       # up verdicts in a row
+      "last_check": "2024-05-01T12:00:00.123+00:00",
+      "last_failover": null,             # when services were last started (ISO 8601, UTC)
+      "last_failback": null,             # when they were last stopped
+      "reason": "..."                    # the sentence of the last transition
+    }
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+from . import paths, system
+from .probes import Observation
+
+STATE_FILE = "failover.json"
+
+STANDBY = "standby"
+SERVING = "serving"
+MODES = (STANDBY, SERVING)
+
+UP = "up"
+DOWN = "down"
+REGISTRAR_DOWN = "registrar-down"
+ISOLATED = "isolated"
+
+# Observed status of the slave services, as xivo_ha.services reports it.
+RUNNING = "running"
+STOPPED = "stopped"
+MIXED = "mixed"
+
+
+class Action(str, enum.Enum):
+    START = "start"
+    STOP = "stop"
+    NOTHING = "nothing"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The tunables that shape the decision ([failover] and [probe] settings)."""
+
+    failures_before_failover: int = 1
+    successes_before_failback: int = 1
+    failback_hold_down: float = 0.0
+    sip_probe: bool = False
+    witness: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "Policy":
+        return cls(
+            failures_before_failover=settings.failover.failures_before_failover,
+            successes_before_failback=settings.failover.successes_before_failback,
+            failback_hold_down=float(settings.failover.failback_hold_down),
+            sip_probe=bool(settings.probe.sip_probe),
+            witness=settings.probe.witness.strip(),
+        )
+
+
+@dataclass(frozen=True)
+class State:
+    """What the slave remembers between checks."""
+
+    mode: str = STANDBY
+    master: str = ""
+    condition: str = ""
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    last_check: Optional[float] = None
+    last_failover: Optional[float] = None
+    last_failback: Optional[float] = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Observations:
+    """One round of facts about the master and this slave."""
+
+    master: str
+    icmp: Observation
+    services: str
+    sip: Optional[Observation] = None
+    witness: Optional[Observation] = None
+
+    def all(self) -> list[Observation]:
+        return [obs for obs in (self.icmp, self.sip, self.witness) if obs is not None]
+
+    def describe(self) -> str:
+        parts = [obs.describe() for obs in self.all()]
+        parts.append(f"services {self.services}")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+    state: State
+    transition: bool
+
+
+# --- predicates -------------------------------------------------------------------
+
+
+def icmp_down(obs: Observations) -> bool:
+    return not obs.icmp.alive
+
+
+def registrar_down(obs: Observations, policy: Policy) -> bool:
+    """The host pings but its registrar does not answer (crashed Asterisk)."""
+    return policy.sip_probe and obs.icmp.alive and obs.sip is not None and not obs.sip.alive
+
+
+def master_down(obs: Observations, policy: Policy) -> bool:
+    return icmp_down(obs) or registrar_down(obs, policy)
+
+
+def has_witness(policy: Policy) -> bool:
+    return bool(policy.witness)
+
+
+def slave_isolated(obs: Observations, policy: Policy) -> bool:
+    """The master looks down, and this slave cannot reach the witness either."""
+    if not has_witness(policy):
+        return False
+    return obs.witness is None or not obs.witness.alive
+
+
+def services_all_running(obs: Observations) -> bool:
+    return obs.services == RUNNING
+
+
+def services_all_stopped(obs: Observations) -> bool:
+    return obs.services == STOPPED
+
+
+def enough_failures(state: State, policy: Policy) -> bool:
+    return state.consecutive_failures >= policy.failures_before_failover
+
+
+def enough_successes(state: State, policy: Policy) -> bool:
+    return state.consecutive_successes >= policy.successes_before_failback
+
+
+def hold_down_left(state: State, policy: Policy, now: float) -> float:
+    """Seconds before a failback is allowed (0 when it is)."""
+    if policy.failback_hold_down <= 0 or state.last_failover is None:
+        return 0.0
+    return max(0.0, state.last_failover + policy.failback_hold_down - now)
+
+
+# --- the decision -----------------------------------------------------------------
+
+
+def condition_of(obs: Observations, policy: Policy) -> str:
+    if not master_down(obs, policy):
+        return UP
+    if slave_isolated(obs, policy):
+        return ISOLATED
+    return DOWN if icmp_down(obs) else REGISTRAR_DOWN
+
+
+def _why_down(obs: Observations) -> str:
+    if not obs.icmp.alive:
+        return f"master {obs.master} does not answer ping ({obs.icmp.detail})"
+    assert obs.sip is not None
+    return (
+        f"master {obs.master} answers ping but its registrar {obs.sip.target} does not "
+        f"({obs.sip.detail})"
+    )
+
+
+def _why_up(obs: Observations, policy: Policy) -> str:
+    why = f"master {obs.master} answers ping ({obs.icmp.detail})"
+    if policy.sip_probe and obs.sip is not None:
+        why += f" and its registrar answers ({obs.sip.detail})"
+    return why
+
+
+def _checks(count: int) -> str:
+    return "1 check" if count == 1 else f"{count} consecutive checks"
+
+
+def decide(obs: Observations, state: State, policy: Policy, now: float) -> Decision:
+    """Start, stop or leave the slave services, and say why."""
+    if state.master and state.master != obs.master:
+        state = replace(state, consecutive_failures=0, consecutive_successes=0, condition="")
+    condition = condition_of(obs, policy)
+    if condition == ISOLATED:
+        counted = replace(state, consecutive_failures=0, consecutive_successes=0)
+        action, reason, mode = _when_isolated(obs, counted, policy)
+    elif condition == UP:
+        counted = replace(
+            state, consecutive_failures=0, consecutive_successes=state.consecutive_successes + 1
+        )
+        action, reason, mode = _when_master_up(obs, counted, policy, now)
+    else:
+        counted = replace(
+            state, consecutive_successes=0, consecutive_failures=state.consecutive_failures + 1
+        )
+        action, reason, mode = _when_master_down(obs, counted, policy)
+
+    new = replace(counted, master=obs.master, condition=condition, mode=mode, last_check=now)
+    if mode == SERVING and state.mode != SERVING:
+        new = replace(new, last_failover=now)
+    if mode == STANDBY and state.mode == SERVING:
+        new = replace(new, last_failback=now)
+    transition = action is not Action.NOTHING or mode != state.mode or condition != state.condition
+    if transition:
+        new = replace(new, reason=reason)
+    return Decision(action, reason, new, transition)
+
+
+def _when_isolated(obs: Observations, state: State, policy: Policy) -> tuple[Action, str, str]:
+    witness = obs.witness.detail if obs.witness is not None else "not checked"
+    reason = (
+        f"{_why_down(obs)}, and neither does the witness {policy.witness} ({witness}): "
+        f"this slave is the isolated one"
+    )
+    if state.mode == SERVING:
+        return Action.NOTHING, reason + "; leaving the services as they are", state.mode
+    return Action.NOTHING, reason + "; not starting the services (split-brain guard)", state.mode
+
+
+def _when_master_down(obs: Observations, state: State, policy: Policy) -> tuple[Action, str, str]:
+    why = _why_down(obs)
+    if not enough_failures(state, policy):
+        return (
+            Action.NOTHING,
+            f"{why}: {state.consecutive_failures} of {policy.failures_before_failover} "
+            f"consecutive failed checks before failover, waiting",
+            state.mode,
+        )
+    if services_all_running(obs):
+        if state.mode == SERVING:
+            return Action.NOTHING, f"{why}; the services already run on this slave", SERVING
+        return Action.NOTHING, f"{why}; the services already run on this slave, now serving", SERVING
+    if state.mode == SERVING:
+        return (
+            Action.START,
+            f"{why}, and not all services run on this slave ({obs.services}): starting them again",
+            SERVING,
+        )
+    return (
+        Action.START,
+        f"{why} for {_checks(state.consecutive_failures)}: failover, starting the services",
+        SERVING,
+    )
+
+
+def _when_master_up(obs: Observations, state: State, policy: Policy, now: float) -> tuple[Action, str, str]:
+    why = _why_up(obs, policy)
+    if state.mode == SERVING:
+        if not enough_successes(state, policy):
+            return (
+                Action.NOTHING,
+                f"{why}: {state.consecutive_successes} of {policy.successes_before_failback} "
+                f"consecutive good checks before failback, this slave keeps serving",
+                SERVING,
+            )
+        left = hold_down_left(state, policy, now)
+        if left > 0:
+            return (
+                Action.NOTHING,
+                f"{why}, but the last failover was {now - state.last_failover:.0f} s ago and "
+                f"failback_hold_down is {policy.failback_hold_down:g} s: this slave keeps serving "
+                f"{left:.0f} s more",
+                SERVING,
+            )
+        if services_all_stopped(obs):
+            return Action.NOTHING, f"{why}; the services are already stopped, back to standby", STANDBY
+        return (
+            Action.STOP,
+            f"{why} for {_checks(state.consecutive_successes)}: failback, stopping the services",
+            STANDBY,
+        )
+    if services_all_stopped(obs):
+        return Action.NOTHING, f"{why}; the services stay stopped", STANDBY
+    return (
+        Action.STOP,
+        f"{why}, but services run on this slave ({obs.services}): stopping them",
+        STANDBY,
+    )
+
+
+# --- persistence ------------------------------------------------------------------
+
+_TIMES = ("last_check", "last_failover", "last_failback")
+
+
+def _to_iso(value: Optional[float]) -> Optional[str]:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _from_iso(value: Any) -> Optional[float]:
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    return datetime.fromisoformat(str(value)).timestamp()
+
+
+def state_to_json(state: State) -> str:
+    data = asdict(state)
+    for key in _TIMES:
+        data[key] = _to_iso(data[key])
+    return json.dumps(data, indent=2) + "\n"
+
+
+def state_from_json(text: str) -> State:
+    """Parse the state file; ValueError when it is not one."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object")
+    known = {key: data[key] for key in State.__dataclass_fields__ if key in data}
+    for key in _TIMES:
+        if key in known:
+            known[key] = _from_iso(known[key])
+    for key in ("consecutive_failures", "consecutive_successes"):
+        if key in known and (not isinstance(known[key], int) or known[key] < 0):
+            raise ValueError(f"{key} must be a non-negative integer")
+    if known.get("mode", STANDBY) not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}")
+    for key in ("master", "condition", "reason"):
+        if key in known and not isinstance(known[key], str):
+            raise ValueError(f"{key} must be a string")
+    return State(**known)
+
+
+def state_path() -> Path:
+    return paths.state(STATE_FILE)
+
+
+def load_state(path: Optional[Path] = None) -> State:
+    """The remembered state; a missing file is a fresh standby slave.
+
+    An unreadable or corrupt file is logged and treated as a fresh state: the
+    decision also looks at the services' actual status, so nothing is lost but the
+    counters.
+    """
+    path = state_path() if path is None else path
+    try:
+        text = system.read_text(path)
+        if text is None:
+            return State()
+        return state_from_json(text)
+    except (OSError, ValueError, TypeError) as exc:
+        logging.getLogger("xivo-ha").warning("%s is unreadable (%s): starting from a fresh state", path, exc)
+        return State()
+
+
+def save_state(state: State, path: Optional[Path] = None) -> None:
+    path = state_path() if path is None else path
+    system.write_atomic(path, state_to_json(state), 0o644)

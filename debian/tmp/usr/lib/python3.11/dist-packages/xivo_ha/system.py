@@ -1,0 +1,139 @@
+"""The one layer that runs processes and writes files.
+
+Every process runs through plumbum with an argument list (never a shell string) and a
+timeout.  Files are written atomically (temporary file in the same directory, fsync,
+rename) with an explicit mode.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from plumbum import local
+from plumbum.commands.processes import CommandNotFound, ProcessTimedOut
+
+from .errors import OperationFailed
+
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def output(self) -> str:
+        """Both streams, trimmed, for error messages."""
+        return " ".join(part.strip() for part in (self.stderr, self.stdout) if part.strip())
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    check: bool = False,
+    stdin: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+) -> Result:
+    """Run ``argv`` and wait at most ``timeout`` seconds.
+
+    A missing program or a timeout raises :class:`OperationFailed`; a non-zero exit
+    raises it only with ``check=True``.
+    """
+    if not argv:
+        raise ValueError("empty command")
+    argv = tuple(str(arg) for arg in argv)
+    try:
+        command = local[argv[0]][argv[1:]]
+    except CommandNotFound:
+        raise OperationFailed(f"command not found: {argv[0]}") from None
+    if env:
+        command = command.with_env(**env)
+    kwargs = {"retcode": None, "timeout": timeout}
+    if stdin is not None:
+        kwargs["stdin"] = stdin
+    if cwd is not None:
+        kwargs["cwd"] = str(cwd)
+    try:
+        code, out, err = command.run(**kwargs)
+    except ProcessTimedOut:
+        raise OperationFailed(f"{' '.join(argv)} did not finish within {timeout:g} s") from None
+    result = Result(argv, code, out or "", err or "")
+    if check and not result.ok:
+        raise OperationFailed(f"{' '.join(argv)} failed (exit {code}): {result.output() or 'no output'}")
+    return result
+
+
+def which(program: str) -> Path | None:
+    found = shutil.which(program)
+    return Path(found) if found else None
+
+
+def read_text(path: Path) -> str | None:
+    """The file's text, or None when it does not exist."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``content`` in one rename; parents are created (0755)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def remove(path: Path) -> bool:
+    """Remove a file; True when it existed."""
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def touch(path: Path, mode: int = 0o644) -> None:
+    if not path.exists():
+        write_atomic(path, b"", mode)
+
+
+def private_tempdir(prefix: str = "xivo-ha-") -> tempfile.TemporaryDirectory:
+    """A 0700 temporary directory removed when the context ends."""
+    return tempfile.TemporaryDirectory(prefix=prefix)
+
+
+def local_ipv4_addresses() -> frozenset[str]:
+    """This host's IPv4 addresses (every interface), from ``ip -o -4 addr show``."""
+    result = run(["ip", "-o", "-4", "addr", "show"], timeout=10)
+    addresses = set()
+    for line in result.stdout.splitlines():
+        fields = line.split()
+        if "inet" in fields:
+            addresses.add(fields[fields.index("inet") + 1].split("/")[0])
+    return frozenset(addresses)
