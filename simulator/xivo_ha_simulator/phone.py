@@ -1,0 +1,724 @@
+"""SIP phones that register to a primary registrar and fail over to a backup.
+
+Each :class:`Phone` owns one UDP socket (asyncio datagram endpoint) and is a
+small state machine driven by responses and timers:
+
+* **Register** to the primary, asking for ``expires / time_scale`` seconds.
+  The lifetime used is the one the registrar *granted*: the ``expires``
+  parameter of our Contact in the 200 OK, else its Expires header, else what
+  we asked for.
+* **Refresh** at ``granted x refresh_ratio`` (default 0.5, i.e. half way, as
+  most desk phones do: it leaves half the lifetime for a failing refresh to
+  time out - Timer F - and for the backup to answer before the binding lapses).
+* **Transactions** follow RFC 3261 17.1.2 over UDP: retransmit at T1, doubling
+  up to T2 (T2 again once a provisional response came), give up at Timer F =
+  64 x T1.  T1 = 0.5 s and T2 = 4 s, divided by the time scale.
+* **Fail over**: a timeout or any final non-2xx answer (other than a 423 we
+  can satisfy) is a failure of that node, and the phone tries the next node
+  of the attempt: primary then backup.  When every node failed it waits
+  ``retry_interval`` and starts again from the primary.
+* **423 Interval Too Brief**: retry at once with the Min-Expires asked for,
+  and keep using it on that node.
+* **Fail back**, by policy:
+  ``next-refresh`` - every refresh tries the primary first, then the backup
+  (the common phone default); ``probe`` - while on the backup, refresh there,
+  and send OPTIONS to the primary every ``probe_interval``; the first answer
+  moves the phone back with a REGISTER to the primary.
+* A phone is registered on a node from that node's 200 OK; it is down from
+  the moment its binding lapses without a successful refresh, or a
+  transaction to the node it is registered on fails.  ICMP errors are
+  ignored, as most phones do: only timers and answers count.
+
+Every change is logged as a :class:`~xivo_ha_simulator.report.Event`
+(monotonic and wall time) in ``phone.events``, for the report.
+
+Time scale K: every SIP timer, the requested expiry, the probe and retry
+intervals are divided by K, so a K=10 run shows in 60 s what a real
+deployment shows in 10 minutes.
+
+:class:`Fleet` runs N phones in one event loop, keeps live counts of phones
+per registrar, and aggregates transaction statistics; :class:`FleetThread`
+runs a fleet in a background thread for a synchronous driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from . import sip
+from .report import (
+    EXPIRED,
+    INTERVAL_TOO_BRIEF,
+    NONE,
+    PROBE_FAILED,
+    PROBE_OK,
+    REGISTER_FAILED,
+    REGISTERED,
+    STARTED,
+    STOPPED,
+    SWITCHED,
+    Event,
+)
+
+NEXT_REFRESH = "next-refresh"
+PROBE = "probe"
+FAILBACK_POLICIES = (NEXT_REFRESH, PROBE)
+
+T1 = 0.5
+T2 = 4.0
+MAX_423_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Registrar:
+    """A registrar the phones know: a label (``master``/``slave``) and an address."""
+
+    name: str
+    host: str
+    port: int = sip.SIP_PORT
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+
+@dataclass(frozen=True)
+class PhoneConfig:
+    """How phones behave.  Durations are real seconds; the phones divide them by ``time_scale``."""
+
+    expires: int = 3600
+    time_scale: float = 1.0
+    failback: str = NEXT_REFRESH
+    refresh_ratio: float = 0.5
+    probe_interval: float = 30.0
+    retry_interval: float = 30.0
+    t1: float = T1
+    t2: float = T2
+    domain: str | None = None  # domain of the address of record; default: the primary's host
+    user_agent: str = sip.USER_AGENT
+    contact_expires: bool = False  # also put ;expires= on the Contact, not only Expires
+
+    def __post_init__(self):
+        if self.failback not in FAILBACK_POLICIES:
+            raise ValueError(f"failback policy {self.failback!r}: expected one of {', '.join(FAILBACK_POLICIES)}")
+        if self.time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        if not 0 < self.refresh_ratio < 1:
+            raise ValueError("refresh_ratio must be between 0 and 1")
+        if self.expires < 1:
+            raise ValueError("expires must be at least 1 second")
+
+    @property
+    def requested_expires(self) -> int:
+        """What goes on the wire: the expiry divided by the time scale, at least 1 s."""
+        return max(1, round(self.expires / self.time_scale))
+
+    def scaled(self, seconds: float) -> float:
+        return seconds / self.time_scale
+
+    @property
+    def timer_t1(self) -> float:
+        return self.t1 / self.time_scale
+
+    @property
+    def timer_t2(self) -> float:
+        return self.t2 / self.time_scale
+
+    @property
+    def timer_f(self) -> float:
+        return 64 * self.t1 / self.time_scale
+
+
+@dataclass
+class FleetStats:
+    """Transaction counters of a fleet (or of a lone phone)."""
+
+    register_sent: int = 0
+    register_ok: int = 0
+    register_failed: int = 0
+    timeouts: int = 0
+    retransmissions: int = 0
+    options_sent: int = 0
+    options_ok: int = 0
+    bad_datagrams: int = 0
+
+
+class _Transaction:
+    """A client non-INVITE transaction over UDP (RFC 3261 17.1.2)."""
+
+    __slots__ = ("phone", "node", "method", "branch", "data", "interval", "proceeding",
+                 "timer_e", "timer_f", "on_done", "requested")
+
+    def __init__(self, phone: "Phone", node: Registrar, method: str, branch: str, data: bytes,
+                 on_done: Callable[["_Transaction", "sip.SIP | None"], None], requested: int | None = None):
+        self.phone = phone
+        self.node = node
+        self.method = method
+        self.branch = branch
+        self.data = data
+        self.on_done = on_done
+        self.requested = requested
+        self.interval = phone.config.timer_t1
+        self.proceeding = False
+        loop = phone.loop
+        self.timer_e = loop.call_later(self.interval, self._retransmit)
+        self.timer_f = loop.call_later(phone.config.timer_f, self._timeout)
+
+    def _retransmit(self) -> None:
+        phone = self.phone
+        phone._send(self.data, self.node.address)
+        phone.stats.retransmissions += 1
+        cfg = phone.config
+        self.interval = cfg.timer_t2 if self.proceeding else min(2 * self.interval, cfg.timer_t2)
+        self.timer_e = phone.loop.call_later(self.interval, self._retransmit)
+
+    def _timeout(self) -> None:
+        self.timer_e.cancel()
+        self.phone.stats.timeouts += 1
+        self.phone._end_transaction(self, None)
+
+    def provisional(self) -> None:
+        if not self.proceeding:
+            self.proceeding = True
+            self.timer_e.cancel()
+            self.interval = self.phone.config.timer_t2
+            self.timer_e = self.phone.loop.call_later(self.interval, self._retransmit)
+
+    def cancel(self) -> None:
+        self.timer_e.cancel()
+        self.timer_f.cancel()
+
+
+class Phone(asyncio.DatagramProtocol):
+    """One phone: one socket, one address of record, one registration at a time."""
+
+    def __init__(
+        self,
+        user: str,
+        primary: Registrar,
+        backup: Registrar | None,
+        config: PhoneConfig = PhoneConfig(),
+        local_host: str = "127.0.0.1",
+        local_port: int = 0,
+        stats: FleetStats | None = None,
+        on_node_change: Callable[[str | None, str | None], None] | None = None,
+    ):
+        self.user = user
+        self.primary = primary
+        self.backup = backup
+        self.config = config
+        self.local_host = local_host
+        self.local_port = local_port
+        self.domain = config.domain or primary.host
+        self.stats = stats if stats is not None else FleetStats()
+        self._on_node_change = on_node_change
+        self.events: list[Event] = []
+        self.node: Registrar | None = None  # where the phone is registered now
+        self.last_node: Registrar | None = None  # where it last registered successfully
+        self.granted: int | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.call_id = sip.new_call_id(local_host)
+        self.from_tag = sip.new_tag()
+        self.cseq = 0
+        self._min_expires: dict[str, int] = {}  # node name -> Min-Expires it demanded
+        self._transactions: dict[str, _Transaction] = {}
+        self._attempt: list[Registrar] = []  # nodes left to try in the current attempt
+        self._attempt_active = False
+        self._423_count = 0
+        self._refresh_due = False
+        self._refresh_timer: asyncio.TimerHandle | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._probe_timer: asyncio.TimerHandle | None = None
+        self._probing = False
+        self._running = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Bind the phone's socket (``local_port`` 0: an ephemeral port)."""
+        self.loop = loop or asyncio.get_running_loop()
+        await self.loop.create_datagram_endpoint(lambda: self, local_addr=(self.local_host, self.local_port))
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.local_port = transport.get_extra_info("sockname")[1]
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+
+    def error_received(self, exc) -> None:
+        # ICMP port/host unreachable: ignored, the transaction timers decide.
+        pass
+
+    @property
+    def contact_uri(self) -> str:
+        return sip.sip_uri(self.user, self.local_host, self.local_port)
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def busy(self) -> bool:
+        """A REGISTER attempt is in progress."""
+        return self._attempt_active
+
+    def start(self) -> None:
+        """Start registering (to the primary first).  The socket must be open."""
+        if self.transport is None:
+            raise RuntimeError("open() the phone before start()")
+        if self._running:
+            return
+        self._running = True
+        self._log(STARTED, None)
+        self._begin_attempt(self._nodes_in_order(prefer_primary=True))
+
+    def stop(self) -> None:
+        """Stop every timer and transaction, close the socket.  Idempotent."""
+        if not self._running and self.transport is None:
+            return
+        was_running = self._running
+        self._running = False
+        for tx in list(self._transactions.values()):
+            tx.cancel()
+        self._transactions.clear()
+        for timer in (self._refresh_timer, self._expiry_timer, self._retry_timer, self._probe_timer):
+            if timer is not None:
+                timer.cancel()
+        self._refresh_timer = self._expiry_timer = self._retry_timer = self._probe_timer = None
+        self._attempt_active = False
+        self._set_node(None)
+        if was_running:
+            self._log(STOPPED, None)
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    def refresh_now(self) -> bool:
+        """Send a REGISTER now as a refresh would; False if one is already in flight."""
+        if not self._running or self._attempt_active:
+            return False
+        self._refresh()
+        return True
+
+    # ------------------------------------------------------------------ events
+
+    def _log(self, kind: str, node: Registrar | None, **info) -> None:
+        self.events.append(Event(time.monotonic(), time.time(), kind, node.name if node else None, info or None))
+
+    def _set_node(self, node: Registrar | None) -> None:
+        if node is self.node:
+            return
+        old = self.node
+        self.node = node
+        if self._on_node_change is not None:
+            self._on_node_change(old.name if old else None, node.name if node else None)
+
+    # ------------------------------------------------------------------ I/O
+
+    def _send(self, data: bytes, address: tuple[str, int]) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, address)
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        try:
+            msg = sip.parse(data)
+        except (sip.SipParseError, ValueError, IndexError):
+            self.stats.bad_datagrams += 1
+            return
+        if msg.is_request:
+            self._answer_request(msg, addr)
+            return
+        tx = self._transactions.get(msg.via_branch or "")
+        if tx is None:
+            return  # late answer to a finished transaction, or not ours
+        cseq = msg.cseq
+        if cseq is None or cseq[1] != tx.method:
+            return
+        code = msg.status_code or 0
+        if code < 200:
+            tx.provisional()
+            return
+        self._end_transaction(tx, msg)
+
+    def _answer_request(self, msg: sip.SIP, addr) -> None:
+        # A registrar may qualify its phones with OPTIONS (Asterisk does).
+        method = msg.method
+        if method == "ACK":
+            return
+        code = 200 if method in ("OPTIONS", "NOTIFY") else 501
+        self._send(bytes(sip.response_for(msg, code, to_tag=self.from_tag)), addr)
+
+    def _end_transaction(self, tx: _Transaction, response: sip.SIP | None) -> None:
+        if self._transactions.pop(tx.branch, None) is None:
+            return
+        tx.cancel()
+        if self._running:
+            tx.on_done(tx, response)
+
+    def _new_transaction(self, node: Registrar, method: str, msg: sip.SIP, branch: str,
+                         on_done, requested: int | None = None) -> None:
+        data = bytes(msg)
+        self._transactions[branch] = _Transaction(self, node, method, branch, data, on_done, requested)
+        self._send(data, node.address)
+
+    # ------------------------------------------------------------------ registration
+
+    def _nodes_in_order(self, prefer_primary: bool) -> list[Registrar]:
+        nodes = [self.primary] if self.backup is None else (
+            [self.primary, self.backup] if prefer_primary else [self.backup, self.primary])
+        return nodes
+
+    def _begin_attempt(self, nodes: Sequence[Registrar]) -> None:
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        self._attempt = list(nodes)
+        self._attempt_active = True
+        self._refresh_due = False
+        self._423_count = 0
+        self._send_register(self._attempt.pop(0))
+
+    def _requested_for(self, node: Registrar) -> int:
+        return max(self.config.requested_expires, self._min_expires.get(node.name, 0))
+
+    def _send_register(self, node: Registrar) -> None:
+        self.cseq += 1
+        requested = self._requested_for(node)
+        branch = sip.new_branch()
+        msg = sip.register(
+            registrar_host=node.host,
+            registrar_port=node.port,
+            user=self.user,
+            domain=self.domain,
+            local_host=self.local_host,
+            local_port=self.local_port,
+            call_id=self.call_id,
+            cseq=self.cseq,
+            from_tag=self.from_tag,
+            expires=requested,
+            contact_expires=requested if self.config.contact_expires else None,
+            branch=branch,
+            user_agent=self.config.user_agent,
+        )
+        self.stats.register_sent += 1
+        self._new_transaction(node, "REGISTER", msg, branch, self._register_done, requested)
+
+    def _register_done(self, tx: _Transaction, response: sip.SIP | None) -> None:
+        node = tx.node
+        code = response.status_code if response is not None else None
+        if code is not None and 200 <= code < 300:
+            granted = sip.granted_expires(response, self.contact_uri)
+            if granted is None:
+                granted = tx.requested
+            if granted and granted > 0:
+                self._registered(node, granted, tx.requested)
+                return
+            reason = "registrar granted 0 seconds"
+        elif code == 423:
+            wanted = response.min_expires
+            if wanted and wanted > (tx.requested or 0) and self._423_count < MAX_423_RETRIES:
+                self._423_count += 1
+                self._min_expires[node.name] = wanted
+                self._log(INTERVAL_TOO_BRIEF, node, requested=tx.requested, min_expires=wanted)
+                self._send_register(node)
+                return
+            reason = f"423 {response.reason} (Min-Expires {wanted})"
+        elif response is None:
+            reason = "timeout"
+        else:
+            reason = f"{code} {response.reason}"
+        self._register_failed(node, reason)
+
+    def _registered(self, node: Registrar, granted: int, requested: int | None) -> None:
+        self.stats.register_ok += 1
+        self._attempt_active = False
+        self._attempt = []
+        self.granted = granted
+        self._set_node(node)
+        self._log(REGISTERED, node, granted=granted, requested=requested)
+        if self.last_node is not None and self.last_node is not node:
+            self._log(SWITCHED, node, **{"from": self.last_node.name, "to": node.name})
+        self.last_node = node
+        loop = self.loop
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        self._expiry_timer = loop.call_later(granted, self._expired, node)
+        if self._refresh_timer is not None:
+            self._refresh_timer.cancel()
+        self._refresh_timer = loop.call_later(granted * self.config.refresh_ratio, self._refresh)
+        if node is self.primary:
+            self._stop_probing()
+        elif self.config.failback == PROBE:
+            self._start_probing()
+
+    def _register_failed(self, node: Registrar, reason: str) -> None:
+        self.stats.register_failed += 1
+        self._log(REGISTER_FAILED, node, reason=reason)
+        if self.node is node:  # the node serving us failed us: down from now
+            self._set_node(None)
+            if self._expiry_timer is not None:
+                self._expiry_timer.cancel()
+                self._expiry_timer = None
+        if self._attempt:
+            self._423_count = 0
+            self._send_register(self._attempt.pop(0))
+            return
+        self._attempt_active = False
+        if self.node is not None:
+            # Still registered elsewhere (a failback try that failed): carry on there.
+            if self.config.failback == PROBE and self.node is not self.primary:
+                self._start_probing()
+            if self._refresh_due:
+                self._refresh()
+            return
+        self._retry_timer = self.loop.call_later(self.config.scaled(self.config.retry_interval), self._retry)
+
+    def _retry(self) -> None:
+        self._retry_timer = None
+        if self._running and not self._attempt_active:
+            self._begin_attempt(self._nodes_in_order(prefer_primary=True))
+
+    def _refresh(self) -> None:
+        self._refresh_timer = None
+        if not self._running:
+            return
+        if self._attempt_active:
+            self._refresh_due = True  # after the attempt in flight
+            return
+        on_backup = self.node is not None and self.node is not self.primary
+        prefer_primary = not (on_backup and self.config.failback == PROBE)
+        self._begin_attempt(self._nodes_in_order(prefer_primary))
+
+    def _expired(self, node: Registrar) -> None:
+        self._expiry_timer = None
+        if self.node is node:
+            self._log(EXPIRED, node)
+            self._set_node(None)
+
+    # ------------------------------------------------------------------ probing (failback policy "probe")
+
+    def _start_probing(self) -> None:
+        if not self._probing:
+            self._probing = True
+            self._probe_timer = self.loop.call_later(self.config.scaled(self.config.probe_interval), self._probe)
+
+    def _stop_probing(self) -> None:
+        self._probing = False
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
+
+    def _probe(self) -> None:
+        self._probe_timer = None
+        if not self._running or not self._probing:
+            return
+        branch = sip.new_branch()
+        msg = sip.options(
+            target_host=self.primary.host,
+            target_port=self.primary.port,
+            user=self.user,
+            domain=self.domain,
+            local_host=self.local_host,
+            local_port=self.local_port,
+            call_id=sip.new_call_id(self.local_host),
+            cseq=1,
+            from_tag=sip.new_tag(),
+            branch=branch,
+            user_agent=self.config.user_agent,
+        )
+        self.stats.options_sent += 1
+        self._new_transaction(self.primary, "OPTIONS", msg, branch, self._probe_done)
+
+    def _probe_done(self, tx: _Transaction, response: sip.SIP | None) -> None:
+        code = response.status_code if response is not None else None
+        if code is not None and 200 <= code < 300:
+            self.stats.options_ok += 1
+            self._log(PROBE_OK, self.primary)
+            if not self._attempt_active:
+                self._stop_probing()
+                # Move back; if the primary refuses, _register_failed keeps the
+                # backup binding and _registered on the backup restarts probing.
+                self._begin_attempt([self.primary] if self.node is not None else
+                                    self._nodes_in_order(prefer_primary=True))
+                return
+        else:
+            self._log(PROBE_FAILED, self.primary, reason="timeout" if response is None
+                      else f"{code} {response.reason}")
+        if self._probing and self._running:
+            self._probe_timer = self.loop.call_later(self.config.scaled(self.config.probe_interval), self._probe)
+
+
+class Fleet:
+    """N phones sharing one event loop, with live counts per registrar.
+
+    Phone *i* is user ``first_user + i``, bound on ``local_hosts[i % len]``
+    at port ``base_port + i // len(local_hosts)`` (``base_port`` 0: ephemeral
+    ports).
+    """
+
+    def __init__(
+        self,
+        primary: Registrar,
+        backup: Registrar | None,
+        count: int,
+        config: PhoneConfig = PhoneConfig(),
+        local_hosts: Sequence[str] = ("127.0.0.1",),
+        base_port: int = 0,
+        first_user: int = 10000,
+    ):
+        if count < 0:
+            raise ValueError("count must not be negative")
+        self.primary = primary
+        self.backup = backup
+        self.config = config
+        self.stats = FleetStats()
+        self._counts: dict[str, int] = {primary.name: 0, NONE: count}
+        if backup is not None:
+            self._counts[backup.name] = 0
+        hosts = list(local_hosts)
+        self.phones = [
+            Phone(
+                str(first_user + i),
+                primary,
+                backup,
+                config,
+                local_host=hosts[i % len(hosts)],
+                local_port=(base_port + i // len(hosts)) if base_port else 0,
+                stats=self.stats,
+                on_node_change=self._node_changed,
+            )
+            for i in range(count)
+        ]
+
+    def _node_changed(self, old: str | None, new: str | None) -> None:
+        counts = self._counts
+        counts[old or NONE] = counts.get(old or NONE, 0) - 1
+        counts[new or NONE] = counts.get(new or NONE, 0) + 1
+
+    async def open(self) -> None:
+        """Bind every phone's socket (raises the open-files limit if needed)."""
+        ensure_open_files(len(self.phones) + 256)
+        loop = asyncio.get_running_loop()
+        for phone in self.phones:
+            await phone.open(loop)
+
+    async def start(self, rate: float | None = None) -> None:
+        """Start every phone; ``rate`` phones per second (None: all at once)."""
+        if any(p.transport is None for p in self.phones):
+            await self.open()
+        if not rate:
+            for phone in self.phones:
+                phone.start()
+            return
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for i, phone in enumerate(self.phones):
+            loop.call_at(t0 + i / rate, phone.start)
+        await asyncio.sleep(len(self.phones) / rate)
+
+    async def wait_registered(self, timeout: float, node: str | None = None) -> bool:
+        """Wait until every phone is registered (on ``node`` if given); False on timeout."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            counts = self.counts()
+            done = counts[node] == len(self.phones) if node else counts[NONE] == 0
+            if done:
+                return True
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+
+    def counts(self) -> dict[str, int]:
+        """Phones per registrar name, and ``"none"`` for phones registered nowhere."""
+        return dict(self._counts)
+
+    def progress_line(self) -> str:
+        c = self.counts()
+        nodes = [self.primary.name] + ([self.backup.name] if self.backup else [])
+        parts = [f"{name} {c.get(name, 0)}" for name in nodes] + [f"none {c.get(NONE, 0)}"]
+        s = self.stats
+        return (f"{'  '.join(parts)}  | REGISTER ok {s.register_ok} failed {s.register_failed}"
+                f" timeouts {s.timeouts} retransmissions {s.retransmissions}")
+
+    async def stop(self) -> None:
+        for phone in self.phones:
+            phone.stop()
+        await asyncio.sleep(0)  # let the transports close
+
+    def events(self) -> dict[str, list[Event]]:
+        """Each phone's events, keyed by its user name."""
+        return {phone.user: list(phone.events) for phone in self.phones}
+
+
+class FleetThread:
+    """A :class:`Fleet` on its own event loop in a background thread.
+
+    For synchronous drivers: every method blocks until the loop has done the
+    work, and is safe to call from the driver's thread.
+
+        runner = FleetThread(Fleet(master, slave, 5000, PhoneConfig(expires=120, time_scale=10)))
+        runner.start(rate=1000)
+        runner.wait_registered(timeout=60)
+        ... inject the fault, print runner.fleet.progress_line() ...
+        runner.stop()
+        events = runner.events()
+    """
+
+    def __init__(self, fleet: Fleet):
+        self.fleet = fleet
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="phones", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def _call(self, coro, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self, rate: float | None = None, timeout: float | None = None) -> None:
+        self._call(self.fleet.start(rate), timeout)
+
+    def wait_registered(self, timeout: float, node: str | None = None) -> bool:
+        return self._call(self.fleet.wait_registered(timeout, node), timeout + 5)
+
+    def counts(self) -> dict[str, int]:
+        return self.fleet.counts()  # a dict copy of plain ints: safe to read from here
+
+    def events(self) -> dict[str, list[Event]]:
+        async def collect():
+            return self.fleet.events()
+        return self._call(collect(), 60)
+
+    def stop(self, timeout: float = 60) -> None:
+        if not self.loop.is_running():
+            return
+        try:
+            self._call(self.fleet.stop(), timeout)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout)
+            if not self._thread.is_alive():
+                self.loop.close()
+
+
+def ensure_open_files(needed: int) -> int:
+    """Raise the soft open-files limit towards ``needed`` (up to the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raise OSError(f"{needed} open files needed for the phones' sockets, the hard limit is {hard}: "
+                      f"raise it (ulimit -Hn) or run fewer phones")
+    return soft
