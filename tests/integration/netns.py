@@ -186,3 +186,172 @@ def witness_lab():
     made = Lab(witness=True).setup()
     yield made
     made.cleanup()
+
+
+# --- the slave's services, for real -----------------------------------------------------
+#
+# A tiny SysV-style world in a temp directory: etc/init.d/<service> scripts that run a
+# real daemon with start-stop-daemon and a pid file, and an update-rc.d look-alike that
+# flips etc/rc2.d/S01<service> links.  The settings' command templates point at them
+# through XIVO_HA_SERVICES_* environment variables.
+
+REPO = Path(__file__).resolve().parents[2]
+KAMAILIO_TEMPLATE = REPO / "simulator" / "node" / "kamailio.cfg.j2"
+
+INIT_SCRIPT = r"""#!/bin/sh
+# LSB-style init script for tests: <service> start|stop|status
+set -u
+svc=$(basename "$0")
+base=$(cd "$(dirname "$0")/../.." && pwd)
+pidfile="$base/run/$svc.pid"
+daemon="$base/daemons/$svc"
+echo "$svc ${1:-}" >> "$base/journal"
+case "${1:-}" in
+start)
+    [ -f "$daemon" ] || { echo "$svc: not installed ($daemon missing)" >&2; exit 5; }
+    if start-stop-daemon --status --pidfile "$pidfile"; then exit 0; fi
+    set --
+    while IFS= read -r arg; do set -- "$@" "$arg"; done < "$daemon"
+    program=$1; shift
+    exec start-stop-daemon --start --quiet --background --make-pidfile --pidfile "$pidfile" \
+        --exec "$program" -- "$@"
+    ;;
+stop)
+    exec start-stop-daemon --stop --quiet --retry TERM/10/KILL/5 --oknodo --remove-pidfile --pidfile "$pidfile"
+    ;;
+status)
+    start-stop-daemon --status --pidfile "$pidfile"
+    code=$?
+    [ "$code" = 0 ] || [ "$code" = 3 ] || echo "$svc: pid file $pidfile but no process" >&2
+    exit $code
+    ;;
+*)
+    echo "usage: $svc start|stop|status" >&2
+    exit 2
+    ;;
+esac
+"""
+
+UPDATE_RC_D = r"""#!/bin/sh
+# update-rc.d look-alike for tests: <service> enable|disable
+set -u
+base=$(cd "$(dirname "$0")/.." && pwd)
+svc=$1
+echo "$svc $2" >> "$base/journal"
+[ -x "$base/etc/init.d/$svc" ] || { echo "update-rc.d: $base/etc/init.d/$svc: file does not exist" >&2; exit 1; }
+case "$2" in
+enable) ln -sfn "../init.d/$svc" "$base/etc/rc2.d/S01$svc" ;;
+disable) rm -f "$base/etc/rc2.d/S01$svc" ;;
+*) echo "usage: update-rc.d <service> enable|disable" >&2; exit 1 ;;
+esac
+"""
+
+
+def free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pid_alive(pid: int) -> bool:
+    """True when the process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+@dataclass
+class SlaveServices:
+    """Init scripts, an update-rc.d and real daemons under ``base``."""
+
+    base: Path
+    kamailio_ports: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for sub in ("etc/init.d", "etc/rc2.d", "sbin", "run", "daemons", "kamailio"):
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
+        (self.base / "journal").touch()
+        script = self.base / "lib-init-script"
+        script.write_text(INIT_SCRIPT)
+        script.chmod(0o755)
+        rcd = self.base / "sbin" / "update-rc.d"
+        rcd.write_text(UPDATE_RC_D)
+        rcd.chmod(0o755)
+
+    def _install(self, name: str, argv: list[str]) -> None:
+        (self.base / "daemons" / name).write_text("".join(f"{arg}\n" for arg in argv))
+        (self.base / "etc" / "init.d" / name).symlink_to(self.base / "lib-init-script")
+
+    def add_sleeper(self, name: str) -> None:
+        """A service whose daemon is a long sleep: a real process with a pid file."""
+        self._install(name, ["/bin/sleep", "3600"])
+
+    def add_kamailio(self, name: str = "kamailio", port: int | None = None) -> int:
+        """A service running a real Kamailio (the simulator's registrar) on a loopback port."""
+        import jinja2
+
+        port = port or free_udp_port()
+        workdir = self.base / "kamailio" / name
+        workdir.mkdir(parents=True, exist_ok=True)
+        template = jinja2.Template(KAMAILIO_TEMPLATE.read_text())
+        config = workdir / "kamailio.cfg"
+        config.write_text(
+            template.render(listen_address="127.0.0.1", port=port, min_expires=180, max_expires=300,
+                            default_expires=240, children=1)
+        )
+        self._install(name, ["/usr/sbin/kamailio", "-f", str(config), "-DD", "-E", "-Y", str(workdir),
+                             "-w", str(workdir), "-m", "16", "-M", "4"])
+        self.kamailio_ports[name] = port
+        return port
+
+    def add_broken(self, name: str) -> None:
+        """A service whose program does not exist: start fails with the tool's message."""
+        self._install(name, [str(self.base / "missing-daemon")])
+
+    def env(self, names: list[str]) -> dict[str, str]:
+        init = self.base / "etc" / "init.d"
+        rcd = self.base / "sbin" / "update-rc.d"
+        return {
+            "XIVO_HA_SERVICES_SLAVE_SERVICES": ",".join(names),
+            "XIVO_HA_SERVICES_START_COMMAND": f"{init}/{{service}},start",
+            "XIVO_HA_SERVICES_STOP_COMMAND": f"{init}/{{service}},stop",
+            "XIVO_HA_SERVICES_STATUS_COMMAND": f"{init}/{{service}},status",
+            "XIVO_HA_SERVICES_ENABLE_COMMAND": f"{rcd},{{service}},enable",
+            "XIVO_HA_SERVICES_DISABLE_COMMAND": f"{rcd},{{service}},disable",
+            "XIVO_HA_SERVICES_COMMAND_TIMEOUT": "30",
+        }
+
+    def pid(self, name: str) -> int | None:
+        try:
+            return int((self.base / "run" / f"{name}.pid").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def running(self, name: str) -> bool:
+        pid = self.pid(name)
+        return pid is not None and pid_alive(pid)
+
+    def enabled(self, name: str) -> bool:
+        return (self.base / "etc" / "rc2.d" / f"S01{name}").is_symlink()
+
+    def journal(self) -> list[str]:
+        return (self.base / "journal").read_text().splitlines()
+
+    def clear_journal(self) -> None:
+        (self.base / "journal").write_text("")
+
+    def cleanup(self) -> None:
+        """Stop whatever still runs (a failed test must not leave daemons behind)."""
+        for script in (self.base / "etc" / "init.d").iterdir():
+            subprocess.run([str(script), "stop"], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def slave_services(tmp_path):
+    made = SlaveServices(tmp_path / "services")
+    yield made
+    made.cleanup()
