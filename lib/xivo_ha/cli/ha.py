@@ -8,7 +8,7 @@ import sys
 from plumbum import cli
 
 from . import Command, run
-from .. import apply, cron, paths, role, settings, status, system
+from .. import apply, cron, maintenance, paths, role, settings, status, system
 from ..errors import EXIT_NOT_RUNNING, OperationFailed, UsageError
 from ..role import HaConfig, Role
 
@@ -34,6 +34,7 @@ class _RoleChange(Command):
     def change(self, target: HaConfig) -> int:
         self.log()
         config = settings.load()
+        maintenance.refuse_role_change()
         print(f"xivo-ha: making this node {_describe(target)}")
         apply.change_role(target, config, print)
         print(f"xivo-ha: this node is now {_describe(target)}")
@@ -108,9 +109,12 @@ class Cron(Command):
 class CronRegenerate(Command):
     """Rewrite /etc/cron.d/xivo-ha-master or -slave from /etc/xivo/ha.conf (used by the package)"""
 
+    DESCRIPTION_MORE = "While maintenance is on, the file is written with its jobs still paused."
+
     def main(self):
         config = role.read()
         for path, content in cron.desired_files(config).items():
+            content = maintenance.regenerate_content(content)
             if content is None:
                 if system.remove(path):
                     print(f"removed {path}")
@@ -133,6 +137,20 @@ XivoHa.subcommand("disable", Disable)
 XivoHa.subcommand("status", Status)
 XivoHa.subcommand("cron", Cron)
 Cron.subcommand("regenerate", CronRegenerate)
+
+# Support tools (doctor, XiVO CC, maintenance) live in their own modules.
+from .maintenance import Maintenance, MaintenanceOff, MaintenanceOn, MaintenanceStatus  # noqa: E402
+
+XivoHa.subcommand("maintenance", Maintenance)
+Maintenance.subcommand("on", MaintenanceOn)
+Maintenance.subcommand("off", MaintenanceOff)
+Maintenance.subcommand("status", MaintenanceStatus)
+
+from .cc import Cc, CcDisable, CcEnable  # noqa: E402
+
+XivoHa.subcommand("cc", Cc)
+Cc.subcommand("enable", CcEnable)
+Cc.subcommand("disable", CcDisable)
 
 
 def main(argv: list[str] | None = None) -> int:
