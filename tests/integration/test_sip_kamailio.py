@@ -1,0 +1,148 @@
+"""Phones against real Kamailio registrars on loopback ports.
+
+Expiry bounds as the node template renders them, OPTIONS answered, and a
+fleet failing over from a killed registrar to a second one, then failing
+back by both policies once the first one is back on its port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+from kamailio_fixture import kamailio, kamailio_binary, start_kamailio  # noqa: F401  (fixture)
+
+from xivo_ha_simulator import report, sip
+from xivo_ha_simulator.phone import NEXT_REFRESH, PROBE, Fleet, Phone, PhoneConfig, Registrar
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(kamailio_binary() is None, reason="kamailio is not installed"),
+]
+
+
+def exchange(port: int, msg_for) -> sip.SIP:
+    """Send one request built by ``msg_for(local_port)`` to 127.0.0.1:port, return the answer."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+        sock.sendto(bytes(msg_for(sock.getsockname()[1])), ("127.0.0.1", port))
+        return sip.parse(sock.recv(65535))
+
+
+def register(port: int, user: str, expires: int | None) -> sip.SIP:
+    return exchange(port, lambda local_port: sip.register(
+        registrar_host="127.0.0.1", registrar_port=port, user=user, domain="127.0.0.1",
+        local_host="127.0.0.1", local_port=local_port, call_id=sip.new_call_id(), cseq=1,
+        from_tag=sip.new_tag(), expires=expires))
+
+
+async def phone_registration(port: int, expires: int) -> Phone:
+    phone = Phone("3000", Registrar("master", "127.0.0.1", port), None, PhoneConfig(expires=expires))
+    await phone.open()
+    phone.start()
+    deadline = time.monotonic() + 20
+    while phone.node is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    phone.stop()
+    return phone
+
+
+def test_granted_expiry_obeys_min_max_and_default(tmp_path):
+    with start_kamailio(tmp_path, 0, min_expires=5, max_expires=30, default_expires=12) as registrar:
+        port = registrar.port
+        answer = register(port, "2001", None)
+        assert answer.status_code == 200
+        assert answer.contacts[0].expires == 12  # default_expires
+        assert sip.granted_expires(register(port, "2002", 20)) == 20
+        assert sip.granted_expires(register(port, "2003", 1000)) == 30  # capped at max_expires
+        too_brief = register(port, "2004", 2)
+        assert (too_brief.status_code, too_brief.min_expires) == (423, 5)
+
+        # The phones act on those answers: the granted lifetime, and Min-Expires.
+        capped = asyncio.run(phone_registration(port, 1000))
+        assert [e.info for e in capped.events if e.kind == report.REGISTERED] == [
+            {"granted": 30, "requested": 1000}]
+        raised = asyncio.run(phone_registration(port, 2))
+        assert [e.kind for e in raised.events][:3] == ["started", "interval_too_brief", "registered"]
+        assert [e.info for e in raised.events if e.kind == report.REGISTERED] == [
+            {"granted": 5, "requested": 5}]
+
+
+def test_below_min_expires_is_raised_silently_when_asked(tmp_path):
+    with start_kamailio(tmp_path, 0, min_expires=5, max_expires=30, default_expires=12,
+                        reject_too_brief=False) as registrar:
+        answer = register(registrar.port, "2005", 2)
+        assert answer.status_code == 200
+        assert sip.granted_expires(answer) == 5
+
+
+def test_options_is_answered(kamailio):
+    answer = exchange(kamailio.port, lambda local_port: sip.options(
+        target_host="127.0.0.1", target_port=kamailio.port, user="probe", domain="127.0.0.1",
+        local_host="127.0.0.1", local_port=local_port, call_id="opt-1", cseq=1, from_tag="t"))
+    assert answer.status_code == 200
+    assert answer.cseq == (1, "OPTIONS")
+    assert answer.call_id == "opt-1"
+
+
+PHONES = 40
+# x20: T1 25 ms, Timer F 1.6 s; 40 s asked -> 2 s granted, refresh every second.
+CONFIG = dict(expires=40, time_scale=20, probe_interval=10, retry_interval=10)
+
+
+async def wait_for(fleet: Fleet, node: str, timeout: float = 60) -> None:
+    assert await fleet.wait_registered(timeout, node=node), fleet.progress_line()
+
+
+async def failover_then_failback(tmp_path, policy: str):
+    master = start_kamailio(tmp_path, 0, min_expires=1, max_expires=60, default_expires=10)
+    slave = start_kamailio(tmp_path, 0, min_expires=1, max_expires=60, default_expires=10)
+    restarted = None
+    fleet = Fleet(Registrar("master", "127.0.0.1", master.port), Registrar("slave", "127.0.0.1", slave.port),
+                  PHONES, PhoneConfig(failback=policy, **CONFIG))
+    try:
+        await fleet.start(rate=400)
+        await wait_for(fleet, "master")
+        master.kill()
+        fault = time.monotonic()
+        await wait_for(fleet, "slave")
+        restarted = start_kamailio(tmp_path, master.port, min_expires=1, max_expires=60, default_expires=10)
+        failback = time.monotonic()
+        await wait_for(fleet, "master")
+    finally:
+        await fleet.stop()
+        for handle in (master, slave, restarted):
+            if handle is not None:
+                handle.stop()
+    events = fleet.events()
+    return events, report.compute(events, fault, failback, time_scale=CONFIG["time_scale"])
+
+
+def test_fleet_fails_over_and_back_on_next_refresh(tmp_path):
+    events, result = asyncio.run(failover_then_failback(tmp_path, NEXT_REFRESH))
+    assert result.registered_at_fault == {"master": PHONES}
+    assert result.failovers_seen == PHONES
+    assert result.failover.never == 0 and result.failback.never == 0
+    for evs in events.values():
+        switches = [(e.info["from"], e.info["to"]) for e in evs if e.kind == report.SWITCHED]
+        assert switches == [("master", "slave"), ("slave", "master")]
+        assert not any(e.kind in (report.PROBE_OK, report.PROBE_FAILED) for e in evs)
+
+
+def test_fleet_fails_over_and_back_by_probing(tmp_path):
+    events, result = asyncio.run(failover_then_failback(tmp_path, PROBE))
+    assert result.failovers_seen == PHONES
+    assert result.failback.never == 0
+    for evs in events.values():
+        switches = [(e.info["from"], e.info["to"]) for e in evs if e.kind == report.SWITCHED]
+        assert switches == [("master", "slave"), ("slave", "master")]
+        back = next(e for e in evs if e.kind == report.SWITCHED and e.node == "master")
+        probe_ok = [e for e in evs if e.kind == report.PROBE_OK and e.t <= back.t]
+        assert probe_ok, "the move back follows an answered OPTIONS"
+        # While on the slave, no REGISTER tried the master: only probes failed.
+        on_slave = next(e for e in evs if e.kind == report.SWITCHED and e.node == "slave").t
+        assert not [e for e in evs if e.kind == report.REGISTER_FAILED and e.node == "master"
+                    and on_slave < e.t < back.t]
