@@ -695,6 +695,9 @@ class FleetThread:
         return self.fleet.counts()  # a dict copy of plain ints: safe to read from here
 
     def events(self) -> dict[str, list[Event]]:
+        if not self.loop.is_running():
+            return self.fleet.events()
+
         async def collect():
             return self.fleet.events()
         return self._call(collect(), 60)

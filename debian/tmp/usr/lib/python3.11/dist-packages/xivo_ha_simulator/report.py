@@ -291,18 +291,20 @@ def _stats_sentence(what: str, stats: DowntimeStats) -> str:
 
 
 def occupancy(
-    events: Mapping[str, Sequence[Event]], nodes: Sequence[str] = ()
+    events: Mapping[str, Sequence[Event]], nodes: Sequence[str] = (), until: float | None = None
 ) -> tuple[list[float], dict[str, list[int]]]:
     """Phones registered per node over time, as a step function.
 
     Returns the change instants and, for each node label (plus ``"none"``),
     the number of phones on it from that instant on.  Phones count as
-    "none" until their first registration.
+    "none" until their first registration; events after ``until`` are left out.
     """
     changes: list[tuple[float, str | None, str | None]] = []
     for evs in events.values():
         current = None
         for event in evs:
+            if until is not None and event.t > until:
+                break
             new = _next_node(current, event)
             if new != current:
                 changes.append((event.t, current, new))
@@ -466,10 +468,15 @@ def write_timeline(report: Report, events: Mapping[str, Sequence[Event]], path: 
     from matplotlib import pyplot as plt
 
     path = Path(path)
-    times, series = occupancy(events, [report.primary, report.backup])
+    # The plot ends when the simulation stopped the phones, not with their stop.
+    stops = [e.t for evs in events.values() for e in evs if e.kind == STOPPED]
+    until = min(stops) if stops else None
+    times, series = occupancy(events, [report.primary, report.backup], until)
     starts = [evs[0].t for evs in events.values() if evs]
     origin = min(starts + [report.fault_time]) if starts else report.fault_time
-    end = max([e.t for evs in events.values() for e in evs[-1:]] + [report.fault_time])
+    last = [e.t for evs in events.values() for e in evs[-1:]]
+    end = max([until if until is not None else max(last, default=report.fault_time), report.fault_time,
+               report.failback_time or report.fault_time])
     xs = [t - origin for t in times]
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
     try:
@@ -482,8 +489,8 @@ def write_timeline(report: Report, events: Mapping[str, Sequence[Event]], path: 
         ax.axvline(report.fault_time - origin, color="red", linestyle="--", label="fault")
         if report.failback_time is not None:
             ax.axvline(report.failback_time - origin, color="green", linestyle="--", label="failback")
-        scale = f" (x{report.time_scale:g} = real-equivalent)" if report.time_scale != 1 else ""
-        ax.set_xlabel(f"seconds since start{scale}")
+        scale = f" (x{report.time_scale:g} for real-equivalent)" if report.time_scale != 1 else ""
+        ax.set_xlabel(f"measured seconds since start{scale}")
         ax.set_ylabel("phones registered")
         ax.set_title(f"{report.phones} phones, {report.primary} -> {report.backup}: {report.verdict}")
         ax.set_ylim(bottom=0)
