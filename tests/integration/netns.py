@@ -130,9 +130,15 @@ class Lab:
     def master_link(self, up: bool) -> None:
         """Take the master's side of its link down (no more replies) or up again."""
         ip("-n", self.master_ns, "link", "set", self._ifname("ms"), "up" if up else "down")
+        if up:
+            # Forget the failed ARP resolution so that the very next probe resolves afresh,
+            # instead of waiting out the kernel's retransmission timer.
+            ip("-n", self.slave_ns, "neigh", "flush", "dev", self._ifname("sm"), check=False)
 
     def witness_link(self, up: bool) -> None:
         ip("-n", self.witness_ns, "link", "set", self._ifname("ws"), "up" if up else "down")
+        if up:
+            ip("-n", self.slave_ns, "neigh", "flush", "dev", self._ifname("sw"), check=False)
 
     def remove_master(self) -> None:
         """The master host is gone: its namespace (and its end of the link) removed."""
@@ -290,17 +296,17 @@ class SlaveServices:
         """A service whose daemon is a long sleep: a real process with a pid file."""
         self._install(name, ["/bin/sleep", "3600"])
 
-    def add_kamailio(self, name: str = "kamailio", port: int | None = None) -> int:
-        """A service running a real Kamailio (the simulator's registrar) on a loopback port."""
+    def add_kamailio(self, name: str = "kamailio", port: int | None = None, listen_address: str = "127.0.0.1") -> int:
+        """A service running a real Kamailio (the simulator's registrar), by default on a loopback port."""
         import jinja2
 
-        port = port or free_udp_port()
+        port = port or (free_udp_port() if listen_address == "127.0.0.1" else 5060)
         workdir = self.base / "kamailio" / name
         workdir.mkdir(parents=True, exist_ok=True)
         template = jinja2.Template(KAMAILIO_TEMPLATE.read_text())
         config = workdir / "kamailio.cfg"
         config.write_text(
-            template.render(listen_address="127.0.0.1", port=port, min_expires=180, max_expires=300,
+            template.render(listen_address=listen_address, port=port, min_expires=180, max_expires=300,
                             default_expires=240, children=1)
         )
         self._install(name, ["/usr/sbin/kamailio", "-f", str(config), "-DD", "-E", "-Y", str(workdir),
