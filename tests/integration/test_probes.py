@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import threading
 
 import pytest
 
+from kamailio_fixture import kamailio, kamailio_binary  # noqa: F401  (fixture)
 from netns import lab, witness_lab  # noqa: F401  (fixtures)
 from xivo_ha import probes
 
@@ -206,3 +209,36 @@ def test_sip_master_link_down_is_dead_after_timeout(lab):
     lab.master_link(False)
     observation = probe_from_slave(lab, "sip_options", host=lab.master_address, port=5060, timeout=1.5)
     assert observation["alive"] is False
+
+
+# --- against a real Kamailio registrar -------------------------------------------------
+
+needs_kamailio = pytest.mark.skipif(kamailio_binary() is None, reason="kamailio is not installed")
+
+
+@needs_kamailio
+def test_sip_kamailio_answers(kamailio):
+    observation = probes.sip_options("127.0.0.1", kamailio.port, timeout=5)
+    assert observation.alive is True
+    assert observation.detail == "200 OK"
+
+
+@needs_kamailio
+def test_sip_kamailio_killed_is_dead(kamailio):
+    kamailio.kill()
+    observation = probes.sip_options("127.0.0.1", kamailio.port, timeout=5)
+    assert observation.alive is False
+    assert observation.detail == "port unreachable (ICMP)"
+
+
+@needs_kamailio
+def test_sip_kamailio_hung_is_dead_after_timeout_then_alive_again(kamailio):
+    """A frozen registrar keeps its port (no ICMP error) but never answers: Timer F decides."""
+    os.killpg(kamailio.pid, signal.SIGSTOP)
+    try:
+        observation = probes.sip_options("127.0.0.1", kamailio.port, timeout=2)
+    finally:
+        os.killpg(kamailio.pid, signal.SIGCONT)
+    assert observation.alive is False
+    assert observation.detail.startswith("no final response after ")
+    assert probes.sip_options("127.0.0.1", kamailio.port, timeout=5).alive is True
