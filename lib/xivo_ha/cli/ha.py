@@ -17,7 +17,8 @@ class XivoHa(Command):
     """High availability of a XiVO cluster: a master serving phones and a slave standing by."""
 
     PROGNAME = "xivo-ha"
-    USAGE = "    xivo-ha [SWITCHES] enable master|slave <peer_ip> | disable | status | cron regenerate\n"
+    USAGE = ("    xivo-ha [SWITCHES] enable master|slave <peer_ip> | disable | status | cron regenerate\n"
+             "    xivo-ha [SWITCHES] doctor | maintenance on|off|status | cc enable|disable\n")
 
     def main(self, *args):
         if args:
@@ -147,6 +148,9 @@ Maintenance.subcommand("off", MaintenanceOff)
 Maintenance.subcommand("status", MaintenanceStatus)
 
 from .cc import Cc, CcDisable, CcEnable  # noqa: E402
+from .doctor import Doctor  # noqa: E402
+
+XivoHa.subcommand("doctor", Doctor)
 
 XivoHa.subcommand("cc", Cc)
 Cc.subcommand("enable", CcEnable)
