@@ -1,0 +1,110 @@
+"""xivo-master-slave-db-replication <slave_ip>: copy the master's configuration to the slave."""
+
+from __future__ import annotations
+
+import time
+
+from plumbum import cli
+
+from . import Command, run
+from .. import notify, paths, replication, role, runstate, settings
+from ..errors import OperationFailed
+
+JOB = "replication"
+FAILED = "Slave replication failed"
+
+
+class Replication(Command):
+    """Replicate this master's `asterisk` database to the slave.
+
+    Copies the data of every table of schema public except those matching
+    [replication] exclude_tables (network, support and provisioning settings, event
+    data, the schema version) into the slave's database, in one transaction: the
+    slave's copies are emptied, filled with COPY, their sequences set to the
+    master's values, and row counts and content checksums are compared on both
+    sides before the commit.  Any failure rolls back: the slave stays as it was.
+    Tables excluded are never touched on the slave.
+
+    Runs on the master, every hour from cron.  When nothing changed on either side
+    since the last successful run, nothing is copied (--force copies anyway).
+    Before copying, both databases must have the same encoding and locale, the
+    same alembic schema version and the same tables and columns; otherwise the
+    error says how to fix the slave.
+
+    Prints one summary line.  On failure: exit 1, "Slave replication failed:
+    <reason>" on stderr and in syslog, and a mail to root when an MTA is installed.
+    Exit 2 on bad input (nothing done).
+    """
+
+    PROGNAME = "xivo-master-slave-db-replication"
+
+    force = cli.Flag(["-f", "--force"], help="Replicate even when nothing changed since the last successful run")
+    dry_run = cli.Flag(
+        ["-n", "--dry-run"],
+        help="Check both databases and print the tables and row counts that would be replicated; change nothing",
+    )
+
+    def main(self, slave_ip: str):
+        logger = self.log()
+        slave = role.validate_peer(slave_ip)
+        config = settings.load()
+        current = role.read()
+        if current.role is not role.Role.MASTER:
+            raise OperationFailed(
+                f"this node is not the master (its role is {current.role.value} in "
+                f"{paths.node(paths.HA_CONF)}): the replication runs on the master only"
+            )
+        if current.remote_address and current.remote_address != slave:
+            logger.warning(
+                "replicating to %s although %s names the slave %s",
+                slave, paths.node(paths.HA_CONF), current.remote_address,
+            )
+        options = config.replication
+        target = replication.Target(
+            address=slave,
+            port=options.slave_port,
+            user=options.slave_user,
+            dbname=options.slave_dbname,
+            connect_timeout=options.connect_timeout,
+            lock_timeout=options.lock_timeout,
+        )
+        started = time.monotonic()
+        try:
+            with replication.RunLock():
+                outcome = replication.replicate(
+                    config.database.dsn, target, options.exclude_tables,
+                    force=self.force, dry_run=self.dry_run, progress=logger.debug,
+                )
+        except OperationFailed as exc:
+            message = f"{FAILED}: {exc}"
+            if self.dry_run:
+                logger.error("%s", message)
+                return 1
+            runstate.record(JOB, "failed", time.monotonic() - started, str(exc))
+            notify.failure(
+                logger, "slave replication failed", message,
+                advice=f"Run `{self.PROGNAME} --verbose {slave}` on the master to retry and see each step.",
+            )
+            return 1
+
+        if outcome.status == "dry-run":
+            self._print_dry_run(outcome)
+            return 0
+        runstate.record(JOB, "skipped" if outcome.status == "skipped" else "success",
+                        time.monotonic() - started, outcome.sentence)
+        print(outcome.sentence[0].upper() + outcome.sentence[1:])
+        logger.info("%s", outcome.sentence)
+        return 0
+
+    @staticmethod
+    def _print_dry_run(outcome: replication.Outcome) -> None:
+        print(outcome.sentence[0].upper() + outcome.sentence[1:] + ":")
+        width = max((len(name) for name in outcome.counts), default=0)
+        for name, rows in sorted(outcome.counts.items()):
+            print(f"  {name:<{width}}  {rows:>9} rows")
+        if outcome.excluded:
+            print("Excluded (left untouched on the slave): " + ", ".join(outcome.excluded))
+
+
+def main(argv=None) -> int:
+    return run(Replication, argv)
