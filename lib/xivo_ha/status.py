@@ -9,7 +9,7 @@ from .errors import XivoHaError
 from .settings import Settings
 
 
-def collect(settings: Settings) -> dict[str, Any]:
+def collect(settings: Settings, probe_peer: bool = False) -> dict[str, Any]:
     config = role.read()
     report: dict[str, Any] = {
         "role": config.role.value,
@@ -39,7 +39,51 @@ def collect(settings: Settings) -> dict[str, Any]:
             "result": entry.result, "finished_at": entry.finished_at,
             "age_seconds": round(entry.age()), "duration": entry.duration, "detail": entry.detail,
         }
+    report["maintenance"] = _maintenance(settings)
+    report["failover"] = _failover() if config.role is role.Role.SLAVE else None
+    report["peer"] = _peer(settings, config) if probe_peer and config.remote_address else None
     return report
+
+
+def _maintenance(settings: Settings) -> dict[str, Any]:
+    from . import maintenance
+
+    try:
+        entry = maintenance.read()
+    except XivoHaError as exc:
+        return {"on": None, "error": str(exc)}
+    if entry is None:
+        return {"on": False}
+    data = entry.to_dict()
+    data["overdue"] = entry.age() > settings.doctor.maintenance_warn_age
+    return data
+
+
+def _failover() -> dict[str, Any]:
+    """The slave's failover state (failover.json), times as ISO 8601 UTC."""
+    import json
+
+    from . import failover
+
+    return json.loads(failover.state_to_json(failover.load_state()))
+
+
+def _peer(settings: Settings, config: role.HaConfig) -> dict[str, Any]:
+    """One short probe of the peer: the slave pings the master (as failover does); the
+    master connects to the slave's ssh port (what xivo-sync needs; ICMP may be filtered)."""
+    from . import doctor, probes
+
+    address = config.remote_address
+    if config.role is role.Role.SLAVE:
+        try:
+            obs = probes.ping(address, count=1, interval=1.0, timeout=settings.doctor.ping_timeout)
+            reachable, detail = obs.alive, obs.detail
+        except XivoHaError as exc:
+            reachable, detail = False, str(exc)
+        return {"address": address, "probe": "icmp", "reachable": reachable, "detail": detail}
+    port = settings.sync.ssh_port
+    result = doctor.tcp_connect(address, port, settings.doctor.connect_timeout)
+    return {"address": address, "probe": f"tcp/{port}", "reachable": result["alive"], "detail": result["detail"]}
 
 
 def render_text(report: dict[str, Any]) -> list[str]:
@@ -67,6 +111,39 @@ def render_text(report: dict[str, Any]) -> list[str]:
             lines.append(f"last {job}: never")
         else:
             lines.append(f"last {job}: {entry['result']} {_age(entry['age_seconds'])} ago ({entry['detail']})")
+    lines += _more_lines(report)
+    return lines
+
+
+def _more_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    state = report.get("maintenance") or {}
+    if state.get("error"):
+        lines.append(f"maintenance: unknown ({state['error']})")
+    elif state.get("on"):
+        reason = f": {state['reason']}" if state.get("reason") else ""
+        lines.append(f"maintenance: on since {state['since']} ({_age(state['age_seconds'])} ago){reason}; "
+                     f"{state['cron_file']} is paused")
+        if state.get("overdue"):
+            lines.append("warning: maintenance has been on for more than a day: run `xivo-ha maintenance off` "
+                         "once both nodes are upgraded")
+    else:
+        lines.append("maintenance: off")
+    failover = report.get("failover")
+    if failover:
+        since = failover.get("last_failover") if failover.get("mode") == "serving" else failover.get("last_failback")
+        text = f"failover: {failover.get('mode')}"
+        if failover.get("condition"):
+            text += f", master {failover['condition']}"
+        if since:
+            text += f" (since {since})"
+        lines.append(text)
+        if failover.get("reason"):
+            lines.append(f"  last transition: {failover['reason']}")
+    peer = report.get("peer")
+    if peer:
+        state_text = "reachable" if peer["reachable"] else "NOT reachable"
+        lines.append(f"peer {peer['address']}: {state_text} ({peer['probe']}: {peer['detail']})")
     return lines
 
 

@@ -80,14 +80,16 @@ class Disable(_RoleChange):
 
 
 class Status(Command):
-    """Show the role, the peer, cron files, sentinels, SIP expiry, provisioning and last jobs"""
+    """Show the role, the peer, cron files, sentinels, SIP expiry, provisioning, last jobs, maintenance, failover"""
 
     DESCRIPTION_MORE = "Exit status: 0 when HA is enabled (master or slave), 3 when it is disabled."
 
     as_json = cli.Flag(["--json"], help="Print one JSON object with stable keys")
+    probe = cli.Flag(["--probe"], help="Also probe the peer once (the slave pings the master, "
+                                       "the master connects to the slave's ssh port)")
 
     def main(self):
-        report = status.collect(settings.load())
+        report = status.collect(settings.load(), probe_peer=self.probe)
         if self.as_json:
             print(json.dumps(report, indent=2, sort_keys=True))
         else:
