@@ -16,7 +16,6 @@ answered, a short detail and how long it took.  It never decides anything; that 
 from __future__ import annotations
 
 import re
-import secrets
 import socket
 import time
 from dataclasses import dataclass
@@ -159,6 +158,8 @@ def sip_options(host: str, port: int = 5060, timeout: float = TIMER_F, t1: float
     Alive on any final response; dead when nothing final arrives within ``timeout``
     seconds, or at once when the host reports the port unreachable (ICMP).
     """
+    import secrets  # only the SIP probe needs it: keep it out of every ping-only run
+
     target = f"{host}:{port}"
     started = time.monotonic()
     deadline = started + timeout

@@ -23,7 +23,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+try:
+    import pytest
+except ImportError:  # benchmarks import the helpers without pytest installed
+    pytest = None
 
 _counter = itertools.count(1)
 _lock = threading.Lock()
@@ -176,7 +179,11 @@ def _require_root() -> None:
         pytest.skip("network namespaces need root")
 
 
-@pytest.fixture
+def _fixture(function):
+    return pytest.fixture(function) if pytest is not None else function
+
+
+@_fixture
 def lab():
     """A slave and a master in their own namespaces, linked by a veth pair."""
     _require_root()
@@ -185,7 +192,7 @@ def lab():
     made.cleanup()
 
 
-@pytest.fixture
+@_fixture
 def witness_lab():
     """The same, plus a witness host linked to the slave."""
     _require_root()
@@ -356,7 +363,7 @@ class SlaveServices:
             subprocess.run([str(script), "stop"], capture_output=True, timeout=60)
 
 
-@pytest.fixture
+@_fixture
 def slave_services(tmp_path):
     made = SlaveServices(tmp_path / "services")
     yield made
