@@ -1,0 +1,114 @@
+"""xivo-sync [-i | --failback]: files between the master and the slave, over ssh."""
+
+from __future__ import annotations
+
+import time
+
+from plumbum import cli
+
+from . import Command, run
+from .. import notify, paths, role, runstate, settings, sync
+from ..errors import OperationFailed
+
+
+class Sync(Command):
+    """Copy the master's configuration directories to the slave (rsync over ssh).
+
+    Runs on the master, every hour from cron.  The [sync] directories
+    (/etc/asterisk/extensions_extra.d, /etc/xivo/asterisk, ...) are copied with
+    `rsync -aR --delete-after` to the slave named in /etc/xivo/ha.conf, as root,
+    with the key /root/.ssh/xivo_id_rsa: a file deleted on the master disappears
+    from the slave, files outside those directories are never touched.  A directory
+    missing on the master is skipped with a warning.
+
+    -i creates the key (when absent) and adds it to the slave's
+    /root/.ssh/authorized_keys; ssh asks for the slave's root password once.
+
+    --failback, run on the master once it is back in charge, brings back what the
+    slave recorded meanwhile ([sync] failback_directories: voicemail, recordings).
+    It never deletes anything and never replaces a master file by an older one.
+    Voicemail messages are copied whole; one whose number is taken on the master
+    by another message gets the next free number (nothing is lost), and one
+    already on the master is not copied twice.  Every copied file is listed.
+
+    Exit 0 done, 1 failed (the reason is on stderr, in syslog, and mailed to root
+    when an MTA is installed), 2 bad input.
+    """
+
+    PROGNAME = "xivo-sync"
+
+    init = cli.Flag(
+        ["-i", "--init"],
+        help="Create /root/.ssh/xivo_id_rsa if needed and authorize it on the slave (asks its root password)",
+    )
+    failback_mode = cli.Flag(
+        ["--failback"],
+        excludes=["-i"],
+        help="Bring back from the slave the voicemail and recordings it kept while the master was down",
+    )
+    password_from_env = cli.Flag(
+        ["--password-from-env"],
+        requires=["-i"],
+        help="With -i: read the slave's password from the environment variable SSHPASS (uses sshpass), "
+             "for unattended setups",
+    )
+
+    def main(self):
+        logger = self.log()
+        config = settings.load()
+        current = role.read()
+        if current.role is not role.Role.MASTER:
+            raise OperationFailed(
+                f"this node is not the master (its role is {current.role.value} in "
+                f"{paths.node(paths.HA_CONF)}): xivo-sync runs on the master, after `xivo-ha enable master`"
+            )
+        remote = sync.Remote.from_settings(config, current.remote_address)
+        if self.init:
+            sentence = sync.init_key(remote, self.password_from_env, progress=logger.debug)
+            print(sentence[0].upper() + sentence[1:])
+            logger.info("xivo-sync -i: %s", sentence)
+            return 0
+        if self.failback_mode:
+            return self._failback(remote, config, logger)
+        return self._push(remote, config, logger)
+
+    def _push(self, remote, config, logger) -> int:
+        started = time.monotonic()
+        try:
+            outcome = sync.push(remote, config.sync.directories, progress=logger.debug)
+        except OperationFailed as exc:
+            runstate.record("sync", "failed", time.monotonic() - started, str(exc))
+            notify.failure(logger, "file synchronization failed", f"File synchronization failed: {exc}",
+                           advice="Run `xivo-sync --verbose` on the master to retry and see each step.")
+            return 1
+        for warning in outcome.warnings:
+            logger.warning("warning: %s", warning)
+        runstate.record("sync", "success", time.monotonic() - started, outcome.sentence)
+        print(outcome.sentence[0].upper() + outcome.sentence[1:])
+        logger.info("%s", outcome.sentence)
+        return 0
+
+    def _failback(self, remote, config, logger) -> int:
+        started = time.monotonic()
+        try:
+            outcome = sync.failback(remote, config.sync.failback_directories, progress=logger.debug)
+        except OperationFailed as exc:
+            runstate.record("failback", "failed", time.monotonic() - started, str(exc))
+            notify.failure(logger, "failback copy failed", f"Failback copy failed: {exc}",
+                           advice="Nothing was deleted; rerun `xivo-sync --failback --verbose` on the master.")
+            return 1
+        for warning in outcome.warnings:
+            logger.warning("warning: %s", warning)
+        for action in outcome.actions:
+            if action.kind == "keep":
+                logger.debug("%s", action.describe())
+            else:
+                print(action.describe())
+        runstate.record("failback", "success", time.monotonic() - started, outcome.sentence)
+        print(outcome.sentence[0].upper() + outcome.sentence[1:])
+        logger.info("%s", outcome.sentence)
+        return 0
+
+
+def main(argv=None) -> int:
+    return run(Sync, argv)
