@@ -1,0 +1,555 @@
+"""The simulator's XiVO HA cluster: two docker containers built from our .deb.
+
+:class:`Cluster` drives ``simulator/docker-compose.yml`` (a master and a slave on
+one private bridge network, fixed addresses) with Debian's ``docker-compose``
+and ``docker``, and configures HA **with the real toolkit only**, as the XiVO
+documentation tells an administrator to:
+
+1. ``xivo-ha enable slave <master>`` on the slave, ``xivo-ha enable master
+   <slave>`` on the master;
+2. ``xivo-sync -i`` on the master, its ssh-copy-id password prompt answered by
+   Debian's ``sshpass`` (the slave's host key is accepted beforehand with
+   ``ssh-keyscan``, as an administrator answers "yes");
+3. a first ``xivo-master-slave-db-replication <slave>`` and ``xivo-sync``;
+4. a check that the slave now has the master's users and files;
+5. ``xivo-service restart`` on the master (here: its registrar), so that it
+   grants the SIP expiry `xivo-ha enable` wrote;
+6. one ``xivo-check-master-status`` on the slave, which stops the slave's
+   registrar (it ran since boot, when the node had no role yet).
+
+**Time scale K.**  The nodes keep XiVO's real values (cron lines, SIP expiry
+rows 180/300/240); only timers are divided by K: the registrar grants expiry/K
+(rendered at its start from the database), and the simulator runs the real
+``xivo-check-master-status`` on the slave with ``docker exec`` every 60/K s
+(:class:`Checker`) with its probe timers divided by K through
+``XIVO_HA_<SECTION>_<KEY>`` variables.  With K = 1 the nodes' own cron runs the
+checks and the simulator only watches the slave's state.
+
+All traffic stays on the compose network: the phones bind to the host's address
+on it (the bridge gateway), and probes go between the two containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from plumbum import local
+from plumbum.commands.processes import CommandNotFound, ProcessTimedOut
+
+PROJECT = "xivo-ha-sim"
+MASTER = "master"
+SLAVE = "slave"
+NODES = (MASTER, SLAVE)
+NETWORK = "voip"  # the compose network's key; docker names it <project>_voip
+SSH_PASSWORD = "xivo-ha-sim"  # root's password in the node image (private network only)
+SHARE = "/usr/local/share/xivo-ha-sim"
+READY_FILE = "/run/xivo-ha-sim/ready"
+FAILOVER_STATE = "/var/lib/xivo-ha/failover.json"
+PROVD_CONFIGS = "/var/lib/xivo-provd/jsondb/configs"
+SEED_FILE = "/etc/asterisk/extensions_extra.d/xivo-ha-simulator.conf"
+KAMAILIO_CFG = "/run/kamailio/kamailio.cfg"
+CHECK_PERIOD = 60.0  # cron: every minute
+
+# Real XiVO timers the checks use, divided by the time scale at run time
+# ([probe] defaults of xivo-ha), with the configspec's lower bounds.
+REAL_PROBE_TIMERS = {
+    "PROBE_PING_INTERVAL": (10.0, 0.2),
+    "PROBE_PING_TIMEOUT": (1.0, 0.1),
+    "PROBE_SIP_TIMEOUT": (32.0, 0.5),
+}
+
+Log = Callable[[str], None]
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be built, configured or driven; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def output(self) -> str:
+        return " ".join(part.strip() for part in (self.stderr, self.stdout) if part.strip())
+
+
+def run(argv: Sequence[str], *, timeout: float = 60.0, stdin: str | None = None,
+        env: Mapping[str, str] | None = None, check: bool = True, what: str | None = None) -> Result:
+    """Run a host command (an argument list) with a timeout."""
+    argv = tuple(str(a) for a in argv)
+    try:
+        command = local[argv[0]][argv[1:]]
+    except CommandNotFound:
+        raise ClusterError(f"{argv[0]} is not installed (make deps installs it)") from None
+    if env:
+        command = command.with_env(**env)
+    try:
+        if stdin is not None:
+            rc, out, err = command.run(retcode=None, timeout=timeout, stdin=_stdin_pipe(stdin))
+        else:
+            rc, out, err = command.run(retcode=None, timeout=timeout)
+    except ProcessTimedOut:
+        raise ClusterError(f"{what or ' '.join(argv)}: no answer within {timeout:g} s") from None
+    result = Result(argv, rc, out, err)
+    if check and not result.ok:
+        raise ClusterError(f"{what or ' '.join(argv)} failed (exit {rc}): {result.output() or 'no output'}")
+    return result
+
+
+def _stdin_pipe(text: str):
+    import tempfile
+
+    handle = tempfile.TemporaryFile()
+    handle.write(text.encode())
+    handle.seek(0)
+    return handle
+
+
+def compose_file() -> Path:
+    """The compose file: $XIVO_HA_SIM_COMPOSE_FILE, the source tree's, or the packaged one."""
+    explicit = os.environ.get("XIVO_HA_SIM_COMPOSE_FILE")
+    candidates = [Path(explicit)] if explicit else []
+    candidates += [
+        Path(__file__).resolve().parents[1] / "docker-compose.yml",
+        Path("/usr/share/xivo-ha-simulator/docker-compose.yml"),
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ClusterError("docker-compose.yml of the simulator not found: set XIVO_HA_SIM_COMPOSE_FILE")
+
+
+def scaled_probe_env(time_scale: float) -> dict[str, str]:
+    """XIVO_HA_* variables dividing the probe timers of xivo-check-master-status by K."""
+    env = {}
+    for key, (real, lowest) in REAL_PROBE_TIMERS.items():
+        env[f"XIVO_HA_{key}"] = f"{max(lowest, real / time_scale):g}"
+    env["XIVO_HA_FAILOVER_LOOP"] = "0"  # one check per run: the simulator is the cron
+    return env
+
+
+@dataclass(frozen=True)
+class BringUp:
+    """What the bring-up established and how long each step took."""
+
+    master: str
+    slave: str
+    gateway: str
+    primary: str  # registrar_main of the master's provisioning config
+    backup: str  # registrar_backup that `xivo-ha enable master` wrote
+    users: int  # users on the master, all found on the slave
+    expiry: dict  # staticsip minexpiry/maxexpiry/defaultexpiry (real seconds)
+    granted: dict  # what the master's registrar grants (scaled seconds)
+    steps: list = field(default_factory=list)  # (step, seconds)
+
+
+@dataclass(frozen=True)
+class SlaveEvent:
+    """A change of the slave's failover state, seen after one of its checks."""
+
+    t: float  # monotonic
+    wall: float
+    mode: str  # standby | serving
+    condition: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"t": round(self.t, 6), "wall": round(self.wall, 6), "mode": self.mode,
+                "condition": self.condition, "reason": self.reason}
+
+
+class Cluster:
+    """The two nodes of one compose project."""
+
+    def __init__(self, project: str = PROJECT, time_scale: float = 10.0, net: str | None = None,
+                 compose: Path | None = None, log: Log | None = None):
+        if time_scale <= 0:
+            raise ValueError("the time scale must be positive")
+        self.project = project
+        self.time_scale = float(time_scale)
+        self.net = net or os.environ.get("XIVO_HA_SIM_NET") or "172.28.5"
+        self.compose_path = compose or compose_file()
+        self.log = log or (lambda text: None)
+        self._containers: dict[str, str] = {}
+        self._addresses: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ docker plumbing
+
+    @property
+    def network(self) -> str:
+        # docker-compose 1.x keeps only [-_a-z0-9] of the project name.
+        return re.sub(r"[^-_a-z0-9]", "", self.project.lower()) + f"_{NETWORK}"
+
+    def compose_env(self) -> dict[str, str]:
+        return {"XIVO_HA_SIM_TIME_SCALE": f"{self.time_scale:g}", "XIVO_HA_SIM_NET": self.net}
+
+    def compose(self, *args: str, timeout: float = 300.0, check: bool = True) -> Result:
+        return run(["docker-compose", "-f", str(self.compose_path), "-p", self.project, *args],
+                   timeout=timeout, env=self.compose_env(), check=check,
+                   what=f"docker-compose {' '.join(args)}")
+
+    def container(self, node: str) -> str:
+        if node not in self._containers:
+            cid = self.compose("ps", "-q", node, timeout=60).stdout.strip()
+            if not cid:
+                raise ClusterError(f"the {node} container does not exist: run `xivo-ha-simulator run`")
+            self._containers[node] = cid
+        return self._containers[node]
+
+    def address(self, node: str) -> str:
+        if node not in self._addresses:
+            suffix = {MASTER: "10", SLAVE: "11"}[node]
+            self._addresses[node] = f"{self.net}.{suffix}"
+        return self._addresses[node]
+
+    @property
+    def gateway(self) -> str:
+        """The host's address on the cluster network: the phones bind there."""
+        return f"{self.net}.1"
+
+    def exec(self, node: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+             stdin: str | None = None, timeout: float = 60.0, check: bool = True,
+             what: str | None = None) -> Result:
+        """Run a command in a node (``docker exec``), as root."""
+        cmd = ["docker", "exec"]
+        if stdin is not None:
+            cmd.append("-i")
+        for key, value in (env or {}).items():
+            cmd += ["-e", f"{key}={value}"]
+        cmd += [self.container(node), *argv]
+        return run(cmd, timeout=timeout, stdin=stdin, check=check,
+                   what=what or f"{node}: {' '.join(argv)}")
+
+    def running(self, node: str) -> bool:
+        result = run(["docker", "inspect", "-f", "{{.State.Running}}", self.container(node)],
+                     check=False, timeout=30)
+        return result.ok and result.stdout.strip() == "true"
+
+    def connected(self, node: str) -> bool:
+        result = run(["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", self.container(node)],
+                     check=False, timeout=30)
+        if not result.ok:
+            return False
+        try:
+            return self.network in json.loads(result.stdout or "{}")
+        except ValueError:
+            return False
+
+    # ------------------------------------------------------------------ life cycle
+
+    def up(self, recreate: bool = True, timeout: float = 180.0) -> None:
+        """Create (or re-create) both nodes and wait until they are ready."""
+        if recreate:
+            self.down()
+        self.log(f"starting the cluster ({self.project}: master {self.address(MASTER)}, "
+                 f"slave {self.address(SLAVE)}, time scale x{self.time_scale:g})")
+        self.compose("up", "-d", "--no-build", timeout=timeout)
+        self._containers.clear()
+        self.wait_ready(NODES, timeout)
+
+    def down(self) -> None:
+        self.compose("down", "--remove-orphans", "--timeout", "5", timeout=180)
+        self._containers.clear()
+
+    def exists(self) -> bool:
+        result = self.compose("ps", "-q", timeout=60, check=False)
+        return result.ok and bool(result.stdout.strip())
+
+    def time_scale_of_nodes(self) -> float | None:
+        """The time scale the running nodes were started with."""
+        result = self.exec(MASTER, ["cat", "/etc/xivo-ha-simulator/node.conf"], check=False)
+        for line in result.stdout.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "TIME_SCALE":
+                try:
+                    return float(value)
+                except ValueError:
+                    return None
+        return None
+
+    def wait_ready(self, nodes: Sequence[str] = NODES, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        for node in nodes:
+            while True:
+                if self.running(node) and self.exec(node, ["test", "-e", READY_FILE], check=False,
+                                                    timeout=30).ok:
+                    break
+                if time.monotonic() > deadline:
+                    logs = run(["docker", "logs", "--tail", "30", self.container(node)], check=False)
+                    raise ClusterError(f"the {node} node is not ready after {timeout:g} s; its last lines:\n"
+                                       f"{logs.output()}")
+                time.sleep(0.5)
+
+    # ------------------------------------------------------------------ bring-up with the toolkit
+
+    def bring_up(self, users: int) -> BringUp:
+        """Make the fresh nodes a master and a slave with the real toolkit; see the module doc."""
+        master, slave = self.address(MASTER), self.address(SLAVE)
+        steps: list[tuple[str, float]] = []
+
+        def step(name: str, action: Callable[[], object]):
+            started = time.monotonic()
+            self.log(f"bring-up: {name}")
+            value = action()
+            steps.append((name, round(time.monotonic() - started, 2)))
+            return value
+
+        step(f"xivo-ha enable slave {master} (on the slave)",
+             lambda: self.exec(SLAVE, ["xivo-ha", "enable", "slave", master], timeout=120))
+        step(f"xivo-ha enable master {slave} (on the master)",
+             lambda: self.exec(MASTER, ["xivo-ha", "enable", "master", slave], timeout=120))
+        step(f"{users} demo users on the master", lambda: self.add_users(MASTER, users))
+        token = f"; xivo-ha simulator {time.time():.6f}\n"
+        step("a configuration file on the master for xivo-sync", lambda: self.write_file(MASTER, SEED_FILE, token))
+        step("accept the slave's ssh host key on the master", lambda: self.trust_host_key(MASTER, slave))
+        step("xivo-sync -i (password through sshpass)",
+             lambda: self.exec(MASTER, ["sshpass", "-e", "xivo-sync", "-i"], env={"SSHPASS": SSH_PASSWORD},
+                               timeout=120))
+        step(f"xivo-master-slave-db-replication {slave}",
+             lambda: self.exec(MASTER, ["xivo-master-slave-db-replication", slave], timeout=300))
+        step("xivo-sync", lambda: self.exec(MASTER, ["xivo-sync"], timeout=300))
+
+        def verify():
+            on_master, on_slave = self.users_digest(MASTER), self.users_digest(SLAVE)
+            if on_master != on_slave:
+                raise ClusterError(f"after replication the slave has users {on_slave[0]} ({on_slave[1]}) "
+                                   f"but the master {on_master[0]} ({on_master[1]}): see the output of "
+                                   f"xivo-master-slave-db-replication above")
+            copied = self.exec(SLAVE, ["cat", SEED_FILE], check=False).stdout
+            if copied != token:
+                raise ClusterError(f"xivo-sync did not copy {SEED_FILE} to the slave")
+            return on_master[0]
+
+        count = step("the slave has the master's users and files", verify)
+        step("restart the master's registrar (xivo-service restart)",
+             lambda: self.exec(MASTER, ["service", "kamailio", "restart"], timeout=60))
+        step("one xivo-check-master-status on the slave (stops its registrar)", lambda: self.check_once())
+        status = self.exec(SLAVE, ["xivo-manage-slave-services", "status"], check=False)
+        if status.returncode != 3:
+            raise ClusterError(f"the slave's services still run after a check with the master up "
+                               f"(xivo-manage-slave-services status exit {status.returncode}: {status.output()})")
+        primary, backup = self.provisioned_registrars()
+        if backup != slave:
+            raise ClusterError(f"the master's provisioning names {backup!r} as backup registrar, not the "
+                               f"slave {slave}: `xivo-ha enable master` did not update it")
+        return BringUp(master=master, slave=slave, gateway=self.gateway, primary=primary, backup=backup,
+                       users=count, expiry=self.sip_expiry(MASTER), granted=self.granted(MASTER), steps=steps)
+
+    def add_users(self, node: str, count: int) -> None:
+        if count <= 0:
+            return
+        self.exec(node, ["runuser", "-u", "postgres", "--", "psql", "-XqAt", "-v", "ON_ERROR_STOP=1",
+                         "-v", "first=1", "-v", f"count={int(count)}", "-d", "asterisk",
+                         "-f", f"{SHARE}/demo-users.sql"], timeout=120)
+
+    def sql(self, node: str, query: str) -> str:
+        return self.exec(node, ["runuser", "-u", "postgres", "--", "psql", "-XqAt", "-v", "ON_ERROR_STOP=1",
+                                "-d", "asterisk", "-c", query], timeout=60).stdout.strip()
+
+    def users_digest(self, node: str) -> tuple[int, str]:
+        text = self.sql(node, "SELECT count(*) || ' ' || md5(coalesce(string_agg(name, ',' ORDER BY name), ''))"
+                              " FROM usersip")
+        count, _, digest = text.partition(" ")
+        return int(count), digest
+
+    def sip_expiry(self, node: str) -> dict:
+        rows = self.sql(node, "SELECT var_name || '=' || coalesce(var_val, '') FROM staticsip "
+                              "WHERE var_name IN ('minexpiry', 'maxexpiry', 'defaultexpiry') ORDER BY var_name")
+        return dict(line.split("=", 1) for line in rows.splitlines() if "=" in line)
+
+    def granted(self, node: str) -> dict:
+        """min/max/default expiry the node's registrar was started with (scaled seconds)."""
+        text = self.exec(node, ["cat", KAMAILIO_CFG], check=False).stdout
+        values = {}
+        for line in text.splitlines():
+            if line.startswith('modparam("registrar", "') and "_expires" in line:
+                name = line.split('"')[3]
+                values[name] = int(line.rsplit(",", 1)[1].strip(" );"))
+        return values
+
+    def write_file(self, node: str, path: str, text: str) -> None:
+        self.exec(node, ["mkdir", "-p", str(Path(path).parent)])
+        self.exec(node, ["dd", f"of={path}", "status=none"], stdin=text)
+
+    def trust_host_key(self, node: str, peer: str) -> None:
+        keys = self.exec(node, ["ssh-keyscan", "-T", "10", peer], timeout=30).stdout
+        if not keys.strip():
+            raise ClusterError(f"ssh-keyscan {peer} from the {node} got no host key: is sshd running there?")
+        self.exec(node, ["install", "-d", "-m", "0700", "/root/.ssh"])
+        self.exec(node, ["dd", "of=/root/.ssh/known_hosts", "oflag=append", "conv=notrunc", "status=none"],
+                  stdin=keys)
+
+    def provisioned_registrars(self) -> tuple[str, str]:
+        """(registrar_main, registrar_backup) of the master's provd registrar config."""
+        names = self.exec(MASTER, ["ls", PROVD_CONFIGS]).stdout.split()
+        for name in sorted(names):
+            text = self.exec(MASTER, ["cat", f"{PROVD_CONFIGS}/{name}"]).stdout
+            try:
+                data = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(data, dict) and data.get("X_type") == "registrar":
+                return str(data.get("registrar_main") or ""), str(data.get("registrar_backup") or "")
+        raise ClusterError(f"no registrar config in the master's {PROVD_CONFIGS}")
+
+    # ------------------------------------------------------------------ settings of a node
+
+    def set_setting(self, node: str, section: str, key: str, value: str) -> None:
+        """Edit /etc/xivo-ha/xivo-ha.conf on a node, as an administrator would."""
+        script = (
+            "import sys\n"
+            "from configobj import ConfigObj\n"
+            "conf = ConfigObj('/etc/xivo-ha/xivo-ha.conf', encoding='utf-8')\n"
+            "section, key, value = sys.argv[1:4]\n"
+            "conf.setdefault(section, {})[key] = value\n"
+            "conf.write()\n"
+        )
+        self.exec(node, ["python3", "-c", script, section, key, value])
+
+    # ------------------------------------------------------------------ the slave's checks
+
+    def check_env(self) -> dict[str, str]:
+        return scaled_probe_env(self.time_scale)
+
+    def check_once(self, timeout: float | None = None) -> Result:
+        """One real xivo-check-master-status on the slave, probe timers divided by K."""
+        budget = timeout or (120.0 + 3 * CHECK_PERIOD / self.time_scale)
+        result = self.exec(SLAVE, ["xivo-check-master-status", self.address(MASTER)], env=self.check_env(),
+                           timeout=budget, check=False)
+        if result.returncode not in (0,):
+            self.log(f"xivo-check-master-status exited {result.returncode}: {result.output()}")
+        return result
+
+    def slave_state(self) -> dict:
+        result = self.exec(SLAVE, ["cat", FAILOVER_STATE], check=False, timeout=30)
+        if not result.ok:
+            return {}
+        try:
+            return json.loads(result.stdout)
+        except ValueError:
+            return {}
+
+    def slave_services_running(self) -> bool:
+        return self.exec(SLAVE, ["xivo-manage-slave-services", "status"], check=False).returncode == 0
+
+    # ------------------------------------------------------------------ back to normal
+
+    def restore_master(self) -> None:
+        """Master running, on the network, no packet filter, link up, registrar running."""
+        if not self.running(MASTER):
+            run(["docker", "start", self.container(MASTER)], timeout=60)
+        if not self.connected(MASTER):
+            run(["docker", "network", "connect", "--ip", self.address(MASTER), self.network,
+                 self.container(MASTER)], timeout=60)
+        self.wait_ready([MASTER], timeout=120)
+        self.exec(MASTER, ["nft", "delete", "table", "inet", "xivo_ha_sim"], check=False)
+        device = self.device(MASTER)
+        if device:
+            self.exec(MASTER, ["ip", "link", "set", device, "up"], check=False)
+        if self.exec(MASTER, ["service", "kamailio", "status"], check=False).returncode != 0:
+            self.exec(MASTER, ["service", "kamailio", "start"], timeout=60)
+
+    def device(self, node: str) -> str:
+        """The node's interface that holds its cluster address."""
+        out = self.exec(node, ["ip", "-o", "-4", "addr", "show", "to", f"{self.address(node)}/32"],
+                        check=False).stdout.split()
+        return out[1].split("@")[0] if len(out) > 1 else ""
+
+    def reset(self, sip_probe: bool = False) -> None:
+        """Back to the state right after bring-up: master serving, slave standing by."""
+        self.restore_master()
+        self.set_setting(SLAVE, "probe", "sip_probe", "on" if sip_probe else "off")
+        self.check_once()
+        if self.slave_services_running():
+            self.exec(SLAVE, ["xivo-manage-slave-services", "stop"], timeout=60)
+        state = self.slave_state()
+        if state.get("mode") == "serving":
+            self.check_once()
+
+
+class Checker:
+    """Runs the slave's check every 60/K s (K > 1) or watches cron do it (K = 1).
+
+    Every change of the slave's failover mode (standby/serving) is kept in
+    :attr:`events`, with the sentence xivo-check-master-status gave for it.
+    """
+
+    def __init__(self, cluster: Cluster, log: Log | None = None):
+        self.cluster = cluster
+        self.log = log or cluster.log
+        self.events: list[SlaveEvent] = []
+        self.checks = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._mode: str | None = None
+
+    @property
+    def period(self) -> float:
+        return CHECK_PERIOD / self.cluster.time_scale
+
+    @property
+    def drives_checks(self) -> bool:
+        return self.cluster.time_scale != 1
+
+    @property
+    def mode(self) -> str | None:
+        return self._mode
+
+    def start(self) -> None:
+        self._mode = self.cluster.slave_state().get("mode")
+        self._thread = threading.Thread(target=self._loop, name="slave-checks", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 120.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def failovers(self) -> int:
+        return sum(1 for e in self.events if e.mode == "serving")
+
+    def failbacks(self) -> int:
+        return sum(1 for e in self.events if e.mode == "standby")
+
+    def _loop(self) -> None:
+        # Bounded: one iteration per period until stopped (the run's length bounds it).
+        next_at = time.monotonic()
+        poll = self.period if self.drives_checks else 5.0
+        while not self._stop.is_set():
+            try:
+                if self.drives_checks:
+                    self.cluster.check_once()
+                    self.checks += 1
+                self._observe()
+            except ClusterError as exc:
+                self.errors += 1
+                self.log(f"slave check: {exc}")
+            next_at += poll
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+            if next_at < time.monotonic():
+                next_at = time.monotonic()
+
+    def _observe(self) -> None:
+        state = self.cluster.slave_state()
+        mode = state.get("mode")
+        if mode and mode != self._mode:
+            event = SlaveEvent(time.monotonic(), time.time(), mode, str(state.get("condition", "")),
+                               str(state.get("reason", "")))
+            self.events.append(event)
+            self.log(f"slave: {mode}: {event.reason}")
+            self._mode = mode
