@@ -137,10 +137,12 @@ class _PathState:
     def read(cls, path: Path) -> "_PathState":
         try:
             info = path.stat()
-        except FileNotFoundError:
+            is_dir = path.is_dir()
+            content = None if is_dir else path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
             return cls(path, None, 0o644, None, False)
-        is_dir = path.is_dir()
-        content = None if is_dir else path.read_bytes()
+        except OSError as exc:
+            raise OperationFailed(f"cannot read {shown(path)}: {exc.strerror}. Nothing was changed.") from None
         return cls(path, content, info.st_mode & 0o7777, (info.st_uid, info.st_gid), is_dir)
 
     @property
@@ -154,10 +156,13 @@ class _PathState:
         elif self.exists:
             system.write_atomic(self.path, self.content, self.mode)
             os.chown(self.path, *self.owner)
-        elif self.path.is_dir():
+        elif self.path.is_dir() and not self.path.is_symlink():
             self.path.rmdir()
         else:
-            system.remove(self.path)
+            try:
+                self.path.unlink()
+            except (FileNotFoundError, NotADirectoryError):
+                pass
 
 
 def _daemon_ids() -> tuple[int, int]:
@@ -167,9 +172,9 @@ def _daemon_ids() -> tuple[int, int]:
         raise OperationFailed(f"there is no {LOG_OWNER} user or group on this node. Nothing was changed.") from None
 
 
-def _apply_files(changes: list[tuple[str, Callable[[], None]]], before: list[_PathState], say: Say) -> None:
-    """Run each change; on any failure restore every path in ``before`` and raise."""
-    for what, change in changes:
+def _apply_files(changes: list[tuple[str, str, Callable[[], None]]], before: list[_PathState], say: Say) -> None:
+    """Run each (action, done, change); on any failure restore every path in ``before`` and raise."""
+    for action, done, change in changes:
         try:
             change()
         except Exception as exc:  # noqa: BLE001 - any failure rolls back
@@ -183,10 +188,10 @@ def _apply_files(changes: list[tuple[str, Callable[[], None]]], before: list[_Pa
                     leftovers.append(f"{shown(state.path)} ({undo_exc})")
             if leftovers:
                 raise OperationFailed(
-                    f"{what} failed: {reason}{where}. Rollback incomplete: {'; '.join(leftovers)}"
+                    f"could not {action}: {reason}{where}. Rollback incomplete: {'; '.join(leftovers)}"
                 ) from None
-            raise OperationFailed(f"{what} failed: {reason}{where}. Rolled back: nothing was changed.") from None
-        say(f"  {what}")
+            raise OperationFailed(f"could not {action}: {reason}{where}. Rolled back: nothing was changed.") from None
+        say(f"  {done}")
 
 
 def enable(settings: Settings, reporting_host: str, elasticsearch: str, apply: bool, say: Say) -> list[str]:
@@ -220,10 +225,11 @@ def enable(settings: Settings, reporting_host: str, elasticsearch: str, apply: b
         os.chown(log_dir, uid, gid)
 
     say("xivo-ha: configuring DB Replic in HA slave mode")
+    assignments = ", ".join(f"{k}={v}" for k, v in wanted.items())
     _apply_files([
-        (f"set {', '.join(f'{k}={v}' for k, v in wanted.items())} in {paths.CC_CUSTOM_ENV}", write_env),
-        (f"created {paths.CC_LOG_DIR} owned {LOG_OWNER}:{LOG_OWNER}", make_log_dir),
-        (f"touched {paths.CC_SENTINEL}", lambda: system.touch(sentinel)),
+        (f"write {paths.CC_CUSTOM_ENV}", f"set {assignments} in {paths.CC_CUSTOM_ENV}", write_env),
+        (f"create {paths.CC_LOG_DIR}", f"created {paths.CC_LOG_DIR} owned {LOG_OWNER}:{LOG_OWNER}", make_log_dir),
+        (f"touch {paths.CC_SENTINEL}", f"touched {paths.CC_SENTINEL}", lambda: system.touch(sentinel)),
     ], before, say)
     log.get().info("XiVO CC DB Replic HA mode enabled (reporting DB %s, Elasticsearch %s)",
                    reporting_host, elasticsearch)
@@ -244,9 +250,11 @@ def disable(settings: Settings, apply: bool, say: Say) -> list[str]:
             def write_env() -> None:
                 system.write_atomic(env_path, new_text, before[0].mode)
                 os.chown(env_path, *before[0].owner)
-            changes.append((f"removed {', '.join(KEYS)} from {paths.CC_CUSTOM_ENV}", write_env))
+            changes.append((f"write {paths.CC_CUSTOM_ENV}", f"removed {', '.join(KEYS)} from {paths.CC_CUSTOM_ENV}",
+                            write_env))
     if before[1].exists:
-        changes.append((f"removed {paths.CC_SENTINEL}", lambda: system.remove(sentinel)))
+        changes.append((f"remove {paths.CC_SENTINEL}", f"removed {paths.CC_SENTINEL}",
+                        lambda: system.remove(sentinel)))
     if not changes:
         say("xivo-ha: DB Replic HA mode is not configured on this node: nothing to undo")
         return []
