@@ -7,9 +7,9 @@ documentation tells an administrator to:
 
 1. ``xivo-ha enable slave <master>`` on the slave, ``xivo-ha enable master
    <slave>`` on the master;
-2. ``xivo-sync -i`` on the master, its ssh-copy-id password prompt answered by
-   Debian's ``sshpass`` (the slave's host key is accepted beforehand with
-   ``ssh-keyscan``, as an administrator answers "yes");
+2. ``xivo-sync -i --password-from-env`` on the master: the slave's root
+   password goes to ssh through Debian's ``sshpass`` (the one prompt an
+   administrator answers by hand);
 3. a first ``xivo-master-slave-db-replication <slave>`` and ``xivo-sync``;
 4. a check that the slave now has the master's users and files;
 5. ``xivo-service restart`` on the master (here: its registrar), so that it
@@ -315,9 +315,8 @@ class Cluster:
         step(f"{users} demo users on the master", lambda: self.add_users(MASTER, users))
         token = f"; xivo-ha simulator {time.time():.6f}\n"
         step("a configuration file on the master for xivo-sync", lambda: self.write_file(MASTER, SEED_FILE, token))
-        step("accept the slave's ssh host key on the master", lambda: self.trust_host_key(MASTER, slave))
-        step("xivo-sync -i (password through sshpass)",
-             lambda: self.exec(MASTER, ["sshpass", "-e", "xivo-sync", "-i"], env={"SSHPASS": SSH_PASSWORD},
+        step("xivo-sync -i (the slave's root password through sshpass)",
+             lambda: self.exec(MASTER, ["xivo-sync", "-i", "--password-from-env"], env={"SSHPASS": SSH_PASSWORD},
                                timeout=120))
         step(f"xivo-master-slave-db-replication {slave}",
              lambda: self.exec(MASTER, ["xivo-master-slave-db-replication", slave], timeout=300))
@@ -384,14 +383,6 @@ class Cluster:
     def write_file(self, node: str, path: str, text: str) -> None:
         self.exec(node, ["mkdir", "-p", str(Path(path).parent)])
         self.exec(node, ["dd", f"of={path}", "status=none"], stdin=text)
-
-    def trust_host_key(self, node: str, peer: str) -> None:
-        keys = self.exec(node, ["ssh-keyscan", "-T", "10", peer], timeout=30).stdout
-        if not keys.strip():
-            raise ClusterError(f"ssh-keyscan {peer} from the {node} got no host key: is sshd running there?")
-        self.exec(node, ["install", "-d", "-m", "0700", "/root/.ssh"])
-        self.exec(node, ["dd", "of=/root/.ssh/known_hosts", "oflag=append", "conv=notrunc", "status=none"],
-                  stdin=keys)
 
     def provisioned_registrars(self) -> tuple[str, str]:
         """(registrar_main, registrar_backup) of the master's provd registrar config."""
