@@ -142,8 +142,12 @@ def has_witness(policy: Policy) -> bool:
 
 
 def slave_isolated(obs: Observations, policy: Policy) -> bool:
-    """The master looks down, and this slave cannot reach the witness either."""
-    if not has_witness(policy):
+    """The master does not answer ping, and this slave cannot reach the witness either.
+
+    A master that pings while its registrar is silent proves this slave's network
+    works: the witness only matters when the ping fails.
+    """
+    if not has_witness(policy) or not icmp_down(obs):
         return False
     return obs.witness is None or not obs.witness.alive
 

@@ -30,7 +30,7 @@ def observations(kind: str, services: str = failover.STOPPED, master: str = MAST
             "sip", f"{master}:5060", kind == UP, "200 OK" if kind == UP else "no final response", 0.1
         )
     witness = None
-    if kind in (DOWN, CRASHED, ISOLATED):
+    if kind in (DOWN, ISOLATED):
         alive = kind != ISOLATED
         witness = Observation("witness", WITNESS, alive, "1/3 replies" if alive else "0/3 replies", 20.0)
     return Observations(master=master, icmp=icmp, sip=sip, witness=witness, services=services)
@@ -146,6 +146,18 @@ def test_witness_configured_but_not_checked_counts_as_isolated():
     decision = failover.decide(obs, State(), Policy(witness=WITNESS), T0)
     assert decision.action is Action.NOTHING
     assert "not checked" in decision.reason
+
+
+def test_crashed_registrar_with_the_witness_unreachable_still_fails_over():
+    """The master pings: this slave's network works, whatever the witness says."""
+    obs = observations(CRASHED)
+    obs = Observations(
+        master=obs.master, icmp=obs.icmp, sip=obs.sip, services=obs.services,
+        witness=Observation("witness", WITNESS, False, "0/3 replies", 20.0),
+    )
+    decision = failover.decide(obs, State(), Policy(sip_probe=True, witness=WITNESS), T0)
+    assert decision.action is Action.START
+    assert decision.state.condition == failover.REGISTRAR_DOWN
 
 
 def test_hold_down_sentence_tells_the_time_left():

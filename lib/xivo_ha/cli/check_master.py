@@ -166,7 +166,8 @@ class CheckMasterStatus(Command):
         if observed is None:
             return False
         decision = failover.decide(observed, failover.load_state(), policy, time.time())
-        logger.debug("%s [%s]", decision.reason, observed.describe())
+        if not decision.transition:
+            logger.debug("%s [%s]", decision.reason, observed.describe())
         try:
             if decision.action is failover.Action.START:
                 manager.start(progress=logger.debug)
@@ -184,7 +185,8 @@ class CheckMasterStatus(Command):
 
 
 def observe(master, config, policy, manager, still_slave) -> Optional[failover.Observations]:
-    """Probe the master (then the registrar, then the witness, as needed).
+    """Probe the master: ping; then its registrar when it pings and sip_probe is on;
+    then the witness when it does not ping and a witness is set.
 
     ``still_slave`` is asked after probing, before anything is decided: when the
     node's role changed meanwhile, None is returned and nothing is done.
@@ -195,8 +197,7 @@ def observe(master, config, policy, manager, still_slave) -> Optional[failover.O
     if policy.sip_probe and icmp.alive:
         sip = probes.sip_options(master, probe.sip_port, probe.sip_timeout)
     witness = None
-    looks_down = not icmp.alive or (sip is not None and not sip.alive)
-    if policy.witness and looks_down:
+    if policy.witness and not icmp.alive:
         witness = probes.ping(
             policy.witness, probe.ping_count, probe.ping_interval, probe.ping_timeout, what=probes.WITNESS
         )
