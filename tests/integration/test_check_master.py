@@ -221,7 +221,11 @@ def test_a_failed_start_exits_1_and_is_retried(slave):
     slave.lab.master_link(False)
     result = slave.check()
     assert result.returncode == 1
-    assert "could not start broken" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "failover, starting the services [icmp " in result.stderr
+    assert "], but it failed: could not start broken: " in result.stderr
+    logged = slave.syslog.drain()
+    assert len(logged) == 1 and logged[0].startswith("<27>xivo-ha[")  # daemon, error
     assert slave.running() == [True, True, False]
     assert slave.state()["mode"] == "serving"
     slave.services.clear_journal()

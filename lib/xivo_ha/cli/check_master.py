@@ -11,10 +11,15 @@ from plumbum import cli
 
 from . import Command, run
 from .. import failover, paths, probes, role, services, settings
-from ..errors import OperationFailed, UsageError
+from ..errors import EXIT_FAILED, OperationFailed, UsageError
 
 LOCK_FILE = "check-master-status.lock"
 MAX_LOOP = 3600.0
+
+# Outcomes of one check.
+AGAIN = "again"
+ENOUGH = "enough"
+FAILED = "failed"
 
 
 class Seconds:
@@ -150,7 +155,10 @@ class CheckMasterStatus(Command):
         iterations = 1 + int(loop // interval)
         for _ in range(iterations):
             began = time.monotonic()
-            if not self._check_once(master, config, policy, manager, logger):
+            outcome = self._check_once(master, config, policy, manager, logger)
+            if outcome == FAILED:
+                return EXIT_FAILED
+            if outcome == ENOUGH:
                 break
             next_at = began + interval
             if next_at >= deadline:
@@ -160,11 +168,11 @@ class CheckMasterStatus(Command):
                 time.sleep(pause)
         return 0
 
-    def _check_once(self, master, config, policy, manager, logger) -> bool:
-        """One observe-decide-act round; False when the loop must end."""
+    def _check_once(self, master, config, policy, manager, logger) -> str:
+        """One observe-decide-act round: AGAIN, ENOUGH (the role changed) or FAILED."""
         observed = observe(master, config, policy, manager, lambda: self._still_slave_of(master, logger, before=False))
         if observed is None:
-            return False
+            return ENOUGH
         decision = failover.decide(observed, failover.load_state(), policy, time.time())
         if not decision.transition:
             logger.debug("%s [%s]", decision.reason, observed.describe())
@@ -174,14 +182,16 @@ class CheckMasterStatus(Command):
             elif decision.action is failover.Action.STOP:
                 manager.stop(progress=logger.debug)
         except OperationFailed as exc:
+            # Remember the intent anyway: the next check sees the services' actual state
+            # and tries again.  One line, to syslog and stderr.
             failover.save_state(decision.state)
             logger.error("%s [%s], but it failed: %s", decision.reason, observed.describe(), exc)
-            raise OperationFailed(f"{decision.action.value} failed: {exc}") from None
+            return FAILED
         failover.save_state(decision.state)
         if decision.transition:
             level = logger.warning if decision.action is not failover.Action.NOTHING else logger.info
             level("%s [%s]", decision.reason, observed.describe())
-        return True
+        return AGAIN
 
 
 def observe(master, config, policy, manager, still_slave) -> Optional[failover.Observations]:
