@@ -720,17 +720,14 @@ def _provd_plugins() -> list[str] | dict:
         return {"error": f"cannot list {paths.PROVD_PLUGINS}: {exc.strerror}"}
 
 
-def ssh_command(settings: Any, peer: str, remote: list[str], connect_timeout: float | None = None) -> list[str]:
-    """ssh with the HA key to ``peer``, running ``remote`` (each argument quoted for the remote shell)."""
-    known_hosts = paths.node(paths.ROOT_SSH) / "known_hosts"
-    timeout = connect_timeout or settings.sync.connect_timeout
-    return [
-        "ssh", "-i", str(paths.node(settings.sync.key)), "-p", str(settings.sync.ssh_port),
-        "-o", "BatchMode=yes", "-o", "PreferredAuthentications=publickey", "-o", "IdentitiesOnly=yes",
-        "-o", f"ConnectTimeout={int(max(1, timeout))}", "-o", f"UserKnownHostsFile={known_hosts}",
-        "-o", "LogLevel=ERROR",
-        f"{settings.sync.ssh_user}@{peer}", "--", shlex.join(remote),
-    ]
+def ssh_command(settings: Any, peer: str, remote: list[str]) -> list[str]:
+    """ssh to ``peer`` with the HA key and xivo-sync's options, running ``remote``.
+
+    ssh hands the command to the peer's shell as one string: every argument is quoted.
+    """
+    from . import sync
+
+    return sync.Remote.from_settings(settings, peer).ssh("--", shlex.join(remote))
 
 
 def _ha_key(settings: Any, config: role.HaConfig) -> dict:
@@ -744,12 +741,12 @@ def _ha_key(settings: Any, config: role.HaConfig) -> dict:
     facts["exists"] = True
     facts["mode"] = stat.S_IMODE(info.st_mode) if stat.S_ISREG(info.st_mode) else None
     if config.role is Role.MASTER:
-        argv = ssh_command(settings, config.remote_address, ["true"])
         try:
+            argv = ssh_command(settings, config.remote_address, ["true"])
             result = system.run(argv, timeout=settings.sync.connect_timeout + 10)
             facts["usable"] = result.ok
             facts["detail"] = "" if result.ok else (result.output() or f"ssh exited with {result.returncode}")
-        except OperationFailed as exc:
+        except XivoHaError as exc:
             facts["usable"] = False
             facts["detail"] = str(exc)
     return facts
@@ -812,10 +809,10 @@ def fetch_peer_facts(settings: Any, local: Facts) -> tuple[dict | None, str | No
     if key.get("usable") is False:
         return None, f"ssh with the HA key failed: {key.get('detail')}"
     remote = list(settings.doctor.peer_command) + ["doctor", "--facts"]
-    argv = ssh_command(settings, peer, remote)
     try:
+        argv = ssh_command(settings, peer, remote)
         result = system.run(argv, timeout=settings.doctor.peer_timeout)
-    except OperationFailed as exc:
+    except XivoHaError as exc:
         return None, str(exc)
     if result.returncode == SSH_FAILED:
         return None, f"ssh to {peer} failed: {result.output() or 'no output'}"
@@ -836,10 +833,10 @@ def fetch_peer_facts(settings: Any, local: Facts) -> tuple[dict | None, str | No
 
 def _peer_version(settings: Any, peer: str) -> str | None:
     """The peer's xivo-ha version from ``xivo-ha --version`` (older peers lack --facts)."""
-    argv = ssh_command(settings, peer, list(settings.doctor.peer_command) + ["--version"])
     try:
+        argv = ssh_command(settings, peer, list(settings.doctor.peer_command) + ["--version"])
         result = system.run(argv, timeout=settings.doctor.peer_timeout)
-    except OperationFailed:
+    except XivoHaError:
         return None
     words = result.stdout.split()
     return words[-1] if result.ok and words else None
