@@ -21,6 +21,7 @@ the master; the peer's per-node checks are reported with ``node = "peer"``.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import socket
 import stat
@@ -86,16 +87,29 @@ class Limits:
         )
 
 
+def one_line(text: str) -> str:
+    """Program output folded into one line: ssh's banners dropped, lines joined."""
+    lines = [re.sub(r"@{3,}", "", line).strip() for line in (text or "").splitlines()]
+    kept = [line for line in lines if line.strip("@ ")]
+    if any("UNPROTECTED PRIVATE KEY FILE" in line for line in kept):
+        kept = [line for line in kept if "UNPROTECTED" not in line and not line.startswith(("It is required",
+                                                                                           "This private key"))]
+    folded = ""
+    for line in kept:
+        folded += line if not folded else (" " if folded.endswith(":") else "; ") + line
+    return folded
+
+
 def ok(check_id: str, finding: str, node: str = LOCAL) -> Check:
-    return Check(check_id, OK, finding, "", node)
+    return Check(check_id, OK, one_line(finding), "", node)
 
 
 def warn(check_id: str, finding: str, remedy: str, node: str = LOCAL) -> Check:
-    return Check(check_id, WARN, finding, remedy, node)
+    return Check(check_id, WARN, one_line(finding), one_line(remedy), node)
 
 
 def fail(check_id: str, finding: str, remedy: str, node: str = LOCAL) -> Check:
-    return Check(check_id, FAIL, finding, remedy, node)
+    return Check(check_id, FAIL, one_line(finding), one_line(remedy), node)
 
 
 # --- small readers of the facts ------------------------------------------------------
@@ -319,7 +333,8 @@ def check_job(facts: Facts, job: str, limits: Limits, node: str = LOCAL) -> Chec
     if entry.get("result") == "failed":
         return fail(check_id, f"the last {job} failed {_age(age)} ago: {detail}",
                     f"fix the cause, then run `{command}`", node)
-    finding = f"last {job} {entry.get('result')} {_age(age)} ago" + (f" ({detail})" if detail else "")
+    verb = {"success": "succeeded", "skipped": "was skipped"}.get(entry.get("result"), entry.get("result"))
+    finding = f"last {job} {verb} {_age(age)} ago" + (f" ({detail})" if detail else "")
     if age > limits.job_fail_age:
         return fail(check_id, finding + f": older than {_age(limits.job_fail_age)}",
                     f"check /etc/cron.d/xivo-ha-master and cron, then run `{command}`", node)

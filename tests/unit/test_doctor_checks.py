@@ -400,3 +400,17 @@ def test_versions_must_match():
     slave["version"] = "0.2.0"
     check = assert_status(doctor.check_same_version(master, slave), FAIL)
     assert "0.1.0 here, 0.2.0 on the peer" in check.finding
+
+
+def test_program_output_is_folded_into_one_line():
+    ssh = ("@@@@@@@@@@@@\n@         WARNING: UNPROTECTED PRIVATE KEY FILE!          @\n@@@@@@@@@@@@\n"
+           "Permissions 0640 for '/root/.ssh/xivo_id_rsa' are too open.\n"
+           "It is required that your private key files are NOT accessible by others.\n"
+           "This private key will be ignored.\n"
+           'Load key "/root/.ssh/xivo_id_rsa": bad permissions\n'
+           "root@10.20.30.2: Permission denied (publickey,password).\n")
+    check = doctor.fail("peer", f"ssh failed: {ssh}", "fix\nit")
+    assert check.finding == ("ssh failed: Permissions 0640 for '/root/.ssh/xivo_id_rsa' are too open.; "
+                             'Load key "/root/.ssh/xivo_id_rsa": bad permissions; '
+                             "root@10.20.30.2: Permission denied (publickey,password).")
+    assert check.remedy == "fix; it"
