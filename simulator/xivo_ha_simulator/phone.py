@@ -149,10 +149,14 @@ class FleetStats:
 
 
 class _Transaction:
-    """A client non-INVITE transaction over UDP (RFC 3261 17.1.2)."""
+    """A client non-INVITE transaction over UDP (RFC 3261 17.1.2).
+
+    Timers E (retransmit) and F (give up) share one timer handle: whichever
+    is due first is scheduled, which halves the event loop's timer work.
+    """
 
     __slots__ = ("phone", "node", "method", "branch", "data", "interval", "proceeding",
-                 "timer_e", "timer_f", "on_done", "requested")
+                 "deadline", "timer", "on_done", "requested")
 
     def __init__(self, phone: "Phone", node: Registrar, method: str, branch: str, data: bytes,
                  on_done: Callable[["_Transaction", "sip.SIP | None"], None], requested: int | None = None):
@@ -165,9 +169,17 @@ class _Transaction:
         self.requested = requested
         self.interval = phone.config.timer_t1
         self.proceeding = False
-        loop = phone.loop
-        self.timer_e = loop.call_later(self.interval, self._retransmit)
-        self.timer_f = loop.call_later(phone.config.timer_f, self._timeout)
+        now = phone.loop.time()
+        self.deadline = now + phone.config.timer_f
+        self.timer = None
+        self._schedule(now)
+
+    def _schedule(self, now: float) -> None:
+        at = now + self.interval
+        if at < self.deadline:
+            self.timer = self.phone.loop.call_at(at, self._retransmit)  # Timer E
+        else:
+            self.timer = self.phone.loop.call_at(self.deadline, self._timeout)  # Timer F
 
     def _retransmit(self) -> None:
         phone = self.phone
@@ -175,23 +187,21 @@ class _Transaction:
         phone.stats.retransmissions += 1
         cfg = phone.config
         self.interval = cfg.timer_t2 if self.proceeding else min(2 * self.interval, cfg.timer_t2)
-        self.timer_e = phone.loop.call_later(self.interval, self._retransmit)
+        self._schedule(phone.loop.time())
 
     def _timeout(self) -> None:
-        self.timer_e.cancel()
         self.phone.stats.timeouts += 1
         self.phone._end_transaction(self, None)
 
     def provisional(self) -> None:
         if not self.proceeding:
             self.proceeding = True
-            self.timer_e.cancel()
+            self.timer.cancel()
             self.interval = self.phone.config.timer_t2
-            self.timer_e = self.phone.loop.call_later(self.interval, self._retransmit)
+            self._schedule(self.phone.loop.time())
 
     def cancel(self) -> None:
-        self.timer_e.cancel()
-        self.timer_f.cancel()
+        self.timer.cancel()
 
 
 class Phone(asyncio.DatagramProtocol):
@@ -221,6 +231,7 @@ class Phone(asyncio.DatagramProtocol):
         self.node: Registrar | None = None  # where the phone is registered now
         self.last_node: Registrar | None = None  # where it last registered successfully
         self.granted: int | None = None
+        self.registered_until: float | None = None  # loop time the current binding lapses
         self.transport: asyncio.DatagramTransport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.call_id = sip.new_call_id(local_host)
@@ -238,6 +249,7 @@ class Phone(asyncio.DatagramProtocol):
         self._probe_timer: asyncio.TimerHandle | None = None
         self._probing = False
         self._running = False
+        self._out: sip.SIP | None = None  # reused for every request: saves scapy's set-up
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -305,6 +317,8 @@ class Phone(asyncio.DatagramProtocol):
         """Send a REGISTER now as a refresh would; False if one is already in flight."""
         if not self._running or self._attempt_active:
             return False
+        if self._refresh_timer is not None:
+            self._refresh_timer.cancel()  # replaced by this one; the 200 OK schedules the next
         self._refresh()
         return True
 
@@ -407,7 +421,9 @@ class Phone(asyncio.DatagramProtocol):
             contact_expires=requested if self.config.contact_expires else None,
             branch=branch,
             user_agent=self.config.user_agent,
+            reuse=self._out,
         )
+        self._out = msg
         self.stats.register_sent += 1
         self._new_transaction(node, "REGISTER", msg, branch, self._register_done, requested)
 
@@ -448,9 +464,10 @@ class Phone(asyncio.DatagramProtocol):
             self._log(SWITCHED, node, **{"from": self.last_node.name, "to": node.name})
         self.last_node = node
         loop = self.loop
-        if self._expiry_timer is not None:
+        self.registered_until = loop.time() + granted
+        if self._expiry_timer is not None:  # armed by the refresh that just succeeded
             self._expiry_timer.cancel()
-        self._expiry_timer = loop.call_later(granted, self._expired, node)
+            self._expiry_timer = None
         if self._refresh_timer is not None:
             self._refresh_timer.cancel()
         self._refresh_timer = loop.call_later(granted * self.config.refresh_ratio, self._refresh)
@@ -490,6 +507,10 @@ class Phone(asyncio.DatagramProtocol):
         self._refresh_timer = None
         if not self._running:
             return
+        # The refresh always comes before the lapse (refresh_ratio < 1), so the
+        # lapse timer is armed only now, while the binding is at risk.
+        if self.node is not None and self._expiry_timer is None and self.registered_until is not None:
+            self._expiry_timer = self.loop.call_at(self.registered_until, self._expired, self.node)
         if self._attempt_active:
             self._refresh_due = True  # after the attempt in flight
             return
@@ -533,7 +554,9 @@ class Phone(asyncio.DatagramProtocol):
             from_tag=sip.new_tag(),
             branch=branch,
             user_agent=self.config.user_agent,
+            reuse=self._out,
         )
+        self._out = msg
         self.stats.options_sent += 1
         self._new_transaction(self.primary, "OPTIONS", msg, branch, self._probe_done)
 

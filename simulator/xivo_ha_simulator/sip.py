@@ -191,8 +191,8 @@ class HeadersField(Field):
         return s + _encode("".join(parts)) + CRLF
 
     def any2i(self, pkt, x):
-        if x is None:
-            return None
+        if x is None or type(x) is list:
+            return x  # already (name, value) pairs: values are formatted at build time
         if isinstance(x, dict):
             x = x.items()
         return [(str(n), v if v is None else str(v)) for n, v in x]
@@ -243,6 +243,7 @@ class SIP(Packet):
     """One SIP message: start line, headers, body."""
 
     name = "SIP"
+    __slots__ = ["_header_index"]
     fields_desc = [
         StartLineField("start_line", f"OPTIONS sip:localhost {SIP_VERSION}"),
         HeadersField("headers", None),
@@ -268,57 +269,81 @@ class SIP(Packet):
         return f"SIP {self.start_line}"
 
     # -- start line
+    def _line(self) -> str:
+        line = self.fields.get("start_line")  # not via scapy's __getattr__: hot path
+        return self.default_fields["start_line"] if line is None else line
+
     @property
     def is_request(self) -> bool:
-        return not (self.start_line or "").startswith("SIP/")
+        return not self._line().startswith("SIP/")
 
     @property
     def is_response(self) -> bool:
-        return (self.start_line or "").startswith("SIP/")
+        return self._line().startswith("SIP/")
 
     @property
     def method(self) -> str | None:
-        if not self.is_request:
+        line = self._line()
+        if line.startswith("SIP/"):
             return None
-        return (self.start_line or "").split(" ", 1)[0]
+        return line.split(" ", 1)[0]
 
     @property
     def request_uri(self) -> str | None:
-        if not self.is_request:
+        line = self._line()
+        if line.startswith("SIP/"):
             return None
-        parts = (self.start_line or "").split(" ")
+        parts = line.split(" ")
         return parts[1] if len(parts) > 2 else None
 
     @property
     def status_code(self) -> int | None:
-        if not self.is_response:
+        line = self._line()
+        if not line.startswith("SIP/"):
             return None
-        parts = self.start_line.split(" ", 2)
-        try:
-            return int(parts[1])
-        except (IndexError, ValueError):
-            return None
+        code = line[8:11] if line[7:8] == " " else ""
+        if len(code) == 3 and code.isdigit() and line[11:12] in ("", " "):
+            return int(code)
+        return None
 
     @property
     def reason(self) -> str | None:
-        if not self.is_response:
+        line = self._line()
+        if not line.startswith("SIP/"):
             return None
-        parts = self.start_line.split(" ", 2)
+        parts = line.split(" ", 2)
         return parts[2] if len(parts) > 2 else ""
 
     # -- headers
+    def _index(self) -> dict[str, list[str]]:
+        """Header values by canonical name, rebuilt when the header list changes."""
+        headers = self.fields.get("headers")
+        if headers is None:
+            headers = self.default_fields.get("headers") or []
+        try:
+            cached = object.__getattribute__(self, "_header_index")
+        except AttributeError:
+            cached = None
+        if cached is not None and cached[0] is headers and cached[1] == len(headers):
+            return cached[2]
+        index: dict[str, list[str]] = {}
+        for hname, value in headers:
+            key = canonical_name(hname)
+            if key in index:
+                index[key].append(value)
+            else:
+                index[key] = [value]
+        object.__setattr__(self, "_header_index", (headers, len(headers), index))
+        return index
+
     def get_header(self, name: str, default: str | None = None) -> str | None:
         """The value of the first header called ``name`` (any case, compact or not)."""
-        want = canonical_name(name)
-        for hname, value in self.headers or ():
-            if canonical_name(hname) == want:
-                return value
-        return default
+        values = self._index().get(canonical_name(name))
+        return values[0] if values else default
 
     def get_headers(self, name: str) -> list[str]:
         """Every header line called ``name``, in order, as written."""
-        want = canonical_name(name)
-        return [v for n, v in self.headers or () if canonical_name(n) == want]
+        return list(self._index().get(canonical_name(name), ()))
 
     def header_values(self, name: str) -> list[str]:
         """Every value of ``name``, comma-separated lists split (Via, Contact, ...)."""
@@ -526,7 +551,7 @@ def parse(data: bytes) -> SIP:
     if not data or data[:1] in (b"\r", b"\n", b" "):
         raise SipParseError("empty or keep-alive datagram")
     msg = SIP(data)
-    line = msg.start_line or ""
+    line = msg._line()
     if line.startswith("SIP/2.0 "):
         if msg.status_code is None:
             raise SipParseError(f"bad status line {line!r}")
@@ -607,8 +632,13 @@ def request(
     user_agent: str | None = USER_AGENT,
     extra_headers: Sequence[tuple[str, str | None]] = (),
     body: bytes = b"",
+    reuse: SIP | None = None,
 ) -> SIP:
-    """A request with the headers RFC 3261 section 8.1.1 makes mandatory."""
+    """A request with the headers RFC 3261 section 8.1.1 makes mandatory.
+
+    ``reuse``: a message to overwrite instead of making a new one (saves
+    scapy's per-packet set-up when a sender builds many requests).
+    """
     via = f"SIP/2.0/{transport} {_hostport(local_host, local_port)};branch={branch or new_branch()};rport"
     headers: list[tuple[str, str | None]] = [
         ("Via", via),
@@ -624,7 +654,13 @@ def request(
     if user_agent:
         headers.append(("User-Agent", user_agent))
     headers.append(("Content-Length", None))
-    return SIP(start_line=f"{method} {uri} {SIP_VERSION}", headers=headers, body=body)
+    start_line = f"{method} {uri} {SIP_VERSION}"
+    if reuse is not None:
+        reuse.start_line = start_line
+        reuse.headers = headers
+        reuse.body = body
+        return reuse
+    return SIP(start_line=start_line, headers=headers, body=body)
 
 
 def register(

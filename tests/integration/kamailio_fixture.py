@@ -152,6 +152,7 @@ def start_kamailio(
     *,
     address: str = "127.0.0.1",
     children: int = 1,
+    shm_mb: int | None = None,
     startup_timeout: float = 15.0,
     **template_vars,
 ) -> KamailioHandle:
@@ -168,7 +169,8 @@ def start_kamailio(
     log_file = open(directory / "kamailio.log", "ab")
     process = subprocess.Popen(
         [binary, "-f", str(cfg), "-DD", "-E", "-n", str(children),
-         "-P", str(directory / "kamailio.pid"), "-Y", str(directory)],
+         "-P", str(directory / "kamailio.pid"), "-Y", str(directory)]
+        + (["-m", str(shm_mb)] if shm_mb else []),
         stdin=subprocess.DEVNULL,
         stdout=log_file,
         stderr=subprocess.STDOUT,
