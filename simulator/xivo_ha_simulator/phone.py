@@ -644,15 +644,20 @@ class Fleet:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         for i, phone in enumerate(self.phones):
-            loop.call_at(t0 + i / rate, phone.start)
+            loop.call_at(t0 + i / rate, self._start_one, phone)
         await asyncio.sleep(len(self.phones) / rate)
+
+    @staticmethod
+    def _start_one(phone: Phone) -> None:
+        if phone.transport is not None:  # not stopped meanwhile
+            phone.start()
 
     async def wait_registered(self, timeout: float, node: str | None = None) -> bool:
         """Wait until every phone is registered (on ``node`` if given); False on timeout."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             counts = self.counts()
-            done = counts[node] == len(self.phones) if node else counts[NONE] == 0
+            done = counts.get(node, 0) == len(self.phones) if node else counts[NONE] == 0
             if done:
                 return True
             if asyncio.get_running_loop().time() >= deadline:

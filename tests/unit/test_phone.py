@@ -440,13 +440,15 @@ async def test_stop_ends_every_timer_and_logs_it():
 @aio
 async def test_fleet_counts_phones_per_registrar():
     master, slave = await registrars("master", "slave")
-    fleet = Fleet(master.registrar, slave.registrar, 30, PhoneConfig(**FAST), first_user=2000)
+    fleet = Fleet(master.registrar, slave.registrar, 30, PhoneConfig(**FAST), first_user=2000,
+                  local_hosts=("127.0.0.1", "127.0.0.2"))
     try:
         assert fleet.counts() == {"master": 0, "slave": 0, "none": 30}
         await fleet.start(rate=1000)
         assert await fleet.wait_registered(20)
         assert fleet.counts() == {"master": 30, "slave": 0, "none": 0}
-        assert len({p.local_port for p in fleet.phones}) == 30
+        assert len({(p.local_host, p.local_port) for p in fleet.phones}) == 30
+        assert {p.local_host for p in fleet.phones} == {"127.0.0.1", "127.0.0.2"}
         assert "master 30" in fleet.progress_line()
         master.mode = "silent"
         assert await fleet.wait_registered(20, node="slave")
