@@ -21,6 +21,16 @@ PG_IMAGE = os.environ.get("XIVO_HA_PG_IMAGE", "xivo-ha/bookworm-pg:latest")
 IMAGE_BUILD_TIMEOUT = 1200
 
 
+def run_script(*argv: str) -> None:
+    """Run one of the image scripts; on failure, fail with what it printed."""
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=IMAGE_BUILD_TIMEOUT)
+    if result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(argv)} exited {result.returncode}\n{result.stdout[-3000:]}{result.stderr[-3000:]}",
+            pytrace=False,
+        )
+
+
 def image_exists(name: str) -> bool:
     result = subprocess.run(["docker", "image", "inspect", name], capture_output=True)
     return result.returncode == 0
@@ -40,7 +50,7 @@ def docker_engine() -> None:
 def base_image(docker_engine) -> str:
     """Debian bookworm minbase image, built with simulator/node/build-base when missing."""
     if not image_exists(BASE_IMAGE):
-        subprocess.run([str(NODE_DIR / "build-base")], check=True, timeout=IMAGE_BUILD_TIMEOUT)
+        run_script(str(NODE_DIR / "build-base"))
     return BASE_IMAGE
 
 
@@ -50,7 +60,7 @@ def pg_image(base_image) -> str:
 
     build-images rebuilds it only when the base image or its recipe changed.
     """
-    subprocess.run([str(NODE_DIR / "build-images"), "pg"], check=True, timeout=IMAGE_BUILD_TIMEOUT)
+    run_script(str(NODE_DIR / "build-images"), "pg")
     return PG_IMAGE
 
 
