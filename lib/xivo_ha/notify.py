@@ -16,7 +16,6 @@ import socket
 import time
 
 from . import system
-from .errors import OperationFailed
 
 MAIL_TO = "root"
 MAIL_TIMEOUT = 30.0
@@ -81,7 +80,7 @@ def failure(logger: logging.Logger, what: str, message: str, advice: str = "") -
     )
     try:
         sent = send_mail(_subject(what), body)
-    except OperationFailed as exc:
+    except Exception as exc:  # the mail is a courtesy: never let it hide the failure itself
         logger.warning("could not mail root about it: %s", exc)
         return
     if sent:

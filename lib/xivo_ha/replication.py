@@ -712,11 +712,13 @@ def forget_fingerprint() -> None:
     system.remove(paths.state(FINGERPRINT_FILE))
 
 
-def _connect(dsn: str, timeout: int, what: str) -> "psycopg.Connection":
+def _connect(dsn: str, timeout: int, what: str, hint: str = "") -> "psycopg.Connection":
+    import psycopg
+
     try:
-        return database.connect(dsn, timeout)
-    except OperationFailed as exc:
-        raise OperationFailed(f"{what}: {exc}") from None
+        return psycopg.connect(dsn, connect_timeout=timeout)
+    except psycopg.Error as exc:
+        raise OperationFailed(f"{what}: {database.first_line(exc)}{hint}") from None
 
 
 def _in_thread(function, *args):
@@ -754,9 +756,16 @@ def replicate(
     import psycopg
 
     started = time.monotonic()
-    master = _connect(database_dsn(master_dsn), target.connect_timeout, "cannot read the master database")
+    master = _connect(
+        database_dsn(master_dsn), target.connect_timeout,
+        f"cannot connect to the master database ({database.describe_dsn(master_dsn)})",
+    )
     try:
-        slave = _connect(target.dsn(), target.connect_timeout, f"cannot reach the slave database {target.label}")
+        slave = _connect(
+            target.dsn(), target.connect_timeout, f"cannot reach the slave database {target.label}",
+            hint=" (is PostgreSQL on the slave listening on that address and accepting the master? "
+                 "`xivo-ha enable slave <master_ip>` on the slave sets that up)",
+        )
         try:
             return _replicate(master, slave, target, exclude, force, dry_run, progress, started)
         except psycopg.Error as exc:

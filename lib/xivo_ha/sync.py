@@ -273,7 +273,7 @@ class ItemizedChanges:
     The first letter of ``%i`` says what happened to an item: ``<`` / ``>`` sent /
     received, ``c`` created, ``h`` hard link, ``.`` only attributes, ``*`` a message
     such as ``*deleting``.  The second is the item's type (``f`` file, ``d``
-    directory, ``L`` link...).  Directories whose times merely changed are noise.
+    directory, ``L`` link...).  Directories (created or with new times) are not counted.
     """
 
     changed: tuple[str, ...]
@@ -288,7 +288,7 @@ class ItemizedChanges:
                 continue
             if flags == "*deleting":
                 deleted.append(name.strip())
-            elif len(flags) == 11 and flags[0] in "<>ch" and (flags[1] != "d" or "+" in flags):
+            elif len(flags) == 11 and flags[0] in "<>ch" and flags[1] != "d":
                 changed.append(name)
         return ItemizedChanges(tuple(changed), tuple(deleted))
 
@@ -612,7 +612,7 @@ def failback(remote: Remote, directories: Sequence[str], progress: Progress = _q
     sentence = (
         f"brought back {len(copied)} files from {remote.host} in {time.monotonic() - started:.1f} s"
         + (f" ({len(renamed)} voicemail files renumbered)" if renamed else "")
-        + (f", kept {len(kept)} master files" if kept else "")
+        + (f", {len(kept)} left out (already on the master, or the master's copy is as new)" if kept else "")
         + (f", {len(missing)} directories missing on the slave" if missing else "")
     )
     return FailbackOutcome(sentence, tuple(actions), missing, tuple(warnings))
