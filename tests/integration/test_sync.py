@@ -1,0 +1,372 @@
+"""xivo-sync against a real sshd on 127.0.0.1 with real rsync and ssh.
+
+The master's files are under ``node_root`` (``XIVO_HA_ROOT``); the slave's are under
+``sshd.slave_root``, which ``[sync] remote_root`` points at.  The first tests are
+pure (the decisions behind the commands); the others run ``bin/xivo-sync``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sshd_fixture import sshd  # noqa: F401  (fixture)
+from xivo_ha import role, sync
+from xivo_ha.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[2]
+COMMAND = REPO / "bin" / "xivo-sync"
+VM = "var/spool/asterisk/voicemail/default/1001"
+
+
+# ---------------------------------------------------------------------------
+# Pure decisions
+# ---------------------------------------------------------------------------
+
+def state(mtime: int, size: int = 10) -> sync.FileState:
+    return sync.FileState(mtime, size)
+
+
+def test_merge_copies_new_files_and_only_replaces_older_master_files():
+    data = sync.MergeInput(
+        staged={"var/lib/xivo/sounds/recordings/new.wav": state(100),
+                "var/lib/xivo/sounds/recordings/older-on-master.wav": state(200),
+                "var/lib/xivo/sounds/recordings/newer-on-master.wav": state(200),
+                "var/lib/xivo/sounds/recordings/same-age.wav": state(200, 11)},
+        master={"var/lib/xivo/sounds/recordings/older-on-master.wav": state(100),
+                "var/lib/xivo/sounds/recordings/newer-on-master.wav": state(300),
+                "var/lib/xivo/sounds/recordings/same-age.wav": state(200, 12)},
+        digests={},
+    )
+    kinds = {a.source.rsplit("/", 1)[1]: a.kind for a in sync.plan_merge(data)}
+    assert kinds == {"new.wav": "copy", "older-on-master.wav": "update", "newer-on-master.wav": "keep",
+                     "same-age.wav": "keep"}
+
+
+def test_merge_renumbers_a_colliding_voicemail_message_as_a_whole():
+    data = sync.MergeInput(
+        staged={f"{VM}/INBOX/msg0000.txt": state(500), f"{VM}/INBOX/msg0000.wav": state(500),
+                f"{VM}/INBOX/msg0001.txt": state(510), f"{VM}/INBOX/msg0001.wav": state(510),
+                f"{VM}/Old/msg0000.txt": state(400), f"{VM}/unavail.wav": state(450)},
+        master={f"{VM}/INBOX/msg0000.txt": state(100), f"{VM}/INBOX/msg0000.wav": state(100)},
+        digests={f"{VM}/INBOX/msg0000.txt": "slave-a", f"{VM}/INBOX/msg0001.txt": "slave-b",
+                 f"{VM}/Old/msg0000.txt": "master-x"},
+        master_numbers={f"{VM}/INBOX": frozenset({0, 2}), f"{VM}/Old": frozenset({0})},
+        master_messages={VM: frozenset({"master-x", "master-y"})},
+    )
+    actions = {a.source: a for a in sync.plan_merge(data)}
+    # slave msg0000 collides with the master's msg0000: moved whole to the first free number.
+    assert actions[f"{VM}/INBOX/msg0000.txt"].target == f"{VM}/INBOX/msg0001.txt"
+    assert actions[f"{VM}/INBOX/msg0000.wav"].target == f"{VM}/INBOX/msg0001.wav"
+    # slave msg0001 is then taken too (by the renumbered one): next free after 0, 1, 2 is 3.
+    assert actions[f"{VM}/INBOX/msg0001.txt"].target == f"{VM}/INBOX/msg0003.txt"
+    assert actions[f"{VM}/INBOX/msg0001.wav"].target == f"{VM}/INBOX/msg0003.wav"
+    assert "msg0001 is another message on the master" in actions[f"{VM}/INBOX/msg0001.txt"].describe()
+    # Already on the master (same .txt, any folder): not copied again.
+    assert actions[f"{VM}/Old/msg0000.txt"].kind == "keep"
+    # A greeting is an ordinary file.
+    assert actions[f"{VM}/unavail.wav"].kind == "copy"
+    assert all(a.kind != "update" or a.source == a.target for a in actions.values())
+
+
+def test_merge_keeps_a_free_number():
+    data = sync.MergeInput(
+        staged={f"{VM}/INBOX/msg0004.txt": state(1), f"{VM}/INBOX/msg0004.wav": state(1)},
+        master={}, digests={f"{VM}/INBOX/msg0004.txt": "d"},
+        master_numbers={f"{VM}/INBOX": frozenset({0, 1})},
+    )
+    assert [(a.kind, a.target) for a in sync.plan_merge(data)] == [
+        ("copy", f"{VM}/INBOX/msg0004.txt"), ("copy", f"{VM}/INBOX/msg0004.wav")]
+
+
+def test_itemized_rsync_output():
+    output = "\n".join([
+        "cd+++++++++ etc/",
+        ".d..t...... etc/asterisk/",
+        "<f+++++++++ etc/asterisk/extensions_extra.d/a.conf",
+        "<f.st...... etc/asterisk/extensions_extra.d/b.conf",
+        "cL+++++++++ etc/asterisk/link -> target",
+        "*deleting   etc/asterisk/extensions_extra.d/old.conf",
+        ">f+++++++++ var/spool/x",
+    ])
+    changes = sync.ItemizedChanges.parse(output)
+    assert changes.changed == ("etc/asterisk/extensions_extra.d/a.conf", "etc/asterisk/extensions_extra.d/b.conf",
+                               "etc/asterisk/link -> target", "var/spool/x")
+    assert changes.deleted == ("etc/asterisk/extensions_extra.d/old.conf",)
+
+
+def test_push_plan_and_unsafe_values(node_root):
+    plan = sync.plan_push(["/etc/a", "/etc/b/"], lambda d: d == "/etc/a")
+    assert plan == sync.PushPlan(("/etc/a",), ("/etc/b",))
+    with pytest.raises(UsageError):
+        sync.plan_push(["etc/relative"], lambda d: True)
+    with pytest.raises(UsageError):
+        sync.plan_push(["/etc/../root"], lambda d: True)
+    remote = sync.Remote("10.0.0.2", "root", 22, node_root / "root/.ssh/xivo_id_rsa", 10, "/", 60, 30)
+    shell = remote.rsync_shell()
+    assert shell.startswith("ssh -i ") and "BatchMode=yes" in shell and "PreferredAuthentications=publickey" in shell
+    unsafe = sync.Remote("10.0.0.2", "root", 22, Path("/root/my key"), 10, "/", 60, 30)
+    with pytest.raises(UsageError, match="cannot be passed to ssh safely"):
+        unsafe.rsync_shell()
+    assert sync.local_anchored("/etc/asterisk/extensions_extra.d") == f"{node_root}/./etc/asterisk/extensions_extra.d"
+    assert remote.remote_path("/etc/x") == "/etc/x"
+    assert sync.Remote("h", "root", 22, Path("/k"), 1, "/srv/slave", 1, 1).remote_path("/etc/x") == "/srv/slave/etc/x"
+
+
+# ---------------------------------------------------------------------------
+# Real ssh, real rsync
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def master(node_root, sshd, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("XIVO_HA_ALLOW_LOOPBACK_PEER", "1")
+    monkeypatch.setenv("XIVO_HA_SYNC_SSH_PORT", str(sshd.port))
+    monkeypatch.setenv("XIVO_HA_SYNC_REMOTE_ROOT", str(sshd.slave_root))
+    monkeypatch.setenv("XIVO_HA_SYNC_CONNECT_TIMEOUT", "5")
+    monkeypatch.setenv("XIVO_HA_SYSLOG_SOCKET", str(node_root / "no-syslog"))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.delenv("SSHPASS", raising=False)
+    role.write(role.HaConfig(role.Role.MASTER, "127.0.0.1"))
+    return node_root
+
+
+def xivo_sync(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, str(COMMAND), *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def make_key(master_root: Path) -> Path:
+    key = master_root / "root/.ssh/xivo_id_rsa"
+    key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "XiVO HA", "-f", str(key)], check=True)
+    return key
+
+
+@pytest.fixture
+def keyed_master(master, sshd):  # noqa: F811
+    """A master whose key the slave already accepts (xivo-sync -i was run earlier)."""
+    key = make_key(master)
+    sshd.authorize(key.with_name("xivo_id_rsa.pub").read_text())
+    return master
+
+
+def write(path: Path, text: str, mtime: int | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+def files_under(base: Path) -> dict[str, str]:
+    return {str(p.relative_to(base)): p.read_text() for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+def job(master_root: Path, name: str) -> dict:
+    return json.loads((master_root / "var/lib/xivo-ha" / f"{name}.json").read_text())
+
+
+def needs_password(sshd):  # noqa: F811
+    if sshd.password is None:
+        pytest.skip("no private mount namespace here: the test sshd cannot offer a root password")
+
+
+@pytest.mark.integration
+def test_init_creates_the_key_and_authorizes_it_once(master, sshd):  # noqa: F811
+    needs_password(sshd)
+    result = xivo_sync("-i", "--password-from-env", env_extra={"SSHPASS": sshd.password})
+    assert result.returncode == 0, result.stderr
+    assert "was created and authorized on root@127.0.0.1" in result.stdout
+    key = master / "root/.ssh/xivo_id_rsa"
+    public = master / "root/.ssh/xivo_id_rsa.pub"
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert oct(public.stat().st_mode & 0o777) == "0o644"
+    assert oct(key.parent.stat().st_mode & 0o777) == "0o700"
+    line = public.read_text().strip()
+    assert line.startswith("ssh-rsa ") and line.endswith(" XiVO HA")
+    assert sshd.authorized_keys.read_text().splitlines() == [line]
+    private_before = key.read_bytes()
+
+    again = xivo_sync("-i", "--password-from-env", env_extra={"SSHPASS": sshd.password})
+    assert again.returncode == 0, again.stderr
+    assert "already accepts it: nothing to do" in again.stdout
+    assert sshd.authorized_keys.read_text().splitlines() == [line]
+    assert key.read_bytes() == private_before
+    # And the key is what the hourly sync uses.
+    write(master / "etc/asterisk/extensions_extra.d/custom.conf", "[custom]\n")
+    assert xivo_sync().returncode == 0
+    assert (sshd.slave_root / "etc/asterisk/extensions_extra.d/custom.conf").read_text() == "[custom]\n"
+
+
+@pytest.mark.integration
+def test_init_appends_like_ssh_copy_id_and_reuses_an_existing_key(master, sshd):  # noqa: F811
+    needs_password(sshd)
+    key = make_key(master)
+    public_line = key.with_name("xivo_id_rsa.pub").read_text().strip()
+    write(sshd.authorized_keys, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtheradminkey admin@laptop")  # no newline
+    result = xivo_sync("-i", "--password-from-env", env_extra={"SSHPASS": sshd.password})
+    assert result.returncode == 0, result.stderr
+    assert "was authorized on" in result.stdout
+    assert sshd.authorized_keys.read_text() == (
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtheradminkey admin@laptop\n" + public_line + "\n")
+    assert key.with_name("xivo_id_rsa.pub").read_text().strip() == public_line
+
+
+@pytest.mark.integration
+def test_init_with_a_wrong_password_fails_cleanly(master, sshd):  # noqa: F811
+    needs_password(sshd)
+    result = xivo_sync("-i", "--password-from-env", env_extra={"SSHPASS": "not-the-password"})
+    assert result.returncode == 1
+    assert "could not install the key on root@127.0.0.1" in result.stderr
+    assert not sshd.authorized_keys.exists()
+    assert (master / "root/.ssh/xivo_id_rsa").exists()  # kept for the next attempt
+
+
+@pytest.mark.integration
+def test_init_password_from_env_requires_the_variable(master):
+    result = xivo_sync("-i", "--password-from-env")
+    assert result.returncode == 2
+    assert "SSHPASS" in result.stderr
+    assert not (master / "root/.ssh/xivo_id_rsa").exists()
+
+
+@pytest.mark.integration
+def test_push_mirrors_directories_and_touches_nothing_else(keyed_master, sshd):  # noqa: F811
+    master, slave = keyed_master, sshd.slave_root
+    write(master / "etc/asterisk/extensions_extra.d/custom.conf", "[custom]\n", mtime=1_600_000_000)
+    write(master / "etc/asterisk/extensions_extra.d/sub/deep.conf", "deep\n")
+    write(master / "var/lib/asterisk/agi-bin/script.agi", "#!/bin/sh\n").chmod(0o750)
+    write(master / "etc/asterisk/sip.conf", "master's, not synchronized\n")
+    write(slave / "etc/asterisk/extensions_extra.d/stale.conf", "only on the slave\n")
+    write(slave / "etc/asterisk/sip.conf", "the slave's own\n")
+    write(slave / "var/lib/asterisk/sounds/x.wav", "outside the synchronized directories\n")
+
+    result = xivo_sync()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Synchronized 2 directories to 127.0.0.1")
+    assert "3 updated, 1 deleted, 5 missing skipped" in result.stdout
+    for missing in ("/etc/xivo/asterisk", "/var/lib/asterisk/moh", "/var/lib/xivo/certificates",
+                    "/var/lib/xivo/sounds/acd", "/var/lib/xivo/sounds/playback"):
+        assert f"warning: {missing} does not exist on this node: skipped" in result.stderr
+    assert files_under(slave / "etc/asterisk/extensions_extra.d") == {"custom.conf": "[custom]\n",
+                                                                     "sub/deep.conf": "deep\n"}
+    assert (slave / "etc/asterisk/extensions_extra.d/custom.conf").stat().st_mtime == 1_600_000_000
+    assert oct((slave / "var/lib/asterisk/agi-bin/script.agi").stat().st_mode & 0o777) == "0o750"
+    assert (slave / "etc/asterisk/sip.conf").read_text() == "the slave's own\n"
+    assert (slave / "var/lib/asterisk/sounds/x.wav").exists()
+    assert job(master, "sync")["result"] == "success"
+
+    # A file deleted on the master disappears from the slave on the next run.
+    (master / "etc/asterisk/extensions_extra.d/sub/deep.conf").unlink()
+    result = xivo_sync("--verbose")
+    assert result.returncode == 0, result.stderr
+    assert "deleted on the slave etc/asterisk/extensions_extra.d/sub/deep.conf" in result.stderr
+    assert not (slave / "etc/asterisk/extensions_extra.d/sub/deep.conf").exists()
+    assert (slave / "etc/asterisk/extensions_extra.d/custom.conf").exists()
+    assert (slave / "etc/asterisk/sip.conf").read_text() == "the slave's own\n"
+
+
+@pytest.mark.integration
+def test_push_without_a_key_says_how_to_make_one(master, sshd):  # noqa: F811
+    write(master / "etc/asterisk/extensions_extra.d/custom.conf", "x\n")
+    result = xivo_sync()
+    assert result.returncode == 1
+    assert "no SSH key" in result.stderr and "xivo-sync -i" in result.stderr
+    assert not (sshd.slave_root / "etc").exists()
+    assert job(master, "sync")["result"] == "failed"
+
+
+@pytest.mark.integration
+def test_push_with_a_key_the_slave_refuses_fails(master, sshd):  # noqa: F811
+    make_key(master)
+    write(master / "etc/asterisk/extensions_extra.d/custom.conf", "x\n")
+    result = xivo_sync()
+    assert result.returncode == 1
+    assert result.stderr.startswith("File synchronization failed: rsync to root@127.0.0.1 failed")
+    assert "Permission denied" in result.stderr
+    assert not (sshd.slave_root / "etc").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("args", [[], ["-i"], ["--failback"]])
+def test_refused_unless_master(master, sshd, args):  # noqa: F811
+    role.write(role.HaConfig(role.Role.SLAVE, "127.0.0.1"))
+    result = xivo_sync(*args)
+    assert result.returncode == 1
+    assert "this node is not the master (its role is slave" in result.stderr
+    assert not (master / "root/.ssh/xivo_id_rsa").exists()
+
+
+@pytest.mark.integration
+def test_failback_brings_back_without_deleting_or_overwriting_newer(keyed_master, sshd):  # noqa: F811
+    master, slave = keyed_master, sshd.slave_root
+    # The master had two messages and a greeting before it went down.
+    write(master / VM / "INBOX/msg0000.txt", "[message]\ncallerid=Alice\norigtime=100\n", mtime=1000)
+    write(master / VM / "INBOX/msg0000.wav", "alice audio", mtime=1000)
+    write(master / VM / "busy.wav", "master greeting, recorded after the failback", mtime=9000)
+    write(master / VM / "unavail.wav", "old master greeting", mtime=1000)
+    write(master / "var/lib/xivo/sounds/recordings/master-only.wav", "master only")
+    # The slave took calls meanwhile: its own msg0000 is another message.
+    write(slave / VM / "INBOX/msg0000.txt", "[message]\ncallerid=Bob\norigtime=5000\n", mtime=5000)
+    write(slave / VM / "INBOX/msg0000.wav", "bob audio", mtime=5000)
+    write(slave / VM / "INBOX/msg0001.txt", "[message]\ncallerid=Carol\norigtime=5100\n", mtime=5100)
+    write(slave / VM / "INBOX/msg0001.gsm", "carol audio", mtime=5100)
+    write(slave / VM / "busy.wav", "slave greeting", mtime=5000)
+    write(slave / VM / "unavail.wav", "newer slave greeting", mtime=5000)
+    write(slave / "var/spool/asterisk/voicemail/default/1002/INBOX/msg0000.txt", "[message]\ncallerid=Dan\n")
+    write(slave / "var/spool/asterisk/monitor/call-1.wav", "recording")
+    slave_before = files_under(slave)
+    master_before = files_under(master)
+
+    result = xivo_sync("--failback")
+    assert result.returncode == 0, result.stderr
+    assert "warning: /var/lib/xivo/sounds/recordings does not exist on the slave: skipped" in result.stderr
+    after = files_under(master)
+    # Nothing of the master's was lost or replaced by something older.
+    for name, content in master_before.items():
+        if name != f"{VM}/unavail.wav" and not name.startswith("var/lib/xivo-ha/"):
+            assert after[name] == content, name
+    assert after[f"{VM}/busy.wav"] == "master greeting, recorded after the failback"
+    assert after[f"{VM}/unavail.wav"] == "newer slave greeting"
+    # Bob's and Carol's messages are renumbered behind Alice's, whole.
+    assert after[f"{VM}/INBOX/msg0001.txt"].startswith("[message]\ncallerid=Bob")
+    assert after[f"{VM}/INBOX/msg0001.wav"] == "bob audio"
+    assert after[f"{VM}/INBOX/msg0002.txt"].startswith("[message]\ncallerid=Carol")
+    assert after[f"{VM}/INBOX/msg0002.gsm"] == "carol audio"
+    assert after["var/spool/asterisk/voicemail/default/1002/INBOX/msg0000.txt"].endswith("callerid=Dan\n")
+    assert after["var/spool/asterisk/monitor/call-1.wav"] == "recording"
+    assert (master / VM / "INBOX/msg0001.wav").stat().st_mtime == 5000
+    # Every copied file is listed.
+    assert f"copied /{VM}/INBOX/msg0000.wav as /{VM}/INBOX/msg0001.wav" in result.stdout
+    assert "copied /var/spool/asterisk/monitor/call-1.wav" in result.stdout
+    assert f"updated /{VM}/unavail.wav" in result.stdout
+    assert f"/{VM}/busy.wav" not in result.stdout
+    assert "Brought back 7 files from 127.0.0.1" in result.stdout
+    # The slave is left as it was, and no staging area remains.
+    assert files_under(slave) == slave_before
+    assert [p.name for p in (master / "var/lib/xivo-ha").iterdir() if p.name.startswith(".")] == []
+    assert job(master, "failback")["result"] == "success"
+
+    # Running it again brings nothing twice.
+    again = xivo_sync("--failback")
+    assert again.returncode == 0, again.stderr
+    assert "Brought back 0 files" in again.stdout
+    def without_state(files: dict) -> dict:
+        return {k: v for k, v in files.items() if not k.startswith("var/lib/xivo-ha/")}
+
+    assert without_state(files_under(master)) == without_state(after)
+
+
+@pytest.mark.integration
+def test_failback_when_the_slave_cannot_be_reached(keyed_master, sshd):  # noqa: F811
+    sshd.stop()
+    result = xivo_sync("--failback")
+    assert result.returncode == 1
+    assert result.stderr.startswith("Failback copy failed: rsync from root@127.0.0.1 failed")
+    assert job(keyed_master, "failback")["result"] == "failed"
