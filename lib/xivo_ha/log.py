@@ -31,6 +31,7 @@ def setup(verbose: bool = False) -> logging.Logger:
             )
             handler.ident = f"{IDENT}[{os.getpid()}]: "
             handler.setFormatter(logging.Formatter("%(message)s"))
+            handler.setLevel(logging.INFO)
             logger.addHandler(handler)
         except OSError:
             pass

@@ -94,14 +94,6 @@ def _show(argv: Sequence[str]) -> str:
     return " ".join(argv)
 
 
-def _run(argv: Sequence[str], timeout: float) -> system.Result:
-    """system.run, with a program that cannot be executed reported as OperationFailed."""
-    try:
-        return system.run(argv, timeout=timeout)
-    except OSError as exc:
-        raise OperationFailed(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-
-
 @dataclass(frozen=True)
 class Manager:
     """Drives the configured services through the configured commands."""
@@ -136,7 +128,7 @@ class Manager:
         """Run one step; None when it worked, else the sentence saying why not."""
         argv = self.command(template, service)
         try:
-            result = _run(argv, self.timeout)
+            result = system.run(argv, timeout=self.timeout)
         except OperationFailed as exc:
             return f"could not {verb} {service}: {exc}"
         if not result.ok:
@@ -172,7 +164,7 @@ class Manager:
 
     def service_status(self, service: str) -> ServiceStatus:
         argv = self.command(self.status_command, service)
-        result = _run(argv, self.timeout)
+        result = system.run(argv, timeout=self.timeout)
         if result.ok:
             return ServiceStatus(service, True, "")
         output = result.output()

@@ -58,7 +58,7 @@ def run(
     try:
         command = local[argv[0]][argv[1:]]
     except CommandNotFound:
-        raise OperationFailed(f"command not found: {argv[0]}") from None
+        raise OperationFailed(f"cannot run {argv[0]}: command not found") from None
     if env:
         command = command.with_env(**env)
     kwargs = {"retcode": None, "timeout": timeout}
@@ -68,6 +68,8 @@ def run(
         kwargs["cwd"] = str(cwd)
     try:
         code, out, err = command.run(**kwargs)
+    except OSError as exc:
+        raise OperationFailed(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
     except ProcessTimedOut:
         raise OperationFailed(f"{' '.join(argv)} did not finish within {timeout:g} s") from None
     result = Result(argv, code, out or "", err or "")
