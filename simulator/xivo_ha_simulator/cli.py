@@ -159,6 +159,7 @@ class Simulation:
         self.fault = faults.get(options.scenario)
         self.k = float(options.time_scale)
         self.started = time.monotonic()
+        self.facts: dict = {}  # what the fault's steps reported (e.g. packets dropped)
 
     def say(self, text: str) -> None:
         self.out.write(f"[{time.monotonic() - self.started:6.1f}s] {text}\n")
@@ -259,6 +260,7 @@ class Simulation:
         verdict, reasons = self.verdict(report, checker, lost)
         outcome = Outcome(verdict, reasons, report, report.failovers_seen, checker.failovers(), checker.failbacks(),
                           lost, counts_end, timings=timings)
+        self.checker_checks, self.checker_down = checker.checks_between(t0, restored)
         outcome.files = self.write(outcome, events, checker, info, settings)
         timings["total"] = round(time.monotonic() - self.started, 1)
         return outcome
@@ -269,7 +271,7 @@ class Simulation:
         window = o.bound / k * 1.1 + 5.0  # longer than the bound: late phones are seen as late
         for step in fault.inject:
             self.say(f"fault: {step.describe()}")
-            faults.apply(cluster, step)
+            self.facts.update(faults.apply(cluster, step))
         t0, t0_wall = time.monotonic(), time.time()
         restore_after = o.failback_after if o.failback_after is not None else fault.scaled_period(k)
         restore_at = None if restore_after is None else t0 + restore_after
@@ -287,13 +289,13 @@ class Simulation:
                 _, step = schedule.pop(0)
                 progress.done()
                 self.say(f"fault: {step.describe()}")
-                faults.apply(cluster, step)
+                self.facts.update(faults.apply(cluster, step))
             if t1 is None and restore_at is not None and now >= restore_at:
                 progress.done()
                 t1, t1_wall = time.monotonic(), time.time()
                 for step in fault.restore:
                     self.say(f"restore: {step.describe()}")
-                    faults.apply(cluster, step)
+                    self.facts.update(faults.apply(cluster, step))
                 if fault.expect == faults.SERVED:
                     # The master served throughout: nothing to fail back, the
                     # observation ends with the fault.
@@ -335,11 +337,11 @@ class Simulation:
                   and lost == 0)
             reasons = [reasons[0],
                        f"expected no failover: {report.failovers_seen} phones moved to the slave, the slave "
-                       f"started its services {checker.failovers()} times, {lost} phones lost their "
+                       f"started its services {_times(checker.failovers())}, {lost} phones lost their "
                        f"registration"]
             return ("PASS" if ok else "FAIL"), reasons
-        reasons.append(f"the slave started its services {checker.failovers()} times and stopped them "
-                       f"{checker.failbacks()} times")
+        reasons.append(f"the slave started its services {_times(checker.failovers())} and stopped them "
+                       f"{_times(checker.failbacks())}")
         return report.verdict, reasons
 
     # ---------------------------------------------------------------- files and table
@@ -362,6 +364,9 @@ class Simulation:
             "slave_failovers": outcome.slave_failovers,
             "slave_failbacks": outcome.slave_failbacks,
             "slave_checks": checker.checks,
+            "slave_checks_during_fault": self.checker_checks,
+            "slave_checks_master_down": self.checker_down,
+            **self.facts,
             "slave_events": [e.to_dict() for e in checker.events],
             "lost_registration": outcome.lost_registration,
             "counts_at_end": outcome.counts_at_end,
@@ -398,16 +403,35 @@ class Simulation:
     def table(self, outcome: Outcome) -> str:
         from .report import format_table
 
-        lines = [format_table(outcome.report).rsplit("\nverdict:", 1)[0]]
-        lines.append(f"slave: started its services {outcome.slave_failovers} times, stopped them "
-                     f"{outcome.slave_failbacks} times; phones that lost their registration during the "
-                     f"fault: {outcome.lost_registration}")
-        if self.fault.note and not self.o.sip_probe:
-            lines.append(f"note: {self.fault.note}")
+        report = outcome.report
+        if self.fault.expect == faults.SERVED:
+            at_fault = ", ".join(f"{k} {v}" for k, v in sorted(report.registered_at_fault.items()))
+            lines = [
+                f"phones {report.phones}, time scale x{report.time_scale:g}; the master kept serving "
+                f"({self.fault.summary})",
+                f"registered at fault: {at_fault}",
+                f"phones that lost their registration: {outcome.lost_registration}",
+                f"phones that moved to the slave: {outcome.failovers_seen}",
+                f"slave: started its services {_times(outcome.slave_failovers)}, "
+                f"saw the master down in {self.checker_down} of its {self.checker_checks} checks during the fault",
+            ]
+            if "packets_dropped" in self.facts:
+                lines.append(f"packets dropped by the fault: {self.facts['packets_dropped']} of "
+                             f"{self.facts.get('packets_from_peer', '?')} from the slave")
+        else:
+            lines = [format_table(report).rsplit("\nverdict:", 1)[0]]
+            lines.append(f"slave: started its services {_times(outcome.slave_failovers)}, stopped them "
+                         f"{_times(outcome.slave_failbacks)}")
+            if self.fault.note and not self.o.sip_probe:
+                lines.append(f"note: {self.fault.note}")
         for reason in outcome.reasons:
             lines.append(f"  - {reason}")
         lines.append(f"verdict: {outcome.verdict}")
         return "\n".join(lines)
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
 
 
 def _expiry(values: dict) -> str:

@@ -484,6 +484,7 @@ class Checker:
         self.log = log or cluster.log
         self.events: list[SlaveEvent] = []
         self.checks = 0
+        self.history: list[tuple[float, str]] = []  # (monotonic, the slave's verdict on the master) per check
         self.errors = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -511,6 +512,11 @@ class Checker:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def checks_between(self, start: float, end: float | None = None) -> tuple[int, int]:
+        """(checks, checks that found the master down) that ended between ``start`` and ``end``."""
+        inside = [c for t, c in self.history if t >= start and (end is None or t <= end)]
+        return len(inside), sum(1 for c in inside if c not in ("", "up"))
+
     def failovers(self) -> int:
         return sum(1 for e in self.events if e.mode == "serving")
 
@@ -537,6 +543,8 @@ class Checker:
 
     def _observe(self) -> None:
         state = self.cluster.slave_state()
+        if self.drives_checks:
+            self.history.append((time.monotonic(), str(state.get("condition") or "")))
         mode = state.get("mode")
         if mode and mode != self._mode:
             event = SlaveEvent(time.monotonic(), time.time(), mode, str(state.get("condition", "")),

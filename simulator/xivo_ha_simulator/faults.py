@@ -20,7 +20,8 @@ simulator's own containers and network.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from typing import Callable
 
 from .cluster import MASTER, SLAVE, Cluster, ClusterError, run
@@ -105,6 +106,7 @@ def _loss(cluster: Cluster, step: Step) -> None:
         f"table inet {NFT_TABLE} {{\n"
         f"  chain input {{\n"
         f"    type filter hook input priority -10; policy accept;\n"
+        f"    ip saddr {peer} counter\n"
         f"    ip saddr {peer} numgen random mod 100 < {percent} counter drop\n"
         f"  }}\n"
         f"}}\n"
@@ -113,8 +115,13 @@ def _loss(cluster: Cluster, step: Step) -> None:
     cluster.exec(step.node, ["nft", "-f", "-"], stdin=ruleset)
 
 
-def _no_loss(cluster: Cluster, step: Step) -> None:
+def _no_loss(cluster: Cluster, step: Step) -> dict:
+    listed = cluster.exec(step.node, ["nft", "list", "table", "inet", NFT_TABLE], check=False)
     cluster.exec(step.node, ["nft", "delete", "table", "inet", NFT_TABLE], check=False)
+    counters = [int(n) for n in re.findall(r"counter packets (\d+)", listed.stdout)]
+    if len(counters) != 2:
+        return {}
+    return {"packets_from_peer": counters[0], "packets_dropped": counters[1]}
 
 
 def _link(state: str) -> Callable[[Cluster, Step], None]:
@@ -126,7 +133,8 @@ def _link(state: str) -> Callable[[Cluster, Step], None]:
     return action
 
 
-ACTIONS: dict[str, Callable[[Cluster, Step], None]] = {
+# An action may return facts worth reporting (e.g. how many packets it dropped).
+ACTIONS: dict[str, Callable[[Cluster, Step], dict | None]] = {
     "kill": _kill,
     "start": _start,
     "disconnect": _disconnect,
@@ -153,8 +161,9 @@ ACTION_TEXT = {
 }
 
 
-def apply(cluster: Cluster, step: Step) -> None:
-    ACTIONS[step.action](cluster, step)
+def apply(cluster: Cluster, step: Step) -> dict:
+    """Run one step; the facts it reports (often none)."""
+    return ACTIONS[step.action](cluster, step) or {}
 
 
 # --------------------------------------------------------------------------- the catalog

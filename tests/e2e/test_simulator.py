@@ -1,0 +1,110 @@
+"""The failover simulator end to end: a real two-node cluster built from our .deb,
+SIP phones on the host, faults from the catalog, the report and the verdict.
+
+One cluster (docker-compose project xivo-ha-sim-e2e, brought up once with the
+real toolkit) serves every test; each run resets it.  Time scale 10, 50 phones:
+
+* power-off, then failback: every phone moves to the slave and back within the
+  bound -- PASS;
+* registrar-crash without the SIP probe: the master still pings, the slave never
+  starts its services, the phones stay down -- FAIL, every phone over the bound
+  (XiVO's documented limitation, measured);
+* registrar-crash with the SIP probe: the slave takes over -- PASS;
+* packet-loss (30 % from slave to master): zero failovers -- PASS.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from simulator_fixtures import (  # noqa: F401  (fixtures)
+    NET,
+    PHONES,
+    PROJECT,
+    TIME_SCALE,
+    docker_cleanup,
+    docker_compose_command,
+    docker_compose_file,
+    docker_compose_project_name,
+    docker_setup,
+    node_image,
+    sim_cluster,
+    simulator_environment,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
+
+
+def simulate(report_dir: Path, scenario: str, *extra: str) -> tuple[int, dict]:
+    """``xivo-ha-simulator run --reuse`` on the e2e cluster; (exit code, report.json)."""
+    from xivo_ha_simulator import cli
+
+    argv = ["run", "--reuse", "--project", PROJECT, "--phones", str(PHONES), "--time-scale", f"{TIME_SCALE:g}",
+            "--scenario", scenario, "--report-dir", str(report_dir), *extra]
+    code = cli.main(argv)
+    path = report_dir / "report.json"
+    assert path.is_file(), f"no report.json after `xivo-ha-simulator {' '.join(argv)}` (exit {code})"
+    return code, json.loads(path.read_text())
+
+
+def test_cluster_is_configured_by_the_toolkit(sim_cluster):
+    info = sim_cluster.bring_up_info
+    assert info.master == f"{NET}.10" and info.slave == f"{NET}.11"
+    # `xivo-ha enable master` wrote the slave as backup registrar into provisioning.
+    assert (info.primary, info.backup) == (info.master, info.slave)
+    # The slave has the master's users after the first replication.
+    assert info.users >= PHONES
+    # `xivo-ha enable` wrote XiVO's expiry, and the registrar grants it divided by K.
+    assert info.expiry == {"minexpiry": "180", "maxexpiry": "300", "defaultexpiry": "240"}
+    assert info.granted == {"min_expires": 18, "max_expires": 30, "default_expires": 24}
+    # On the slave, cron is not running at K = 10 but the toolkit wrote XiVO's line.
+    cron = sim_cluster.exec("slave", ["cat", "/etc/cron.d/xivo-ha-slave"]).stdout
+    assert f"* * * * * root /usr/sbin/xivo-check-master-status {info.master} >/dev/null" in cron
+
+
+def test_power_off_fails_over_then_back(sim_cluster, tmp_path):
+    code, report = simulate(tmp_path, "power-off", "--failback-after", "30")
+    sim = report["simulation"]
+    assert report["verdict"] == "PASS" and code == 0, report["reasons"]
+    assert report["registered_at_fault"] == {"master": PHONES}
+    assert report["failovers_seen"] == PHONES
+    assert report["failover_downtime"]["over_bound"] == 0
+    assert report["failback_downtime"]["over_bound"] == 0
+    assert sim["slave_failovers"] == 1 and sim["slave_failbacks"] >= 1
+    assert sim["counts_at_end"].get("master") == PHONES
+    for name in ("report.json", "junit.xml", "timeline.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_registrar_crash_without_sip_probe_never_fails_over(sim_cluster, tmp_path):
+    code, report = simulate(tmp_path, "registrar-crash")
+    sim = report["simulation"]
+    assert report["verdict"] == "FAIL" and code == 1
+    assert sim["slave_failovers"] == 0, sim["slave_events"]
+    assert report["failovers_seen"] == 0
+    assert report["failover_downtime"]["over_bound"] == PHONES
+    assert report["failover_downtime"]["never"] == PHONES
+
+
+def test_registrar_crash_with_sip_probe_fails_over(sim_cluster, tmp_path):
+    code, report = simulate(tmp_path, "registrar-crash", "--sip-probe")
+    sim = report["simulation"]
+    assert report["verdict"] == "PASS" and code == 0, report["reasons"]
+    assert sim["slave_failovers"] == 1
+    assert any(e["condition"] == "registrar-down" for e in sim["slave_events"]), sim["slave_events"]
+    assert report["failovers_seen"] == PHONES
+    assert report["failover_downtime"]["over_bound"] == 0
+
+
+def test_packet_loss_causes_no_failover(sim_cluster, tmp_path):
+    code, report = simulate(tmp_path, "packet-loss", "--failback-after", "30")
+    sim = report["simulation"]
+    assert report["verdict"] == "PASS" and code == 0, report["reasons"]
+    assert report["failovers_seen"] == 0
+    assert sim["slave_failovers"] == 0
+    assert sim["lost_registration"] == 0
+    assert sim["packets_dropped"] > 0
+
