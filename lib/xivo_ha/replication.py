@@ -437,13 +437,21 @@ def _sequence_values(conn, names: Sequence[str]) -> dict[str, tuple[int, bool]]:
     return {row[0]: (int(row[1]), bool(row[2])) for row in conn.execute(_union(parts))}
 
 
+def _table_states(conn, tables: Sequence[Table]) -> dict[str, str]:
+    stats = _table_stats(conn, tables, content=False, state=True)
+    return {name: f"{rows}:{digest}" for name, (rows, digest) in stats.items()}
+
+
+def _with_sequences(states: dict[str, str], sequences: Mapping[str, tuple[int, bool]]) -> dict[str, str]:
+    for name, (value, called) in sequences.items():
+        states[f"sequence {name}"] = f"{value}:{'t' if called else 'f'}"
+    return states
+
+
 def state_fingerprint(conn, plan: Plan, tables: Mapping[str, Table]) -> dict[str, str]:
     """The cheap per-table state (rows and (xmin, ctid) hash) and the sequence values."""
-    stats = _table_stats(conn, [tables[name] for name in plan.tables], content=False, state=True)
-    result = {name: f"{rows}:{digest}" for name, (rows, digest) in stats.items()}
-    for name, (value, called) in _sequence_values(conn, plan.sequences).items():
-        result[f"sequence {name}"] = f"{value}:{'t' if called else 'f'}"
-    return result
+    states = _table_states(conn, [tables[name] for name in plan.tables])
+    return _with_sequences(states, _sequence_values(conn, plan.sequences))
 
 
 def row_counts(conn, tables: Sequence[str]) -> dict[str, int]:
@@ -829,13 +837,18 @@ def _replicate(master, slave, target, exclude, force, dry_run, progress, started
             len(plan.tables), total, time.monotonic() - started, counts, plan.excluded,
         )
 
-    slave_measured = _in_thread(state_fingerprint, slave, plan, master_info.tables)
-    master_state = state_fingerprint(master, plan, master_info.tables)
-    slave_state = slave_measured()
     signature = schema_signature(master_info, plan)
-    current = Fingerprint(target.label, signature, master_state, slave_state)
-    stored = load_fingerprint()
-    decision = decide_skip(current, stored[0] if stored else None, force)
+    sequences = _sequence_values(master, plan.sequences)
+    if force:
+        # Whatever the state, everything is copied: no need to measure it first.
+        decision = decide_skip(Fingerprint(target.label, signature, {}, {}), None, force=True)
+        stored = None
+    else:
+        slave_measured = _in_thread(state_fingerprint, slave, plan, master_info.tables)
+        master_state = _with_sequences(_table_states(master, tables), sequences)
+        current = Fingerprint(target.label, signature, master_state, slave_measured())
+        stored = load_fingerprint()
+        decision = decide_skip(current, stored[0] if stored else None, force)
     progress(decision.reason)
     if decision.skip:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stored[1])) if stored and stored[1] else "?"
@@ -847,7 +860,6 @@ def _replicate(master, slave, target, exclude, force, dry_run, progress, started
     # fingerprint may make the next run skip.
     forget_fingerprint()
 
-    sequences = _sequence_values(master, plan.sequences)
     try:
         slave.execute("SET session_replication_role = replica")
     except psycopg.errors.InsufficientPrivilege:
@@ -857,10 +869,13 @@ def _replicate(master, slave, target, exclude, force, dry_run, progress, started
         ) from None
     progress("emptying the replicated tables on the slave: " + plan.explain())
     empty_tables(slave, plan)
+    # After the last table, the reader thread computes the master's checksums and
+    # states in the same snapshot, while the slave is still loading.
     counts, master_stats = copy_tables(
-        master, slave, tables, progress, then=lambda: _table_stats(master, tables, content=True, state=False)
+        master, slave, tables, progress, then=lambda: _table_stats(master, tables, content=True, state=True)
     )
     restart_sequences(slave, sequences)
+    master_state = _with_sequences({name: f"{v[0]}:{v[2]}" for name, v in master_stats.items()}, sequences)
 
     progress("verifying row counts and content checksums")
     slave_stats = _table_stats(slave, tables, content=True, state=True)
@@ -871,9 +886,7 @@ def _replicate(master, slave, target, exclude, force, dry_run, progress, started
     if mismatches:
         slave.rollback()
         raise OperationFailed("verification failed, the slave was left unchanged: " + "; ".join(mismatches))
-    new_slave_state = {name: f"{v[0]}:{v[2]}" for name, v in slave_stats.items()}
-    for name, (value, called) in sequences.items():
-        new_slave_state[f"sequence {name}"] = f"{value}:{'t' if called else 'f'}"
+    new_slave_state = _with_sequences({name: f"{v[0]}:{v[2]}" for name, v in slave_stats.items()}, sequences)
     progress("committing on the slave")
     slave.commit()
     master.rollback()
