@@ -827,7 +827,11 @@ def _replicate(master, slave, target, exclude, force, dry_run, progress, started
     progress(plan.explain())
     preflight(master_info, slave_info, plan, target.address)
     _session(master, master_info.encoding)
-    _session(slave, master_info.encoding, (("lock_timeout", f"{target.lock_timeout}s"),))
+    # synchronous_commit off: the commit does not wait for the slave's disk.  Should
+    # the slave crash right after, its tables come back as they were before the run,
+    # which its fingerprint no longer matches: the next run replicates again.
+    _session(slave, master_info.encoding,
+             (("lock_timeout", f"{target.lock_timeout}s"), ("synchronous_commit", "off")))
     tables = [master_info.tables[name] for name in plan.tables]
 
     if dry_run:
