@@ -34,4 +34,8 @@ def run(app: Type[cli.Application], argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (e.g. `xivo-ha --help | head`): not an error of ours
+        sys.stdout = None
+        return 0
     return 0 if code is None else int(code)
