@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Type
 
@@ -36,6 +37,7 @@ def run(app: Type[cli.Application], argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # the reader went away (e.g. `xivo-ha --help | head`): not an error of ours
-        sys.stdout = None
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 0
     return 0 if code is None else int(code)
