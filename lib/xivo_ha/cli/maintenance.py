@@ -17,9 +17,11 @@ class Maintenance(Command):
     `on` comments out the job lines of /etc/cron.d/xivo-ha-master (or -slave) behind the
     marker "#xivo-ha-maintenance# " and records why and when in
     /var/lib/xivo-ha/maintenance.json; `off` puts the lines back exactly as they were
-    and, on the master, replicates the database and syncs the files at once.  Do it on
-    both nodes: slave first on, master last off.  While maintenance is on,
-    `xivo-ha enable|disable` refuse and `xivo-ha cron regenerate` keeps the jobs paused.
+    and, on the master, replicates the database and syncs the files at once.  For an
+    upgrade: `on` on both nodes, upgrade both, then `off` on the slave first and on the
+    master last, so that its catch-up replication meets the upgraded slave.  While
+    maintenance is on, `xivo-ha enable|disable` refuse and `xivo-ha cron regenerate`
+    (run by the package on upgrade) keeps the jobs paused.
     """
 
     USAGE = "    xivo-ha maintenance on [--reason TEXT] | off [--no-replication] | status [--json]\n"
