@@ -335,11 +335,13 @@ def check_job(facts: Facts, job: str, limits: Limits, node: str = LOCAL) -> Chec
                     f"fix the cause, then run `{command}`", node)
     verb = {"success": "succeeded", "skipped": "was skipped"}.get(entry.get("result"), entry.get("result"))
     finding = f"last {job} {verb} {_age(age)} ago" + (f" ({detail})" if detail else "")
+    paused = " (maintenance is on: the HA cron jobs are paused)" if (facts.get("maintenance") or {}).get("on") else ""
     if age > limits.job_fail_age:
-        return fail(check_id, finding + f": older than {_age(limits.job_fail_age)}",
+        return fail(check_id, finding + f": older than {_age(limits.job_fail_age)}{paused}",
                     f"check /etc/cron.d/xivo-ha-master and cron, then run `{command}`", node)
     if age > limits.job_warn_age:
-        return warn(check_id, finding + f": older than {_age(limits.job_warn_age)} (it runs hourly)",
+        return warn(check_id, finding + f": older than {_age(limits.job_warn_age)}"
+                    + (paused or " (it runs hourly)"),
                     f"check /etc/cron.d/xivo-ha-master and cron, or run `{command}`", node)
     return ok(check_id, finding, node)
 

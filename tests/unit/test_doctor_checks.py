@@ -414,3 +414,12 @@ def test_program_output_is_folded_into_one_line():
                              'Load key "/root/.ssh/xivo_id_rsa": bad permissions; '
                              "root@10.20.30.2: Permission denied (publickey,password).")
     assert check.remedy == "fix; it"
+
+
+def test_old_jobs_during_maintenance_say_why():
+    facts = master_facts()
+    facts["jobs"]["sync"] = job(age=3 * 3600)
+    facts["maintenance"] = {"on": True, "since": NOW - 4 * 3600, "reason": "upgrade",
+                            "paused_cron_files": ["/etc/cron.d/xivo-ha-master"]}
+    check = assert_status(doctor.check_job(facts, "sync", LIMITS), WARN)
+    assert "maintenance is on" in check.finding
