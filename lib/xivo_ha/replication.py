@@ -250,19 +250,48 @@ class Fingerprint:
 
     target: str
     schema: str
-    master: Mapping[str, str]  # table -> "rows:hash"; sequence -> "seq:last_value:is_called"
+    master: Mapping[str, str]  # table -> "rows:hash"; "sequence <name>" -> "last_value:is_called"
     slave: Mapping[str, str]
 
-    def to_json(self, finished_at: float) -> str:
-        return json.dumps(
-            {"target": self.target, "schema": self.schema, "master": dict(self.master),
-             "slave": dict(self.slave), "finished_at": finished_at},
-            indent=1, sort_keys=True,
-        ) + "\n"
+
+@dataclass(frozen=True)
+class WalPositions:
+    """Where each server's write-ahead log stood just *before* its state was read.
+
+    ``<system identifier>/<database oid>/<WAL insert position>``, or None when it
+    could not be read (or, for the slave, right after a replication, whose own
+    commit comes later in its log).  Any committed change to a row needs a
+    transaction id, and every transaction with one writes a commit record, so an
+    unchanged insert position means no row changed since.  Only sequences moved by
+    ``nextval`` within their pre-logged range escape this: at worst the slave's
+    sequences lag until the next real change.
+    """
+
+    patterns: tuple[str, ...]
+    master: str | None
+    slave: str | None
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the last successful run left under /var/lib/xivo-ha."""
+
+    fingerprint: Fingerprint
+    finished_at: float
+    positions: WalPositions | None = None
+
+    def to_json(self) -> str:
+        fp = self.fingerprint
+        data: dict[str, Any] = {"target": fp.target, "schema": fp.schema, "master": dict(fp.master),
+                                "slave": dict(fp.slave), "finished_at": self.finished_at}
+        if self.positions is not None:
+            data["positions"] = {"patterns": list(self.positions.patterns), "master": self.positions.master,
+                                 "slave": self.positions.slave}
+        return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
     @staticmethod
-    def from_json(text: str) -> tuple["Fingerprint", float] | None:
-        """The stored fingerprint and when it was stored; None when unreadable."""
+    def from_json(text: str) -> "Stored | None":
+        """None when unreadable: the next run then simply replicates."""
         try:
             data = json.loads(text)
             fingerprint = Fingerprint(
@@ -270,9 +299,31 @@ class Fingerprint:
                 {str(k): str(v) for k, v in data["master"].items()},
                 {str(k): str(v) for k, v in data["slave"].items()},
             )
-            return fingerprint, float(data.get("finished_at", 0))
+            positions = None
+            if isinstance(data.get("positions"), dict):
+                raw = data["positions"]
+                positions = WalPositions(
+                    tuple(str(p) for p in raw["patterns"]),
+                    None if raw.get("master") is None else str(raw["master"]),
+                    None if raw.get("slave") is None else str(raw["slave"]),
+                )
+            return Stored(fingerprint, float(data.get("finished_at", 0)), positions)
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
+
+
+def nothing_written(stored: Stored | None, target: str, patterns: Sequence[str], master: str | None,
+                    slave: str | None) -> bool:
+    """True when neither server wrote anything since the stored state was read (see WalPositions)."""
+    if stored is None or stored.positions is None or stored.fingerprint.target != target:
+        return False
+    known = stored.positions
+    return (
+        known.patterns == tuple(patterns)
+        and None not in (known.master, known.slave, master, slave)
+        and known.master == master
+        and known.slave == slave
+    )
 
 
 @dataclass(frozen=True)
@@ -711,12 +762,36 @@ class RunLock:
             self.fd = None
 
 
-def load_fingerprint() -> tuple[Fingerprint, float] | None:
+def load_fingerprint() -> Stored | None:
     try:
         text = system.read_text(paths.state(FINGERPRINT_FILE))
     except OSError:
         return None
-    return None if text is None else Fingerprint.from_json(text)
+    return None if text is None else Stored.from_json(text)
+
+
+def save_fingerprint(stored: Stored) -> None:
+    paths.node(paths.STATE_DIR).mkdir(mode=0o750, parents=True, exist_ok=True)
+    system.write_atomic(paths.state(FINGERPRINT_FILE), stored.to_json(), 0o600)
+
+
+_POSITION_SQL = """
+SELECT s.system_identifier::text || '/' || d.oid::text || '/' || pg_current_wal_insert_lsn()::text
+FROM pg_control_system() s, pg_database d WHERE d.datname = current_database()
+"""
+
+
+def wal_position(conn) -> str | None:
+    """This server's WAL insert position, read in a transaction of its own (so that
+    the next statement's snapshot is taken after it); None when unavailable."""
+    import psycopg
+
+    try:
+        position = conn.execute(_POSITION_SQL).fetchone()[0]
+    except psycopg.Error:
+        position = None
+    conn.rollback()
+    return position
 
 
 def forget_fingerprint() -> None:
@@ -767,18 +842,27 @@ def replicate(
     import psycopg
 
     started = time.monotonic()
-    master = _connect(
-        database_dsn(master_dsn), target.connect_timeout,
-        f"cannot connect to the master database ({database.describe_dsn(master_dsn)})",
+    # Both connections at once: the slave's in a thread.
+    slave_connected = _in_thread(
+        _connect, target.dsn(), target.connect_timeout, f"cannot reach the slave database {target.label}",
+        " (is PostgreSQL on the slave listening on that address and accepting the master? "
+        "`xivo-ha enable slave <master_ip>` on the slave sets that up)",
     )
     try:
-        slave = _connect(
-            target.dsn(), target.connect_timeout, f"cannot reach the slave database {target.label}",
-            hint=" (is PostgreSQL on the slave listening on that address and accepting the master? "
-                 "`xivo-ha enable slave <master_ip>` on the slave sets that up)",
+        master = _connect(
+            database_dsn(master_dsn), target.connect_timeout,
+            f"cannot connect to the master database ({database.describe_dsn(master_dsn)})",
         )
+    except BaseException:
         try:
-            return _replicate(master, slave, target, exclude, force, dry_run, progress, started)
+            _close(slave_connected())
+        except BaseException:
+            pass
+        raise
+    try:
+        slave = slave_connected()
+        try:
+            return _replicate(master, slave, target, tuple(exclude), force, dry_run, progress, started)
         except psycopg.Error as exc:
             raise OperationFailed(_describe_error(exc)) from None
         finally:
@@ -814,11 +898,28 @@ def _describe_error(exc: BaseException) -> str:
     return text
 
 
+def _skipped(stored: Stored, reason: str, tables: int, started: float) -> Outcome:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stored.finished_at)) if stored.finished_at else "?"
+    return Outcome("skipped", f"{reason} (last replication at {when}); nothing to do (--force replicates anyway)",
+                   tables, 0, time.monotonic() - started)
+
+
 def _replicate(master, slave, target, exclude, force, dry_run, progress, started) -> Outcome:
     import psycopg
 
     master.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     master.read_only = True
+    stored = None if force or dry_run else load_fingerprint()
+    # Read before any snapshot is taken (see WalPositions).
+    slave_positioned = _in_thread(wal_position, slave)
+    master_position = wal_position(master)
+    slave_position = slave_positioned()
+    if nothing_written(stored, target.label, exclude, master_position, slave_position):
+        progress("neither database wrote anything since the last check")
+        tables = sum(1 for key in stored.fingerprint.master if not key.startswith("sequence "))
+        return _skipped(stored, "nothing was written to either database since the last successful replication",
+                        tables, started)
+
     # The two servers are independent: each step asks both at once.
     slave_inspected = _in_thread(inspect, slave)
     master_info = inspect(master)
@@ -849,20 +950,16 @@ def _replicate(master, slave, target, exclude, force, dry_run, progress, started
     if force:
         # Whatever the state, everything is copied: no need to measure it first.
         decision = decide_skip(Fingerprint(target.label, signature, {}, {}), None, force=True)
-        stored = None
     else:
         slave_measured = _in_thread(state_fingerprint, slave, plan, master_info.tables)
         master_state = _with_sequences(_table_states(master, tables), sequences)
         current = Fingerprint(target.label, signature, master_state, slave_measured())
-        stored = load_fingerprint()
-        decision = decide_skip(current, stored[0] if stored else None, force)
+        decision = decide_skip(current, stored.fingerprint if stored else None, force)
     progress(decision.reason)
     if decision.skip:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stored[1])) if stored and stored[1] else "?"
-        return Outcome(
-            "skipped", f"{decision.reason} (at {when}); nothing to do (--force replicates anyway)",
-            len(plan.tables), 0, time.monotonic() - started,
-        )
+        # Remember where the logs stood, so that the next run can skip without scanning.
+        save_fingerprint(Stored(current, stored.finished_at, WalPositions(exclude, master_position, slave_position)))
+        return _skipped(stored, decision.reason, len(plan.tables), started)
     # The slave is about to change: should anything fail from here on, no stored
     # fingerprint may make the next run skip.
     forget_fingerprint()
@@ -898,9 +995,12 @@ def _replicate(master, slave, target, exclude, force, dry_run, progress, started
     slave.commit()
     master.rollback()
     seconds = time.monotonic() - started
-    stored_now = Fingerprint(target.label, signature, master_state, new_slave_state)
-    paths.node(paths.STATE_DIR).mkdir(mode=0o750, parents=True, exist_ok=True)
-    system.write_atomic(paths.state(FINGERPRINT_FILE), stored_now.to_json(time.time()), 0o600)
+    # The slave's position is unknown here (its commit record comes after anything
+    # read before it): the next unchanged run scans, then records it.
+    save_fingerprint(Stored(
+        Fingerprint(target.label, signature, master_state, new_slave_state), time.time(),
+        WalPositions(exclude, master_position, None),
+    ))
     rows = sum(counts.values())
     return Outcome(
         "replicated",

@@ -8,11 +8,14 @@ from xivo_ha.errors import OperationFailed
 from xivo_ha.replication import (
     DatabaseInfo,
     Fingerprint,
+    Stored,
     Table,
+    WalPositions,
     checksum_mismatches,
     decide_skip,
     is_excluded,
     make_plan,
+    nothing_written,
     preflight,
     schema_signature,
 )
@@ -179,12 +182,30 @@ def test_any_difference_means_replicate(change, words):
     assert words in decision.reason
 
 
-def test_fingerprint_round_trip_and_corrupt_file():
-    stored = fingerprint()
-    loaded, when = Fingerprint.from_json(stored.to_json(1234.5))
-    assert loaded == stored and when == 1234.5
-    assert Fingerprint.from_json("{not json") is None
-    assert Fingerprint.from_json('{"target": "x"}') is None
+def test_stored_state_round_trip_and_corrupt_file():
+    stored = Stored(fingerprint(), 1234.5, WalPositions(("cel", "stat_*"), "7/16384/0/1A2B3C", None))
+    assert Stored.from_json(stored.to_json()) == stored
+    without = Stored(fingerprint(), 1.0)
+    assert Stored.from_json(without.to_json()) == without
+    assert Stored.from_json("{not json") is None
+    assert Stored.from_json('{"target": "x"}') is None
+
+
+def test_nothing_written_needs_every_position_unchanged():
+    positions = WalPositions(("cel",), "7/1/0/100", "8/1/0/200")
+    stored = Stored(fingerprint(), 1.0, positions)
+    target = "10.0.0.2:5432/asterisk"
+    assert nothing_written(stored, target, ["cel"], "7/1/0/100", "8/1/0/200")
+    assert not nothing_written(stored, target, ["cel"], "7/1/0/101", "8/1/0/200")
+    assert not nothing_written(stored, target, ["cel"], "7/1/0/100", "8/1/0/201")
+    assert not nothing_written(stored, target, ["cel", "mail"], "7/1/0/100", "8/1/0/200")
+    assert not nothing_written(stored, "10.0.0.3:5432/asterisk", ["cel"], "7/1/0/100", "8/1/0/200")
+    assert not nothing_written(stored, target, ["cel"], None, "8/1/0/200")
+    # Right after a replication the slave's position is unknown: a scan is needed.
+    after_copy = Stored(fingerprint(), 1.0, WalPositions(("cel",), "7/1/0/100", None))
+    assert not nothing_written(after_copy, target, ["cel"], "7/1/0/100", None)
+    assert not nothing_written(Stored(fingerprint(), 1.0), target, ["cel"], "7/1/0/100", "8/1/0/200")
+    assert not nothing_written(None, target, ["cel"], "7/1/0/100", "8/1/0/200")
 
 
 def test_schema_signature_changes_with_columns_and_version():
