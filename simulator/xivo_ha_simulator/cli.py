@@ -261,8 +261,9 @@ class Simulation:
         outcome = Outcome(verdict, reasons, report, report.failovers_seen, checker.failovers(), checker.failbacks(),
                           lost, counts_end, timings=timings)
         self.checker_checks, self.checker_down = checker.checks_between(t0, restored)
-        outcome.files = self.write(outcome, events, checker, info, settings)
+        timings["observation"] = round(time.monotonic() - t0, 1)
         timings["total"] = round(time.monotonic() - self.started, 1)
+        outcome.files = self.write(outcome, events, checker, info, settings)
         return outcome
 
     def inject_and_observe(self, cluster: Cluster, checker: Checker, runner):

@@ -375,9 +375,10 @@ class Cluster:
         text = self.exec(node, ["cat", KAMAILIO_CFG], check=False).stdout
         values = {}
         for line in text.splitlines():
-            if line.startswith('modparam("registrar", "') and "_expires" in line:
+            if line.startswith('modparam("registrar", "'):
                 name = line.split('"')[3]
-                values[name] = int(line.rsplit(",", 1)[1].strip(" );"))
+                if name in ("min_expires", "max_expires", "default_expires"):
+                    values[name] = int(line.rsplit(",", 1)[1].strip(" );"))
         return values
 
     def write_file(self, node: str, path: str, text: str) -> None:
