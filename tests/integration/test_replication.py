@@ -106,7 +106,7 @@ def master_node(node_root, monkeypatch, master_db, slave_db, syslog):
 def replicate(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(COMMAND), *args], env=env or dict(os.environ),
-        capture_output=True, text=True, timeout=int(os.environ.get("TEST_TIMEOUT", "300")),
+        capture_output=True, text=True, timeout=300,
     )
 
 
