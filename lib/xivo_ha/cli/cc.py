@@ -10,14 +10,15 @@ from ..errors import UsageError
 
 
 class Cc(Command):
-    """Run XiVO CC's DB Replic on the slave in HA mode (queue logs and CELs only)
+    """Run XiVO CC's DB Replic on the slave in HA mode (queue logs and CELs only)"""
 
-    Queue logs and CELs are not replicated between the nodes: each keeps its own, and
-    DB Replic on the slave sends the slave's to XiVO CC.  `enable` sets REPORTING_DB_HOST,
-    ELASTICSEARCH and IS_HA_SLAVE=true in /etc/docker/xivo/custom.env (every other line
-    is kept), creates /var/log/xivo-db-replication owned daemon:daemon and touches
-    /var/lib/xivo/xc_enabled; `disable` removes the three keys and the sentinel.
-    """
+    DESCRIPTION_MORE = (
+        "Queue logs and CELs are not replicated between the nodes: each keeps its own, and DB "
+        "Replic on the slave sends the slave's to XiVO CC.  `enable` sets REPORTING_DB_HOST, "
+        "ELASTICSEARCH and IS_HA_SLAVE=true in /etc/docker/xivo/custom.env (every other line is "
+        "kept), creates /var/log/xivo-db-replication owned daemon:daemon and touches "
+        "/var/lib/xivo/xc_enabled; `disable` removes the three keys and the sentinel."
+    )
 
     USAGE = ("    xivo-ha cc enable --reporting-db-host HOST --elasticsearch HOST[:PORT] [--apply]\n"
              "    xivo-ha cc disable [--apply]\n")

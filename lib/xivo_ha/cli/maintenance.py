@@ -12,17 +12,18 @@ from ..errors import EXIT_NOT_RUNNING, OperationFailed, UsageError
 
 
 class Maintenance(Command):
-    """Pause this node's HA cron jobs for a cluster upgrade, and resume them
+    """Pause this node's HA cron jobs for a cluster upgrade, and resume them"""
 
-    `on` comments out the job lines of /etc/cron.d/xivo-ha-master (or -slave) behind the
-    marker "#xivo-ha-maintenance# " and records why and when in
-    /var/lib/xivo-ha/maintenance.json; `off` puts the lines back exactly as they were
-    and, on the master, replicates the database and syncs the files at once.  For an
-    upgrade: `on` on both nodes, upgrade both, then `off` on the slave first and on the
-    master last, so that its catch-up replication meets the upgraded slave.  While
-    maintenance is on, `xivo-ha enable|disable` refuse and `xivo-ha cron regenerate`
-    (run by the package on upgrade) keeps the jobs paused.
-    """
+    DESCRIPTION_MORE = (
+        "`on` comments out the job lines of /etc/cron.d/xivo-ha-master (or -slave) behind the "
+        'marker "#xivo-ha-maintenance# " and records why and when in '
+        "/var/lib/xivo-ha/maintenance.json; `off` puts the lines back exactly as they were and, "
+        "on the master, replicates the database and syncs the files at once.  For an upgrade: "
+        "`on` on both nodes, upgrade both, then `off` on the slave first and on the master last, "
+        "so that its catch-up replication meets the upgraded slave.  While maintenance is on, "
+        "`xivo-ha enable|disable` refuse and `xivo-ha cron regenerate` (run by the package on "
+        "upgrade) keeps the jobs paused."
+    )
 
     USAGE = "    xivo-ha maintenance on [--reason TEXT] | off [--no-replication] | status [--json]\n"
 
