@@ -257,7 +257,17 @@ class Cluster:
             self.down()
         self.log(f"starting the cluster ({self.project}: master {self.address(MASTER)}, "
                  f"slave {self.address(SLAVE)}, time scale x{self.time_scale:g})")
-        self.compose("up", "-d", "--no-build", timeout=timeout)
+        try:
+            self.compose("up", "-d", "--no-build", timeout=timeout)
+        except ClusterError as exc:
+            if "overlaps" in str(exc):
+                raise ClusterError(f"{exc.args[0].strip()}: another docker network uses {self.net}.0/24 (another "
+                                   f"cluster? `xivo-ha-simulator down --project NAME` removes one), or choose "
+                                   f"another /24 with XIVO_HA_SIM_NET=a.b.c") from None
+            if "No such image" in str(exc) or "pull access denied" in str(exc):
+                raise ClusterError(f"{exc.args[0].strip()}: build the node image first "
+                                   f"(make images, or simulator/node/build-images node)") from None
+            raise
         self._containers.clear()
         self.wait_ready(NODES, timeout)
 
