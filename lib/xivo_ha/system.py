@@ -61,9 +61,9 @@ def run(
         raise OperationFailed(f"cannot run {argv[0]}: command not found") from None
     if env:
         command = command.with_env(**env)
-    kwargs = {"retcode": None, "timeout": timeout}
     if stdin is not None:
-        kwargs["stdin"] = stdin
+        command = command << stdin
+    kwargs = {"retcode": None, "timeout": timeout}
     if cwd is not None:
         kwargs["cwd"] = str(cwd)
     try:
