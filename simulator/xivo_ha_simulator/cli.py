@@ -239,7 +239,7 @@ class Simulation:
             refresh = max(1.0, min(granted, config.requested_expires) * config.refresh_ratio)
             # Phones start spread over one refresh interval, as real phones have
             # every phase: the fault then hits each at a different point of its cycle.
-            spread = min(refresh, 60.0)
+            spread = refresh
             self.say(f"starting {o.phones} phones over {spread:.1f}s (registrations refreshed every ~{refresh:.1f}s, "
                      f"{refresh * k:.0f}s real)")
             t = time.monotonic()
