@@ -479,8 +479,9 @@ class Run(cli.Application):
     time_scale = cli.SwitchAttr(["--time-scale"], PositiveFloat(100), default=10.0, argname="K",
                                 help="Divide every HA timer by K (1: real time, the nodes' cron runs the checks)")
     failback_after = cli.SwitchAttr(["--failback-after"], NonNegativeFloat(86400), default=None, argname="S",
-                                    help="Restore the master S seconds (wall clock) after the fault, and measure "
-                                         "the failback too")
+                                    help="Restore the master S seconds (wall clock, not scaled) after the fault "
+                                         "and measure the failback from that moment, the master's start "
+                                         "included; for packet-loss and flapping: when the fault ends")
     report_dir = cli.SwitchAttr(["--report-dir"], str, default="simulation-report", argname="D",
                                 help="Where report.json, junit.xml and timeline.png go")
     sip_probe = cli.Flag(["--sip-probe"], help="Turn the slave's SIP OPTIONS probe on ([probe] sip_probe)")
