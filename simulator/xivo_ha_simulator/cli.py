@@ -60,6 +60,11 @@ class NonNegativeFloat(PositiveFloat):
             raise ValueError(f"{text} is not in [0, {self.maximum:g}]")
         return value
 
+    def __str__(self) -> str:
+        return f"[0, {self.maximum:g}]"
+
+    __repr__ = __str__
+
 
 @dataclass
 class Options:
