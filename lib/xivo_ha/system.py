@@ -92,15 +92,25 @@ def read_text(path: Path) -> str | None:
 
 
 def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``content`` in one rename; parents are created (0755)."""
+    """Replace ``path`` with ``content`` in one rename; parents are created (0755).
+
+    A file that already exists keeps its owner and group (e.g. pg_hba.conf belongs to
+    postgres, which must still be able to read it); a new file belongs to the caller.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     data = content.encode("utf-8") if isinstance(content, str) else content
+    try:
+        existing = path.stat()
+    except FileNotFoundError:
+        existing = None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if existing is not None:
+            os.chown(tmp, existing.st_uid, existing.st_gid)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

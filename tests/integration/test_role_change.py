@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -78,6 +79,18 @@ def test_enable_slave_opens_postgresql_to_the_master_and_reloads(node):
     assert node.expiry() == HA_EXPIRY
     assert node.provd("default")["registrar_backup"] is None
     assert "xivo-service restart" in result.stdout
+
+
+def test_postgresql_files_keep_their_owner(node):
+    import pwd
+
+    postgres = pwd.getpwnam("postgres")
+    for name in ("pg_hba.conf", "postgresql.conf"):
+        os.chown(node.path(f"/etc/postgresql/15/main/{name}"), postgres.pw_uid, postgres.pw_gid)
+    ok(node.run("enable", "slave", MASTER))
+    for name in ("pg_hba.conf", "postgresql.conf"):
+        stat = node.path(f"/etc/postgresql/15/main/{name}").stat()
+        assert (stat.st_uid, stat.st_gid) == (postgres.pw_uid, postgres.pw_gid)
 
 
 def test_slave_access_line_replaces_an_earlier_one(node):
