@@ -36,9 +36,15 @@ class _RoleChange(Command):
         self.log()
         config = settings.load()
         maintenance.refuse_role_change()
-        print(f"xivo-ha: making this node {_describe(target)}")
+        if target.role is Role.DISABLED:
+            print("xivo-ha: disabling HA on this node")
+        else:
+            print(f"xivo-ha: making this node {_describe(target)}")
         apply.change_role(target, config, print)
-        print(f"xivo-ha: this node is now {_describe(target)}")
+        if target.role is Role.DISABLED:
+            print("xivo-ha: HA is now disabled on this node")
+        else:
+            print(f"xivo-ha: this node is now {_describe(target)}")
         if self.restart:
             command = list(config.services.restart_command)
             result = system.run(command, timeout=config.services.command_timeout)
@@ -130,9 +136,7 @@ class CronRegenerate(Command):
 def _describe(config: HaConfig) -> str:
     if config.role is Role.MASTER:
         return f"master (slave {config.remote_address})"
-    if config.role is Role.SLAVE:
-        return f"slave (master {config.remote_address})"
-    return "HA disabled"
+    return f"slave (master {config.remote_address})"
 
 
 XivoHa.subcommand("enable", Enable)
