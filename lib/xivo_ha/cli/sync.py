@@ -73,41 +73,44 @@ class Sync(Command):
         return self._push(remote, config, logger)
 
     def _push(self, remote, config, logger) -> int:
-        started = time.monotonic()
-        try:
-            outcome = sync.push(remote, config.sync.directories, progress=logger.debug)
-        except OperationFailed as exc:
-            runstate.record("sync", "failed", time.monotonic() - started, str(exc))
-            notify.failure(logger, "file synchronization failed", f"File synchronization failed: {exc}",
-                           advice="Run `xivo-sync --verbose` on the master to retry and see each step.")
-            return 1
-        for warning in outcome.warnings:
-            logger.warning("warning: %s", warning)
-        runstate.record("sync", "success", time.monotonic() - started, outcome.sentence)
-        print(outcome.sentence[0].upper() + outcome.sentence[1:])
-        logger.info("%s", outcome.sentence)
-        return 0
+        return _job(
+            "sync", logger, "file synchronization failed",
+            "Run `xivo-sync --verbose` on the master to retry and see each step.",
+            lambda: sync.push(remote, config.sync.directories, progress=logger.debug),
+        )
 
     def _failback(self, remote, config, logger) -> int:
-        started = time.monotonic()
-        try:
-            outcome = sync.failback(remote, config.sync.failback_directories, progress=logger.debug)
-        except OperationFailed as exc:
-            runstate.record("failback", "failed", time.monotonic() - started, str(exc))
-            notify.failure(logger, "failback copy failed", f"Failback copy failed: {exc}",
-                           advice="Nothing was deleted; rerun `xivo-sync --failback --verbose` on the master.")
-            return 1
-        for warning in outcome.warnings:
-            logger.warning("warning: %s", warning)
-        for action in outcome.actions:
-            if action.kind == "keep":
-                logger.debug("%s", action.describe())
-            else:
-                print(action.describe())
-        runstate.record("failback", "success", time.monotonic() - started, outcome.sentence)
-        print(outcome.sentence[0].upper() + outcome.sentence[1:])
-        logger.info("%s", outcome.sentence)
-        return 0
+        def show(outcome) -> None:
+            for action in outcome.actions:
+                if action.kind == "keep":
+                    logger.debug("%s", action.describe())
+                else:
+                    print(action.describe())
+
+        return _job(
+            "failback", logger, "failback copy failed",
+            "Nothing was deleted; rerun `xivo-sync --failback --verbose` on the master.",
+            lambda: sync.failback(remote, config.sync.failback_directories, progress=logger.debug),
+            show,
+        )
+
+
+def _job(job, logger, failure, advice, work, show=lambda outcome: None) -> int:
+    """Run one sync job: record its result, warn, print its sentence, mail root on failure."""
+    started = time.monotonic()
+    try:
+        outcome = work()
+    except OperationFailed as exc:
+        runstate.record(job, "failed", time.monotonic() - started, str(exc))
+        notify.failure(logger, failure, f"{failure[0].upper()}{failure[1:]}: {exc}", advice=advice)
+        return 1
+    for warning in outcome.warnings:
+        logger.warning("warning: %s", warning)
+    show(outcome)
+    runstate.record(job, "success", time.monotonic() - started, outcome.sentence)
+    print(outcome.sentence[0].upper() + outcome.sentence[1:])
+    logger.info("%s", outcome.sentence)
+    return 0
 
 
 def main(argv=None) -> int:
