@@ -83,3 +83,10 @@ def make_node(root: Path, db, extra_env: dict[str, str] | None = None) -> Node:
         **(extra_env or {}),
     }
     return Node(root, db, env)
+
+
+def recorder(path: Path, log: Path, exit_code: int = 0) -> Path:
+    """A real program that appends its name and arguments to ``log``, says it is done, exits."""
+    path.write_text(f'#!/bin/sh\necho "$(basename "$0") $*" >> {log}\necho "{path.name} done"\nexit {exit_code}\n')
+    path.chmod(0o755)
+    return path

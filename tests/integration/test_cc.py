@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import grp
 import pwd
-from pathlib import Path
 
 import pytest
 
-from node import make_node
+from node import make_node, recorder
 
 pytestmark = pytest.mark.integration
 
@@ -28,12 +27,6 @@ ELASTICSEARCH=old-es
 CONFIGMGT_AUTH_SECRET=s3cret=with=equals
 ELASTICSEARCH=older-es
 """
-
-
-def recorder(path: Path, log: Path, exit_code: int = 0) -> Path:
-    path.write_text(f'#!/bin/sh\necho "$(basename "$0") $*" >> {log}\nexit {exit_code}\n')
-    path.chmod(0o755)
-    return path
 
 
 @pytest.fixture

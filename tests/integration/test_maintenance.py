@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
-from node import make_node
+from node import make_node, recorder
 
 pytestmark = pytest.mark.integration
 
@@ -19,13 +18,6 @@ MASTER_CRON = "/etc/cron.d/xivo-ha-master"
 SLAVE_CRON = "/etc/cron.d/xivo-ha-slave"
 RECORD = "/var/lib/xivo-ha/maintenance.json"
 MARKER = "#xivo-ha-maintenance# "
-
-
-def recorder(path: Path, log: Path, exit_code: int = 0) -> Path:
-    """A real program that appends its name and arguments to ``log``."""
-    path.write_text(f'#!/bin/sh\necho "$(basename "$0") $*" >> {log}\necho "{path.name} done"\nexit {exit_code}\n')
-    path.chmod(0o755)
-    return path
 
 
 @pytest.fixture

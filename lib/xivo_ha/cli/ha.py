@@ -8,7 +8,7 @@ import sys
 from plumbum import cli
 
 from . import Command, run
-from .. import apply, cron, maintenance, paths, role, settings, status, system
+from .. import apply, cron, maintenance, role, settings, status, system
 from ..errors import EXIT_NOT_RUNNING, OperationFailed, UsageError
 from ..role import HaConfig, Role
 
