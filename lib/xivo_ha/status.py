@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import cron, database, paths, provisioning, role, runstate
+from . import cron, database, maintenance, paths, provisioning, role, runstate
 from .errors import XivoHaError
 from .settings import Settings
 
@@ -46,8 +46,6 @@ def collect(settings: Settings, probe_peer: bool = False) -> dict[str, Any]:
 
 
 def _maintenance(settings: Settings) -> dict[str, Any]:
-    from . import maintenance
-
     try:
         entry = maintenance.read()
     except XivoHaError as exc:
@@ -110,7 +108,7 @@ def render_text(report: dict[str, Any]) -> list[str]:
         if entry is None:
             lines.append(f"last {job}: never")
         else:
-            lines.append(f"last {job}: {entry['result']} {_age(entry['age_seconds'])} ago ({entry['detail']})")
+            lines.append(f"last {job}: {entry['result']} {maintenance.age_text(entry['age_seconds'])} ago ({entry['detail']})")
     lines += _more_lines(report)
     return lines
 
@@ -122,7 +120,7 @@ def _more_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"maintenance: unknown ({state['error']})")
     elif state.get("on"):
         reason = f": {state['reason']}" if state.get("reason") else ""
-        lines.append(f"maintenance: on since {state['since']} ({_age(state['age_seconds'])} ago){reason}; "
+        lines.append(f"maintenance: on since {state['since']} ({maintenance.age_text(state['age_seconds'])} ago){reason}; "
                      f"{state['cron_file']} is paused")
         if state.get("overdue"):
             lines.append("warning: maintenance has been on for more than a day: run `xivo-ha maintenance off` "
@@ -145,12 +143,3 @@ def _more_lines(report: dict[str, Any]) -> list[str]:
         state_text = "reachable" if peer["reachable"] else "NOT reachable"
         lines.append(f"peer {peer['address']}: {state_text} ({peer['probe']}: {peer['detail']})")
     return lines
-
-
-def _age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h"
