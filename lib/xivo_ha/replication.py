@@ -35,11 +35,9 @@ makes the following ``setval`` roll back with it (a bare ``setval`` would not).
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import hashlib
 import json
-import os
 import queue
 import threading
 import time
@@ -736,30 +734,6 @@ class Outcome:
     seconds: float = 0.0
     counts: Mapping[str, int] = field(default_factory=dict)
     excluded: tuple[str, ...] = ()
-
-
-class RunLock:
-    """One replication at a time: a non-blocking flock under /var/lib/xivo-ha."""
-
-    def __init__(self) -> None:
-        self.fd: int | None = None
-
-    def __enter__(self) -> "RunLock":
-        path = paths.state(LOCK_FILE)
-        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise OperationFailed(f"another replication is running ({path} is locked)") from None
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 def load_fingerprint() -> Stored | None:

@@ -7,12 +7,14 @@ rename) with an explicit mode.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from plumbum import local
 from plumbum.commands.processes import CommandNotFound, ProcessTimedOut
@@ -135,9 +137,30 @@ def touch(path: Path, mode: int = 0o644) -> None:
         write_atomic(path, b"", mode)
 
 
-def private_tempdir(prefix: str = "xivo-ha-") -> tempfile.TemporaryDirectory:
-    """A 0700 temporary directory removed when the context ends."""
-    return tempfile.TemporaryDirectory(prefix=prefix)
+class LockBusy(OperationFailed):
+    """Another job holds the lock."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold a non-blocking exclusive flock on ``path`` for the block.
+
+    ``what`` names the job in the message of :class:`LockBusy`, raised at once when
+    another process holds the lock.  The lock file (0600, created with its directory)
+    records the holder's pid; the lock is released when the block ends or the process dies.
+    """
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockBusy(f"another {what} is running ({path} is locked)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
 
 
 def local_ipv4_addresses() -> frozenset[str]:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
 from typing import Optional
 
 from plumbum import cli
 
 from . import Command, run
-from .. import failover, paths, probes, role, services, settings
+from .. import failover, paths, probes, role, services, settings, system
 from ..errors import EXIT_FAILED, OperationFailed, UsageError
 
 LOCK_FILE = "check-master-status.lock"
@@ -39,32 +37,6 @@ class Seconds:
         return f"{self.minimum:g}..{self.maximum:g}"
 
     __repr__ = __str__
-
-
-class Lock:
-    """A non-blocking exclusive flock, held until the process ends or release()."""
-
-    def __init__(self, path):
-        self.path = path
-        self.fd: Optional[int] = None
-
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-        return True
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 class CheckMasterStatus(Command):
@@ -112,14 +84,12 @@ class CheckMasterStatus(Command):
 
         if not self._still_slave_of(master, logger, before=True):
             return 0
-        lock = Lock(paths.state(LOCK_FILE))
-        if not lock.acquire():
-            logger.info("another xivo-check-master-status is running (%s is locked): nothing done", lock.path)
-            return 0
         try:
-            return self._checks(master, config, policy, manager, float(loop), float(interval), logger)
-        finally:
-            lock.release()
+            with system.exclusive_lock(paths.state(LOCK_FILE), self.PROGNAME):
+                return self._checks(master, config, policy, manager, float(loop), float(interval), logger)
+        except system.LockBusy as exc:
+            logger.info("%s: nothing done", exc)
+            return 0
 
     def _still_slave_of(self, master: str, logger, before: bool) -> bool:
         current = role.read()

@@ -7,7 +7,7 @@ import time
 from plumbum import cli
 
 from . import Command, run
-from .. import notify, paths, replication, role, runstate, settings
+from .. import notify, paths, replication, role, runstate, settings, system
 from ..errors import OperationFailed
 
 JOB = "replication"
@@ -70,7 +70,7 @@ class Replication(Command):
         )
         started = time.monotonic()
         try:
-            with replication.RunLock():
+            with system.exclusive_lock(paths.state(replication.LOCK_FILE), "replication"):
                 outcome = replication.replicate(
                     config.database.dsn, target, options.exclude_tables,
                     force=self.force, dry_run=self.dry_run, progress=logger.debug,
