@@ -68,8 +68,24 @@ class Database:
         return {t: sorted(map(repr, self.query(f'SELECT * FROM "{t}"'))) for t in tables}
 
 
+# Debian's stock pg_hba.conf for PostgreSQL 15 (no ident map, no trust).
+DEBIAN_STOCK_HBA = """\
+local   all             postgres                                peer
+local   all             all                                     peer
+host    all             all             127.0.0.1/32            scram-sha-256
+host    all             all             ::1/128                 scram-sha-256
+local   replication     all                                     peer
+host    replication     all             127.0.0.1/32            scram-sha-256
+host    replication     all             ::1/128                 scram-sha-256
+"""
+
+
 class PgServer:
-    """A PostgreSQL cluster in a temp dir, on 127.0.0.1:<free port>, trust auth."""
+    """A PostgreSQL cluster in a temp dir, on 127.0.0.1:<free port>, trust auth.
+
+    ``stock_auth()`` switches it to Debian's stock authentication afterwards: then only
+    the `postgres` OS user gets in, on the Unix socket in ``dir`` (``socket_dsn``).
+    """
 
     def __init__(self, locale: str = "C.UTF-8"):
         self.dir = Path(tempfile.mkdtemp(prefix="xivo-ha-pg-"))
@@ -95,6 +111,19 @@ class PgServer:
                         self.admin(TEMPLATE).dsn, "-f", str(SCHEMA)],
                        check=True, capture_output=True, text=True)
         return self
+
+    def stock_auth(self) -> "PgServer":
+        (self.data / "pg_hba.conf").write_text(DEBIAN_STOCK_HBA)
+        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "reload"])
+        return self
+
+    def socket_dsn(self, name: str) -> str:
+        return f"host={self.dir} port={self.port} user=postgres dbname={name}"
+
+    def psql_as_postgres(self, name: str, sql: str) -> str:
+        """Run ``sql`` as the postgres OS user on the socket, as a XiVO admin would."""
+        return _as_postgres(["psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", self.socket_dsn(name),
+                             "-c", sql]).stdout
 
     def admin(self, name: str) -> Database:
         return Database(self, name)

@@ -1,11 +1,22 @@
 """The local `asterisk` database: connection and the rows HA owns (SIP expiry).
 
 psycopg is imported lazily so that commands which never touch the database start fast.
+
+Local connections are made the XiVO way.  A stock Debian PostgreSQL lets the
+`postgres` role in on the Unix socket only for the `postgres` OS user
+(`local all postgres peer`), and XiVO's own scripts ran `sudo -u postgres psql`.  So
+when root connects over the socket as a role that is also an OS user, the connection
+is opened with that user's effective uid (the server reads the peer's credentials at
+connect time), then root is restored.  No ident map, no password, no pg_hba change.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import os
+import pwd
+import threading
+from typing import TYPE_CHECKING, Iterator
 
 from .errors import OperationFailed
 
@@ -17,13 +28,58 @@ HA_SIP_EXPIRY = {"minexpiry": "180", "maxexpiry": "300", "defaultexpiry": "240"}
 BLANK_SIP_EXPIRY = {name: None for name in SIP_EXPIRY_NAMES}
 
 
+_CREDENTIALS = threading.Lock()
+
+
 def connect(dsn: str, timeout: int = 10, autocommit: bool = False) -> "psycopg.Connection":
     import psycopg
 
     try:
-        return psycopg.connect(dsn, connect_timeout=timeout, autocommit=autocommit)
+        with peer_credentials(dsn):
+            return psycopg.connect(dsn, connect_timeout=timeout, autocommit=autocommit)
     except psycopg.Error as exc:
         raise OperationFailed(f"cannot connect to the database ({describe_dsn(dsn)}): {first_line(exc)}") from None
+
+
+def peer_os_user(dsn: str, euid: int) -> str | None:
+    """The OS user whose uid a connection to ``dsn`` must be opened with, or None.
+
+    Only root switches, only for a Unix-socket connection (no host, or a host that is a
+    directory), and only to a non-root OS user named like the database role.
+    """
+    import psycopg.conninfo
+
+    if euid != 0:
+        return None
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return None
+    host = parts.get("host") or os.environ.get("PGHOST") or ""
+    if host and not all(part.startswith("/") for part in str(host).split(",")):
+        return None
+    user = parts.get("user") or os.environ.get("PGUSER") or "root"
+    return None if user == "root" else str(user)
+
+
+@contextlib.contextmanager
+def peer_credentials(dsn: str) -> Iterator[None]:
+    """Hold the effective uid of the OS user that peer authentication expects, if any."""
+    user = peer_os_user(dsn, os.geteuid())
+    if user is None:
+        yield
+        return
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError:
+        yield
+        return
+    with _CREDENTIALS:
+        os.seteuid(uid)
+        try:
+            yield
+        finally:
+            os.seteuid(0)
 
 
 def describe_dsn(dsn: str) -> str:

@@ -776,7 +776,8 @@ def _connect(dsn: str, timeout: int, what: str, hint: str = "") -> "psycopg.Conn
     import psycopg
 
     try:
-        return psycopg.connect(dsn, connect_timeout=timeout)
+        with database.peer_credentials(dsn):
+            return psycopg.connect(dsn, connect_timeout=timeout)
     except psycopg.Error as exc:
         raise OperationFailed(f"{what}: {database.first_line(exc)}{hint}") from None
 
