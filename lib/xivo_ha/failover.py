@@ -40,6 +40,8 @@ STATE_FILE = "failover.json"
 STANDBY = "standby"
 SERVING = "serving"
 MODES = (STANDBY, SERVING)
+# Never written: what load_state() says when failover.json cannot be read.
+UNKNOWN = "unknown"
 
 UP = "up"
 DOWN = "down"
@@ -207,8 +209,31 @@ def _checks(count: int) -> str:
     return "1 check" if count == 1 else f"{count} consecutive checks"
 
 
+def state_known(state: State) -> bool:
+    """False when the slave does not know what it was doing: an unreadable state file,
+    or none at all (nothing recorded yet)."""
+    return state.mode != UNKNOWN and state != State()
+
+
 def decide(obs: Observations, state: State, policy: Policy, now: float) -> Decision:
-    """Start, stop or leave the slave services, and say why."""
+    """Start, stop or leave the slave services, and say why.
+
+    An unknown state (see :func:`state_known`) is taken from the services' actual
+    status: all stopped, a fresh standby slave; any running, serving since ``now``,
+    so that with the master up they are stopped only after successes_before_failback
+    good checks and the hold-down, as after a real failover.
+    """
+    if state_known(state) or services_all_stopped(obs):
+        return _decide(obs, state if state_known(state) else State(), policy, now)
+    decision = _decide(obs, State(mode=SERVING, master=obs.master, last_failover=now), policy, now)
+    reason = (
+        f"no failover state is recorded and services run on this slave ({obs.services}): "
+        f"counted as serving since now; {decision.reason}"
+    )
+    return Decision(decision.action, reason, replace(decision.state, reason=reason), True)
+
+
+def _decide(obs: Observations, state: State, policy: Policy, now: float) -> Decision:
     if state.master and state.master != obs.master:
         state = replace(state, consecutive_failures=0, consecutive_successes=0, condition="")
     condition = condition_of(obs, policy)
@@ -320,12 +345,29 @@ def _to_iso(value: Optional[float]) -> Optional[str]:
     return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="milliseconds")
 
 
+# Times outside these bounds are not ones this code wrote (1970 .. 9999).
+_EARLIEST = 0.0
+_LATEST = 253402300799.0
+_MAX_COUNT = 10**9
+
+
 def _from_iso(value: Any) -> Optional[float]:
     if value in (None, ""):
         return None
+    if isinstance(value, bool):
+        raise ValueError("a time must be an ISO 8601 string")
     if isinstance(value, (int, float)):
-        return float(value)
-    return datetime.fromisoformat(str(value)).timestamp()
+        stamp = float(value)
+    elif isinstance(value, str):
+        try:
+            stamp = datetime.fromisoformat(value).timestamp()
+        except OverflowError:
+            raise ValueError(f"time {value!r} is out of range") from None
+    else:
+        raise ValueError("a time must be an ISO 8601 string")
+    if not _EARLIEST <= stamp <= _LATEST:  # also false for NaN
+        raise ValueError(f"time {value!r} is out of range")
+    return stamp
 
 
 def state_to_json(state: State) -> str:
@@ -335,9 +377,23 @@ def state_to_json(state: State) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
 def state_from_json(text: str) -> State:
-    """Parse the state file; ValueError when it is not one."""
-    data = json.loads(text)
+    """Parse the state file; ValueError when it is not exactly one (whatever is wrong in it)."""
+    try:
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object")
     known = {key: data[key] for key in State.__dataclass_fields__ if key in data}
@@ -345,13 +401,14 @@ def state_from_json(text: str) -> State:
         if key in known:
             known[key] = _from_iso(known[key])
     for key in ("consecutive_failures", "consecutive_successes"):
-        if key in known and (not isinstance(known[key], int) or known[key] < 0):
-            raise ValueError(f"{key} must be a non-negative integer")
-    if known.get("mode", STANDBY) not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}")
-    for key in ("master", "condition", "reason"):
+        value = known.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
+            raise ValueError(f"{key} must be an integer between 0 and {_MAX_COUNT}")
+    for key in ("mode", "master", "condition", "reason"):
         if key in known and not isinstance(known[key], str):
             raise ValueError(f"{key} must be a string")
+    if known.get("mode", STANDBY) not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}")
     return State(**known)
 
 
@@ -360,11 +417,11 @@ def state_path() -> Path:
 
 
 def load_state(path: Optional[Path] = None) -> State:
-    """The remembered state; a missing file is a fresh standby slave.
+    """The remembered state; a missing file is a standby slave that never checked.
 
-    An unreadable or corrupt file is logged and treated as a fresh state: the
-    decision also looks at the services' actual status, so nothing is lost but the
-    counters.
+    An unreadable or corrupt file (any value that is not what :func:`state_to_json`
+    writes) is logged and gives a state whose mode is ``unknown``: :func:`decide`
+    then goes by the services' actual status (see :func:`assumed_state`).
     """
     path = state_path() if path is None else path
     try:
@@ -372,9 +429,10 @@ def load_state(path: Optional[Path] = None) -> State:
         if text is None:
             return State()
         return state_from_json(text)
-    except (OSError, ValueError, TypeError) as exc:
-        logging.getLogger("xivo-ha").warning("%s is unreadable (%s): starting from a fresh state", path, exc)
-        return State()
+    except (OSError, ValueError) as exc:
+        why = f"{path} is unreadable ({exc})"
+        logging.getLogger("xivo-ha").warning("%s: the failover state is unknown", why)
+        return State(mode=UNKNOWN, reason=why)
 
 
 def save_state(state: State, path: Optional[Path] = None) -> None:

@@ -688,8 +688,8 @@ def restart_sequences(slave, values: Mapping[str, tuple[int, bool]]) -> None:
     for name, (value, called) in sorted(values.items()):
         statements.append(sql.SQL("ALTER SEQUENCE {} RESTART").format(_table(name)))
         statements.append(
-            sql.SQL("SELECT setval({}, {}, {})").format(
-                sql.Literal(f'"{SCHEMA}"."{name}"'), sql.Literal(value), sql.Literal(called)
+            sql.SQL("SELECT setval({}::regclass, {}, {})").format(
+                sql.Literal(_table(name).as_string(slave)), sql.Literal(value), sql.Literal(called)
             )
         )
     slave.execute(sql.SQL("; ").join(statements))

@@ -398,3 +398,23 @@ def test_no_mail_program_is_not_an_error(unreachable_slave):
     result = replicate("127.0.0.1")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1  # the failure line only, no complaint about mail
+
+
+ODD_SEQUENCE = 'Seq "quoted" X'
+
+
+def test_identifiers_with_quotes_spaces_and_upper_case_replicate(master_node, master_db, slave_db):
+    for db in (master_db, slave_db):
+        db.execute('CREATE TABLE "Odd ""Name"" tbl" ("Id" serial PRIMARY KEY, "Full Name" text)')
+        db.execute('CREATE SEQUENCE "Seq ""quoted"" X"')
+    master_db.execute('INSERT INTO "Odd ""Name"" tbl" ("Full Name") VALUES (\'a\'), (\'b "quoted"\'), (\'c\')')
+    master_db.execute('SELECT setval(\'"Seq ""quoted"" X"\', 42)')
+    result = replicate("127.0.0.1")
+    assert result.returncode == 0, result.stderr
+    assert slave_db.query('SELECT "Id", "Full Name" FROM "Odd ""Name"" tbl" ORDER BY 1') == [
+        (1, "a"), (2, 'b "quoted"'), (3, "c")]
+    slave_sequences = sequences(slave_db)
+    assert slave_sequences[ODD_SEQUENCE] == 42
+    assert slave_sequences['Odd "Name" tbl_Id_seq'] == 3
+    # The next value on the slave follows the master's.
+    assert slave_db.query('SELECT nextval(\'"Seq ""quoted"" X"\')') == [(43,)]

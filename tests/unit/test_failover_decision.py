@@ -183,8 +183,11 @@ def test_serving_but_services_died_starts_them_again():
     assert "starting them again" in decision.reason
 
 
+KNOWN_STANDBY = State(master=MASTER, condition=failover.UP, consecutive_successes=5, last_check=T0 - MINUTE)
+
+
 def test_standby_but_services_running_stops_them():
-    decision = failover.decide(observations(UP, failover.MIXED), State(), PARITY, T0)
+    decision = failover.decide(observations(UP, failover.MIXED), KNOWN_STANDBY, PARITY, T0)
     assert decision.action is Action.STOP
     assert "services run on this slave (mixed)" in decision.reason
 
@@ -299,10 +302,112 @@ def test_missing_state_is_a_fresh_standby(tmp_path):
     assert failover.load_state(tmp_path / "none.json") == State()
 
 
-@pytest.mark.parametrize(
-    "text", ["{not json", "[]", '{"mode": "active"}', '{"consecutive_failures": -1}', '{"last_check": "yesterday"}']
-)
-def test_corrupt_state_is_a_fresh_standby(tmp_path, text):
+GOOD_STATE = {
+    "mode": "serving", "master": MASTER, "condition": "down", "consecutive_failures": 2,
+    "consecutive_successes": 0, "last_check": "2024-05-01T12:01:00.000+00:00",
+    "last_failover": "2024-05-01T12:00:00.000+00:00", "last_failback": None, "reason": "failover",
+}
+
+
+def with_value(key, raw: str) -> str:
+    """GOOD_STATE as JSON with ``key``'s value replaced by the raw JSON text ``raw``."""
+    text = json.dumps({**GOOD_STATE, key: "@@"})
+    return text.replace('"@@"', raw)
+
+
+def test_state_from_json_reads_what_state_to_json_writes():
+    state = failover.state_from_json(json.dumps(GOOD_STATE))
+    assert state.mode == failover.SERVING and state.consecutive_failures == 2
+    assert state.last_failover == 1714564800.0
+    assert failover.state_from_json(failover.state_to_json(state)) == state
+
+
+UNREADABLE = [
+    ("not json", "{not json"),
+    ("truncated", json.dumps(GOOD_STATE)[:40]),
+    ("a list", "[]"),
+    ("unknown mode", with_value("mode", '"active"')),
+    ("mode not a string", with_value("mode", '["serving"]')),
+    ("negative count", with_value("consecutive_failures", "-1")),
+    ("count as a float", with_value("consecutive_failures", "2.0")),
+    ("count as a boolean", with_value("consecutive_successes", "true")),
+    ("huge count", with_value("consecutive_successes", "1" + "0" * 400)),
+    ("time beyond floats", with_value("last_failover", "1e400")),
+    ("NaN time", with_value("last_failover", "NaN")),
+    ("infinite time", with_value("last_check", "-Infinity")),
+    ("time before 1970", with_value("last_failover", "-5")),
+    ("time in year 10000", with_value("last_failover", "1e12")),
+    ("time as text", with_value("last_check", '"yesterday"')),
+    ("time as an object", with_value("last_check", '{"at": 1}')),
+    ("time as a boolean", with_value("last_check", "true")),
+    ("year 1 with an offset", with_value("last_check", '"0001-01-01T00:00:00+14:00"')),
+    ("master not a string", with_value("master", "10")),
+    ("reason nested deeply", with_value("reason", "[" * 100000 + "]" * 100000)),
+    ("a number anywhere beyond floats", with_value("extra", "1e400")),
+]
+
+
+@pytest.mark.parametrize("text", [c[1] for c in UNREADABLE], ids=[c[0] for c in UNREADABLE])
+def test_state_from_json_refuses_any_unreadable_value(text):
+    with pytest.raises(ValueError):
+        failover.state_from_json(text)
+
+
+@pytest.mark.parametrize("text", [c[1] for c in UNREADABLE], ids=[c[0] for c in UNREADABLE])
+def test_unreadable_state_file_is_unknown_and_decides_without_crashing(tmp_path, text):
     path = tmp_path / "failover.json"
     path.write_text(text)
-    assert failover.load_state(path) == State()
+    state = failover.load_state(path)
+    assert state.mode == failover.UNKNOWN
+    assert str(path) in state.reason
+    decision = failover.decide(observations(DOWN), state, PARITY, T0)
+    assert decision.action is Action.START
+    failover.state_to_json(decision.state)  # and what is saved next is readable again
+
+
+def test_non_utf8_state_file_is_unknown(tmp_path):
+    path = tmp_path / "failover.json"
+    path.write_bytes(b'{"mode": "serving", "reason": "\xff\xfe"}')
+    assert failover.load_state(path).mode == failover.UNKNOWN
+
+
+UNKNOWN_STATE = State(mode=failover.UNKNOWN, reason="failover.json is unreadable")
+
+
+@pytest.mark.parametrize("initial", [UNKNOWN_STATE, State()], ids=["unreadable", "missing"])
+def test_unknown_state_with_running_services_waits_for_the_successes(initial):
+    """Running services are counted as serving since the first check: N good checks before the stop."""
+    policy = Policy(successes_before_failback=3)
+    decisions, state = simulate([UP, UP, UP, UP], policy, state=initial, services=failover.RUNNING)
+    assert actions(decisions) == ["nothing", "nothing", "stop", "nothing"]
+    assert "counted as serving since now" in decisions[0].reason
+    assert "1 of 3 consecutive good checks before failback" in decisions[0].reason
+    assert decisions[0].state.mode == failover.SERVING and decisions[0].state.last_failover == T0
+    assert decisions[0].transition
+
+
+@pytest.mark.parametrize("initial", [UNKNOWN_STATE, State()], ids=["unreadable", "missing"])
+def test_unknown_state_with_running_services_waits_for_the_hold_down(initial):
+    decisions, _ = simulate([UP] * 7, Policy(failback_hold_down=300), state=initial, services=failover.MIXED)
+    assert actions(decisions) == ["nothing"] * 5 + ["stop", "nothing"]
+    assert "failback_hold_down is 300 s: this slave keeps serving 300 s more" in decisions[0].reason
+
+
+@pytest.mark.parametrize("initial", [UNKNOWN_STATE, State()], ids=["unreadable", "missing"])
+def test_unknown_state_with_stopped_services_is_a_standby_slave(initial):
+    decisions, state = simulate([UP, DOWN, DOWN], Policy(failures_before_failover=2), state=initial)
+    assert actions(decisions) == ["nothing", "nothing", "start"]
+    assert decisions[0].reason == "master 10.0.0.1 answers ping (3/3 replies); the services stay stopped"
+    assert state.mode == failover.SERVING
+
+
+def test_unknown_state_with_the_master_down_and_services_running_keeps_serving():
+    decision = failover.decide(observations(DOWN, failover.RUNNING), UNKNOWN_STATE, PARITY, T0)
+    assert decision.action is Action.NOTHING
+    assert decision.state.mode == failover.SERVING
+
+
+def test_parity_defaults_with_an_unknown_state_still_stop_at_the_first_good_check():
+    decision = failover.decide(observations(UP, failover.RUNNING), UNKNOWN_STATE, PARITY, T0)
+    assert decision.action is Action.STOP
+    assert decision.state.mode == failover.STANDBY and decision.state.last_failback == T0
