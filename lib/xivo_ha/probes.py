@@ -6,11 +6,17 @@ answered, a short detail and how long it took.  It never decides anything; that 
 
 * :func:`ping` runs the system ``ping`` (``ping -n -q -c COUNT -i INTERVAL -W
   TIMEOUT ADDR``) through :func:`xivo_ha.system.run`; the host is alive when any
-  reply came back, as XiVO's own check does.
+  reply came back (exit 0), as XiVO's own check does, and dead when none did
+  (exit 1).
 * :func:`sip_options` sends one SIP ``OPTIONS`` request over a plain UDP socket and
   retransmits it like an RFC 3261 non-INVITE client transaction (T1 = 500 ms,
   doubling up to T2 = 4 s, giving up after Timer F).  Any final response (>= 200),
   even an error, proves the registrar is up; a 1xx only means "keep waiting".
+
+Only a definite answer is an observation.  A probe that could not run (ping
+exiting 2 or missing, our own timeout, a socket error other than a timeout or a
+refusal) raises :class:`ProbeError`: nothing is known about the master, so
+nothing may be decided.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ TIMER_F = 64 * T1
 
 _PING_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
 _PING_RTT = re.compile(r"= [\d.]+/([\d.]+)/")
+
+
+class ProbeError(OperationFailed):
+    """The probe could not run: neither up nor down."""
 
 
 @dataclass(frozen=True)
@@ -71,19 +81,24 @@ def ping_command(address: str, count: int, interval: float, timeout: float) -> l
 def ping(address: str, count: int = 3, interval: float = 10.0, timeout: float = 1.0, what: str = ICMP) -> Observation:
     """Ping ``address`` ``count`` times, ``interval`` seconds apart; alive when any reply came back.
 
-    A missing ``ping`` program raises :class:`OperationFailed` (that is a broken node,
-    not a dead master).
+    Raises :class:`ProbeError` when ping could not give an answer: missing, exiting
+    with anything but 0 (a reply) or 1 (no reply), or outliving its time budget.
     """
     argv = ping_command(address, count, interval, timeout)
     budget = (count - 1) * interval + timeout + 10.0
     started = time.monotonic()
     if system.which("ping") is None:
-        raise OperationFailed("the ping program is missing: install iputils-ping")
+        raise ProbeError("the ping program is missing: install iputils-ping")
     try:
         result = system.run(argv, timeout=budget, env={"LC_ALL": "C"})
     except OperationFailed as exc:
-        return Observation(what, address, False, str(exc), time.monotonic() - started)
+        raise ProbeError(f"{what} probe of {address} could not run: {exc}") from None
     duration = time.monotonic() - started
+    if result.returncode not in (0, 1):
+        raise ProbeError(
+            f"{what} probe of {address} could not run: ping exited with {result.returncode}"
+            f" ({result.output() or 'no output'})"
+        )
     return Observation(what, address, result.returncode == 0, _ping_detail(result), duration)
 
 
@@ -156,7 +171,8 @@ def sip_options(host: str, port: int = 5060, timeout: float = TIMER_F, t1: float
     """Ask the registrar at ``host:port`` with SIP OPTIONS over UDP.
 
     Alive on any final response; dead when nothing final arrives within ``timeout``
-    seconds, or at once when the host reports the port unreachable (ICMP).
+    seconds, or at once when the host reports the port unreachable (ICMP).  Any
+    other socket error raises :class:`ProbeError`.
     """
     import secrets  # only the SIP probe needs it: keep it out of every ping-only run
 
@@ -167,6 +183,9 @@ def sip_options(host: str, port: int = 5060, timeout: float = TIMER_F, t1: float
     def observed(alive: bool, detail: str) -> Observation:
         return Observation(SIP, target, alive, detail, time.monotonic() - started)
 
+    def failed(doing: str, exc: OSError) -> ProbeError:
+        return ProbeError(f"sip probe of {target} could not run: {doing}: {exc.strerror or exc}")
+
     branch = "z9hG4bK" + secrets.token_hex(8)
     tag = secrets.token_hex(6)
     call_id = secrets.token_hex(12) + "@xivo-ha"
@@ -175,13 +194,13 @@ def sip_options(host: str, port: int = 5060, timeout: float = TIMER_F, t1: float
     try:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     except OSError as exc:
-        return observed(False, f"cannot open a UDP socket: {exc.strerror}")
+        raise failed("cannot open a UDP socket", exc) from None
     with sock:
         try:
             sock.connect((host, port))
             request = options_request(host, port, sock.getsockname(), branch, tag, call_id)
         except OSError as exc:
-            return observed(False, f"cannot reach {target}: {exc.strerror or exc}")
+            raise failed("cannot address it", exc) from None
         wait = t1
         next_send = time.monotonic()
         while True:
@@ -194,7 +213,7 @@ def sip_options(host: str, port: int = 5060, timeout: float = TIMER_F, t1: float
                 except ConnectionRefusedError:
                     return observed(False, "port unreachable (ICMP)")
                 except OSError as exc:
-                    return observed(False, f"send failed: {exc.strerror or exc}")
+                    raise failed("send failed", exc) from None
                 sent += 1
                 next_send = now + wait
                 wait = min(wait * 2, t2)
@@ -206,7 +225,7 @@ def sip_options(host: str, port: int = 5060, timeout: float = TIMER_F, t1: float
             except ConnectionRefusedError:
                 return observed(False, "port unreachable (ICMP)")
             except OSError as exc:
-                return observed(False, f"receive failed: {exc.strerror or exc}")
+                raise failed("receive failed", exc) from None
             response = parse_response(data, branch, call_id)
             if response is None:
                 continue

@@ -187,11 +187,76 @@ def test_link_down_starts_services_link_up_stops_them(slave):
     assert len(slave.syslog.drain()) == 1
 
 
-def test_master_removed_fails_over(slave):
+def test_master_removed_with_the_link_is_not_a_verdict(slave):
+    """The veth pair dies with the master's namespace: the slave has no route left, ping
+    cannot even send (exit 2).  That is this slave's network gone, not an answer."""
+    assert slave.check().returncode == 0
+    before = slave.state()
     slave.lab.remove_master()
     result = slave.check()
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1
+    assert "could not run: ping exited with 2" in result.stderr
+    assert "nothing decided, the failover state is left as it was" in result.stderr
+    assert slave.running() == [False, False]
+    assert slave.state() == before
+
+
+def broken_ping(tmp_path: Path, exit_code: int | None = None) -> Path:
+    """A ``ping`` first on PATH: the real one, given an option it rejects (exit 2), or a plain exit."""
+    bin_dir = tmp_path / "broken-ping"
+    bin_dir.mkdir()
+    body = f"exit {exit_code}" if exit_code is not None else 'exec /usr/bin/ping -W nan "$@"'
+    (bin_dir / "ping").write_text(f"#!/bin/sh\n{body}\n")
+    (bin_dir / "ping").chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.parametrize("exit_code", [None, 3, 127], ids=["bad option", "exit 3", "exit 127"])
+def test_ping_that_cannot_run_decides_nothing(slave, tmp_path, exit_code):
+    assert slave.check().returncode == 0
+    state_file = slave.root / "var/lib/xivo-ha/failover.json"
+    before = state_file.read_bytes()
+    slave.syslog.drain()
+    slave.env["PATH"] = f"{broken_ping(tmp_path, exit_code)}:{slave.env['PATH']}"
+    result = slave.check()  # the master's namespace is up and answers
+    assert result.returncode == 1
+    assert f"icmp probe of {slave.lab.master_address} could not run: ping exited with" in result.stderr
+    assert "nothing decided" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert slave.running() == [False, False]
+    assert "watch start" not in slave.services.journal()
+    assert state_file.read_bytes() == before
+    logged = slave.syslog.drain()
+    assert len(logged) == 1 and logged[0].startswith("<27>xivo-ha[")  # daemon, error
+
+
+def test_ping_that_cannot_run_does_not_fail_back_either(slave, tmp_path):
+    slave.lab.master_link(False)
+    assert slave.check().returncode == 0
     assert slave.running() == [True, True]
+    before = slave.state()
+    slave.lab.master_link(True)
+    slave.env["PATH"] = f"{broken_ping(tmp_path)}:{slave.env['PATH']}"
+    assert slave.check().returncode == 1
+    assert slave.running() == [True, True]
+    assert slave.state() == before
+
+
+def test_witness_ping_that_cannot_run_decides_nothing(witnessed_slave, tmp_path):
+    witnessed_slave.lab.master_link(False)
+    bin_dir = tmp_path / "witness-ping"
+    bin_dir.mkdir()
+    # The real ping for the master; a ping that cannot run for the witness.
+    (bin_dir / "ping").write_text(
+        f'#!/bin/sh\ncase "$*" in *{witnessed_slave.lab.witness_address}*) exit 2;; esac\nexec /usr/bin/ping "$@"\n'
+    )
+    (bin_dir / "ping").chmod(0o755)
+    witnessed_slave.env["PATH"] = f"{bin_dir}:{witnessed_slave.env['PATH']}"
+    result = witnessed_slave.check()
+    assert result.returncode == 1
+    assert f"witness probe of {witnessed_slave.lab.witness_address} could not run" in result.stderr
+    assert witnessed_slave.running() == [False]
+    assert witnessed_slave.state() is None
 
 
 def test_services_that_died_while_serving_are_started_again(slave):

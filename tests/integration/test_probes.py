@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,10 +60,53 @@ def test_master_link_down_is_dead(lab):
     assert fast_ping(lab, count=3)["alive"] is True
 
 
-def test_master_namespace_removed_is_dead(lab):
+ASK = """
+import json, sys
+from xivo_ha import probes
+try:
+    observation = getattr(probes, sys.argv[1])(**json.loads(sys.argv[2]))
+except probes.ProbeError as exc:
+    print(json.dumps({"error": str(exc)}))
+else:
+    print(json.dumps(observation.to_dict()))
+"""
+
+
+def ask_from_slave(lab, kind: str, env: dict | None = None, **kwargs) -> dict:
+    """probes.<kind>(**kwargs) in the slave's namespace: its observation, or {"error": ...}."""
+    result = lab.run_in_slave([sys.executable, "-c", ASK, kind, json.dumps(kwargs)], timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_master_namespace_removed_cannot_be_probed(lab):
+    """With the namespace goes the slave's end of the link: no route, ping exits 2."""
     lab.remove_master()
-    observation = fast_ping(lab)
-    assert observation["alive"] is False
+    answer = ask_from_slave(lab, "ping", address=lab.master_address, count=1, interval=0.2, timeout=1)
+    assert answer["error"].startswith(f"icmp probe of {lab.master_address} could not run: ping exited with 2")
+
+
+@pytest.mark.parametrize("body, detail", [
+    ('exec /usr/bin/ping -W nan "$@"', "ping exited with 2 (/usr/bin/ping: bad linger time: nan"),
+    ("exit 7", "ping exited with 7 (no output)"),
+    ("sleep 60", "did not finish within"),
+])
+def test_ping_that_cannot_answer_is_an_error_not_dead(lab, tmp_path, body, detail):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ping").write_text(f"#!/bin/sh\n{body}\n")
+    (bin_dir / "ping").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    answer = ask_from_slave(lab, "ping", env=env, address=lab.master_address, count=1, interval=0.2, timeout=0.5)
+    assert "error" in answer, answer
+    assert detail in answer["error"]
+
+
+def test_missing_ping_is_an_error(lab, tmp_path):
+    (tmp_path / "ip").symlink_to(shutil.which("ip"))  # `ip netns exec` itself, and no ping
+    env = {**os.environ, "PATH": str(tmp_path)}
+    answer = ask_from_slave(lab, "ping", env=env, address=lab.master_address, count=1, interval=0.2, timeout=1)
+    assert answer == {"error": "the ping program is missing: install iputils-ping"}
 
 
 def test_any_reply_means_alive(lab):

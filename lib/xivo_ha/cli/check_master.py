@@ -47,8 +47,10 @@ class CheckMasterStatus(Command):
     OPTIONS); the decision follows the [failover] settings and the state kept in
     /var/lib/xivo-ha/failover.json.  Services are started and stopped only when
     needed, with the same code as xivo-manage-slave-services.  Transitions are
-    logged to syslog.  Exit 0 when the check ran (whatever it decided), 1 when a
-    probe could not run or a service step failed, 2 on bad input.
+    logged to syslog.  Only a definite answer counts: a probe that could not run
+    (ping exiting with anything but 0 or 1, a socket error) decides nothing and
+    leaves the state as it was.  Exit 0 when the check ran (whatever it decided),
+    1 when a probe could not run or a service step failed, 2 on bad input.
     """
 
     PROGNAME = "xivo-check-master-status"
@@ -140,7 +142,13 @@ class CheckMasterStatus(Command):
 
     def _check_once(self, master, config, policy, manager, logger) -> str:
         """One observe-decide-act round: AGAIN, ENOUGH (the role changed) or FAILED."""
-        observed = observe(master, config, policy, manager, lambda: self._still_slave_of(master, logger, before=False))
+        try:
+            observed = observe(
+                master, config, policy, manager, lambda: self._still_slave_of(master, logger, before=False)
+            )
+        except probes.ProbeError as exc:
+            logger.error("%s: nothing decided, the failover state is left as it was", exc)
+            return FAILED
         if observed is None:
             return ENOUGH
         decision = failover.decide(observed, failover.load_state(), policy, time.time())
@@ -169,7 +177,8 @@ def observe(master, config, policy, manager, still_slave) -> Optional[failover.O
     then the witness when it does not ping and a witness is set.
 
     ``still_slave`` is asked after probing, before anything is decided: when the
-    node's role changed meanwhile, None is returned and nothing is done.
+    node's role changed meanwhile, None is returned and nothing is done.  A probe
+    that could not run raises :class:`probes.ProbeError`.
     """
     probe = config.probe
     icmp = probes.ping(master, probe.ping_count, probe.ping_interval, probe.ping_timeout)
