@@ -16,6 +16,7 @@ import contextlib
 import os
 import pwd
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 from .errors import OperationFailed
@@ -31,12 +32,40 @@ BLANK_SIP_EXPIRY = {name: None for name in SIP_EXPIRY_NAMES}
 _CREDENTIALS = threading.Lock()
 
 
-def connect(dsn: str, timeout: int = 10, autocommit: bool = False) -> "psycopg.Connection":
-    import psycopg
+@dataclass(frozen=True)
+class Limits:
+    """How long one statement may run, and wait for a lock, in every session we open."""
 
+    statement_timeout: float
+    lock_timeout: float
+
+    @classmethod
+    def from_settings(cls, config=None) -> "Limits":
+        """[database] statement_timeout and lock_timeout (the settings are read when not given)."""
+        if config is None:
+            from . import settings
+
+            config = settings.load()
+        return cls(float(config.database.statement_timeout), float(config.database.lock_timeout))
+
+    def options(self) -> str:
+        """libpq ``options``: the server applies them from the session's first statement."""
+        return (f"-c statement_timeout={round(self.statement_timeout * 1000)} "
+                f"-c lock_timeout={round(self.lock_timeout * 1000)}")
+
+
+def connect(dsn: str, timeout: int = 10, autocommit: bool = False,
+            limits: Limits | None = None) -> "psycopg.Connection":
+    """Connect to ``dsn``, with the session limits of ``limits`` (default: the settings')."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    limits = Limits.from_settings() if limits is None else limits
     try:
+        given = conninfo_to_dict(dsn).get("options")
+        limited = make_conninfo(dsn, options=f"{given} {limits.options()}" if given else limits.options())
         with peer_credentials(dsn):
-            return psycopg.connect(dsn, connect_timeout=timeout, autocommit=autocommit)
+            return psycopg.connect(limited, connect_timeout=timeout, autocommit=autocommit)
     except psycopg.Error as exc:
         raise OperationFailed(f"cannot connect to the database ({describe_dsn(dsn)}): {first_line(exc)}") from None
 
@@ -100,11 +129,16 @@ def first_line(exc: BaseException) -> str:
 
 
 def read_sip_expiry(conn: "psycopg.Connection") -> dict[str, str | None]:
-    rows = conn.execute(
-        "SELECT var_name, var_val FROM staticsip WHERE filename = 'sip.conf' AND category = 'general'"
-        " AND var_name = ANY(%s)",
-        (list(SIP_EXPIRY_NAMES),),
-    ).fetchall()
+    import psycopg
+
+    try:
+        rows = conn.execute(
+            "SELECT var_name, var_val FROM staticsip WHERE filename = 'sip.conf' AND category = 'general'"
+            " AND var_name = ANY(%s)",
+            (list(SIP_EXPIRY_NAMES),),
+        ).fetchall()
+    except psycopg.Error as exc:
+        raise OperationFailed(f"cannot read the SIP expiry settings: {first_line(exc)}") from None
     found = dict(rows)
     return {name: found.get(name) for name in SIP_EXPIRY_NAMES}
 

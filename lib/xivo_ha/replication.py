@@ -662,6 +662,8 @@ def copy_tables(
                 chunks.get(timeout=0.1)
             except queue.Empty:
                 pass
+        if "error" in box:  # the master's error, not the slave's "COPY failed" that it caused
+            raise box["error"] from None
         raise
     thread.join()
     if "error" in box:
@@ -708,6 +710,7 @@ class Target:
     dbname: str
     connect_timeout: int
     lock_timeout: int
+    deadline: float = 1800.0
 
     @property
     def label(self) -> str:
@@ -772,14 +775,41 @@ def forget_fingerprint() -> None:
     system.remove(paths.state(FINGERPRINT_FILE))
 
 
-def _connect(dsn: str, timeout: int, what: str, hint: str = "") -> "psycopg.Connection":
-    import psycopg
-
+def _connect(dsn: str, timeout: int, limits, what: str, hint: str = "") -> "psycopg.Connection":
     try:
-        with database.peer_credentials(dsn):
-            return psycopg.connect(dsn, connect_timeout=timeout)
-    except psycopg.Error as exc:
-        raise OperationFailed(f"{what}: {database.first_line(exc)}{hint}") from None
+        return database.connect(dsn, timeout=timeout, limits=limits)
+    except OperationFailed as exc:
+        raise OperationFailed(f"{what}: {exc}{hint}") from None
+
+
+class Busy(OperationFailed):
+    """A table stayed locked longer than the lock timeout: nothing was changed, try again later."""
+
+
+class _Deadline:
+    """Cancels the run's statements on both servers once ``seconds`` have passed."""
+
+    def __init__(self, seconds: float, connections):
+        self.seconds = seconds
+        self.expired = False
+        self._connections = connections
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def _expire(self) -> None:
+        self.expired = True
+        for conn in self._connections:
+            try:
+                conn.cancel()
+            except Exception:
+                pass
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
 
 
 def _in_thread(function, *args):
@@ -812,21 +842,27 @@ def replicate(
     force: bool = False,
     dry_run: bool = False,
     progress: Progress = _quiet,
+    limits: "database.Limits | None" = None,
 ) -> Outcome:
-    """Replicate (or skip, or describe with ``dry_run``); raises OperationFailed with the reason."""
+    """Replicate (or skip, or describe with ``dry_run``); raises OperationFailed with the reason.
+
+    Every session gets ``limits`` (default: the [database] settings); the whole run
+    is cancelled after ``target.deadline`` seconds.  A lock held too long raises
+    :class:`Busy`.
+    """
     import psycopg
 
     started = time.monotonic()
+    limits = database.Limits.from_settings() if limits is None else limits
     # Both connections at once: the slave's in a thread.
     slave_connected = _in_thread(
-        _connect, target.dsn(), target.connect_timeout, f"cannot reach the slave database {target.label}",
+        _connect, target.dsn(), target.connect_timeout, limits, f"cannot reach the slave database {target.label}",
         " (is PostgreSQL on the slave listening on that address and accepting the master? "
         "`xivo-ha enable slave <master_ip>` on the slave sets that up)",
     )
     try:
         master = _connect(
-            database_dsn(master_dsn), target.connect_timeout,
-            f"cannot connect to the master database ({database.describe_dsn(master_dsn)})",
+            database_dsn(master_dsn), target.connect_timeout, limits, "cannot connect to the master database",
         )
     except BaseException:
         try:
@@ -836,9 +872,21 @@ def replicate(
         raise
     try:
         slave = slave_connected()
+        deadline = _Deadline(max(1.0, target.deadline - (time.monotonic() - started)), (master, slave))
         try:
-            return _replicate(master, slave, target, tuple(exclude), force, dry_run, progress, started)
+            with deadline:
+                return _replicate(master, slave, target, tuple(exclude), force, dry_run, progress, started)
+        except psycopg.errors.LockNotAvailable as exc:
+            raise Busy(
+                f"a table stayed locked longer than the lock timeout ({database.first_line(exc)}): "
+                f"the slave was left unchanged, the next run tries again"
+            ) from None
         except psycopg.Error as exc:
+            if deadline.expired:
+                raise OperationFailed(
+                    f"the run did not finish within {target.deadline:g} s ([replication] timeout) and was "
+                    f"cancelled: the slave was left unchanged"
+                ) from None
             raise OperationFailed(_describe_error(exc)) from None
         finally:
             _close(slave)

@@ -103,11 +103,23 @@ def master_node(node_root, monkeypatch, master_db, slave_db, syslog):
     return node_root
 
 
-def replicate(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def replicate(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(COMMAND), *args], env=env or dict(os.environ),
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=timeout,
     )
+
+
+def mta_outbox(tmp_path: Path, monkeypatch) -> Path:
+    """An MTA stand-in first on PATH: it files what it is given, as sendmail -t would deliver it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    outbox = tmp_path / "outbox"
+    sendmail = bin_dir / "sendmail"
+    sendmail.write_text(f"#!/bin/sh\necho \"$@\" > {outbox}.args\ncat > {outbox}\n")
+    sendmail.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    return outbox
 
 
 def tables_of(snapshot: dict, names) -> dict:
@@ -375,14 +387,7 @@ def test_failure_goes_to_stderr_syslog_and_the_job_record(unreachable_slave, sys
 
 
 def test_failure_is_mailed_to_root(unreachable_slave, tmp_path, monkeypatch):
-    # An MTA stand-in on PATH: it files what it is given, as sendmail -t would deliver it.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    outbox = tmp_path / "outbox"
-    sendmail = bin_dir / "sendmail"
-    sendmail.write_text(f"#!/bin/sh\necho \"$@\" > {outbox}.args\ncat > {outbox}\n")
-    sendmail.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    outbox = mta_outbox(tmp_path, monkeypatch)
     result = replicate("127.0.0.1")
     assert result.returncode == 1
     assert "could not mail" not in result.stderr
@@ -418,3 +423,94 @@ def test_identifiers_with_quotes_spaces_and_upper_case_replicate(master_node, ma
     assert slave_sequences['Odd "Name" tbl_Id_seq'] == 3
     # The next value on the slave follows the master's.
     assert slave_db.query('SELECT nextval(\'"Seq ""quoted"" X"\')') == [(43,)]
+
+
+# --- busy databases: bounded sessions, "busy" is not "failed" ------------------------------
+
+
+@pytest.fixture
+def short_limits(monkeypatch):
+    monkeypatch.setenv("XIVO_HA_DATABASE_LOCK_TIMEOUT", "2")
+    monkeypatch.setenv("XIVO_HA_DATABASE_STATEMENT_TIMEOUT", "30")
+
+
+@pytest.fixture
+def locked(master_db):
+    """Lock a table on the master, as a schema migration or a VACUUM FULL would, for the test."""
+    import psycopg
+
+    conns = []
+
+    def lock(table: str) -> None:
+        conn = psycopg.connect(master_db.dsn)
+        conns.append(conn)
+        conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")  # held: the transaction stays open
+
+    yield lock
+    for conn in conns:
+        conn.close()
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["scan", "force"])
+def test_locked_table_on_the_master_is_busy_and_not_mailed(master_node, slave_db, short_limits, locked,
+                                                           tmp_path, monkeypatch, force):
+    outbox = mta_outbox(tmp_path, monkeypatch)
+    before = slave_db.snapshot()
+    locked("usersip")
+    started = time.monotonic()
+    result = replicate(*(["--force"] if force else []), "127.0.0.1", timeout=60)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert elapsed < 15
+    assert result.stdout.startswith("Slave replication postponed: a table stayed locked longer than the lock timeout")
+    assert "the next run tries again" in result.stdout
+    assert "Slave replication failed" not in result.stderr
+    entry = record(master_node)
+    assert entry["result"] == "busy" and "lock timeout" in entry["detail"]
+    assert not outbox.exists()
+    assert slave_db.snapshot() == before
+
+
+def test_another_run_holding_the_lock_is_busy_and_not_mailed(master_node, tmp_path, monkeypatch):
+    import fcntl
+
+    outbox = mta_outbox(tmp_path, monkeypatch)
+    lock_file = master_node / "var/lib/xivo-ha/replication.lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # what a concurrent run holds
+        result = replicate("127.0.0.1", timeout=60)
+    assert result.returncode == 1
+    assert result.stdout.startswith("Slave replication postponed: another replication is running")
+    assert record(master_node)["result"] == "busy"
+    assert not outbox.exists()
+
+
+def test_status_with_a_locked_table_returns_within_the_lock_timeout(master_node, short_limits, locked):
+    locked("staticsip")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, str(REPO / "bin" / "xivo-ha"), "status", "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 15
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert "lock timeout" in report["sip_expiry"]["error"]
+
+
+def test_the_whole_run_has_a_deadline(master_node, master_db, slave_db, short_limits, monkeypatch):
+    """The slave is slow on every row: the run is cancelled at its deadline, before any statement timeout."""
+    monkeypatch.setenv("XIVO_HA_REPLICATION_TIMEOUT", "10")
+    slave_db.execute(
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$;"
+        "CREATE TRIGGER slow BEFORE INSERT ON usersip FOR EACH ROW EXECUTE FUNCTION slow();"
+        "ALTER TABLE usersip ENABLE ALWAYS TRIGGER slow"
+    )
+    before = slave_db.snapshot()
+    started = time.monotonic()
+    result = replicate("127.0.0.1", timeout=120)
+    assert time.monotonic() - started < 40
+    assert result.returncode == 1
+    assert "did not finish within 10 s ([replication] timeout) and was cancelled" in result.stderr
+    assert record(master_node)["result"] == "failed"
+    assert slave_db.snapshot() == before

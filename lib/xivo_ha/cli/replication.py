@@ -7,7 +7,7 @@ import time
 from plumbum import cli
 
 from . import Command, run
-from .. import notify, paths, replication, role, runstate, settings, system
+from .. import database, notify, paths, replication, role, runstate, settings, system
 from ..errors import OperationFailed
 
 JOB = "replication"
@@ -67,6 +67,7 @@ class Replication(Command):
             dbname=options.slave_dbname,
             connect_timeout=options.connect_timeout,
             lock_timeout=options.lock_timeout,
+            deadline=float(options.timeout),
         )
         started = time.monotonic()
         try:
@@ -74,7 +75,17 @@ class Replication(Command):
                 outcome = replication.replicate(
                     config.database.dsn, target, options.exclude_tables,
                     force=self.force, dry_run=self.dry_run, progress=logger.debug,
+                    limits=database.Limits.from_settings(config),
                 )
+        except (system.LockBusy, replication.Busy) as exc:
+            # Not a failure: nothing was changed, the next run tries again.  Said on
+            # stdout (which cron discards) and in syslog; no mail.
+            message = f"Slave replication postponed: {exc}"
+            print(message)
+            logger.info("%s", message)
+            if not self.dry_run:
+                runstate.record(JOB, "busy", time.monotonic() - started, str(exc))
+            return 1
         except OperationFailed as exc:
             message = f"{FAILED}: {exc}"
             if self.dry_run:
