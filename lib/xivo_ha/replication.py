@@ -372,6 +372,99 @@ def checksum_mismatches(master: Mapping[str, tuple[int, str]], slave: Mapping[st
     return problems
 
 
+class SlaveServing(OperationFailed):
+    """The slave serves (or may serve) the phones: its data must not be overwritten."""
+
+
+@dataclass(frozen=True)
+class ServingCheck:
+    """Whether the slave may be overwritten, from what it says about itself."""
+
+    go: bool
+    reason: str
+    warn: bool = False  # going on against what the slave says (--force): logged as a warning
+    # Proceed only when the slave's database shows no client but us (the slave could not be asked).
+    sessions_must_be_ours: bool = False
+
+
+def serving_check(report: Mapping[str, Any] | None, problem: str, slave_ip: str, force: bool) -> ServingCheck:
+    """Decide from the slave's ``xivo-ha status --json`` (``report``), or from why it could not be asked.
+
+    The slave says it serves, or cannot tell (its failover state is unknown), or
+    claims to be a master: refuse, unless ``force``.  It could not be asked: go on
+    only if its database shows no other client (the services that serve the phones
+    keep sessions open on it); that is checked once connected.
+    """
+    if report is None:
+        return ServingCheck(
+            True,
+            f"could not ask the slave {slave_ip} whether it serves ({problem}): going on only if its "
+            f"database has no other client session" if not force else
+            f"could not ask the slave {slave_ip} whether it serves ({problem}); replicating anyway (--force)",
+            warn=force, sessions_must_be_ours=not force,
+        )
+    state = report.get("failover") if isinstance(report.get("failover"), dict) else {}
+    node_role = report.get("role")
+    mode = state.get("mode")
+    if node_role == "master":
+        why = f"the slave {slave_ip} says it is a master (its /etc/xivo/ha.conf): replicating would overwrite a master"
+    elif mode == "serving":
+        since = f" since {state['last_failover']}" if state.get("last_failover") else ""
+        why = (
+            f"the slave {slave_ip} is serving{since} ({state.get('reason') or 'failover'}): replicating now "
+            f"would overwrite what users changed on it; it stops serving by itself once this master has "
+            f"been up for [failover] successes_before_failback checks and failback_hold_down"
+        )
+    elif mode not in ("standby", None) or (node_role == "slave" and mode is None):
+        why = (
+            f"the slave {slave_ip} cannot tell whether it serves (failover state {mode or 'missing'}: "
+            f"{state.get('reason') or 'no detail'}); its next xivo-check-master-status run records it"
+        )
+    else:
+        return ServingCheck(True, f"the slave {slave_ip} is standing by")
+    if force:
+        return ServingCheck(True, f"{why}; replicating anyway (--force)", warn=True)
+    return ServingCheck(False, f"{why}; use --force to replicate anyway")
+
+
+def ask_slave(config: Any, slave_ip: str) -> tuple[dict | None, str]:
+    """The slave's ``xivo-ha status --json`` over the HA key, or None and why not."""
+    from . import doctor
+
+    key = paths.node(config.sync.key)
+    if not key.is_file():
+        return None, f"no HA key {config.sync.key} on this master"
+    try:
+        argv = doctor.ssh_command(config, slave_ip, list(config.doctor.peer_command) + ["status", "--json"])
+        result = system.run(argv, timeout=config.doctor.peer_timeout)
+    except OperationFailed as exc:
+        return None, str(exc)
+    if result.returncode == doctor.SSH_FAILED:
+        return None, f"ssh to {slave_ip} failed: {result.output() or 'no output'}"
+    try:
+        report = json.loads(result.stdout)
+    except ValueError:
+        report = None
+    if not isinstance(report, dict):
+        first = (result.output() or "no output").splitlines()[0][:200]
+        return None, f"`xivo-ha status --json` on the slave exited with {result.returncode}: {first}"
+    return report, ""
+
+
+_SESSIONS_SQL = """
+SELECT coalesce(nullif(application_name, ''), usename::text, '?') || ' from '
+       || coalesce(host(client_addr), 'local socket')
+FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+ORDER BY 1
+"""
+
+
+def other_sessions(conn) -> list[str]:
+    """The slave database's other client sessions, e.g. ``asterisk from local socket``."""
+    return [row[0] for row in conn.execute(_SESSIONS_SQL)]
+
+
 # ---------------------------------------------------------------------------
 # Reading the databases
 # ---------------------------------------------------------------------------
@@ -843,6 +936,7 @@ def replicate(
     dry_run: bool = False,
     progress: Progress = _quiet,
     limits: "database.Limits | None" = None,
+    sessions_must_be_ours: bool = False,
 ) -> Outcome:
     """Replicate (or skip, or describe with ``dry_run``); raises OperationFailed with the reason.
 
@@ -875,6 +969,8 @@ def replicate(
         deadline = _Deadline(max(1.0, target.deadline - (time.monotonic() - started)), (master, slave))
         try:
             with deadline:
+                if sessions_must_be_ours:
+                    _refuse_if_used(slave, target)
                 return _replicate(master, slave, target, tuple(exclude), force, dry_run, progress, started)
         except psycopg.errors.LockNotAvailable as exc:
             raise Busy(
@@ -892,6 +988,16 @@ def replicate(
             _close(slave)
     finally:
         _close(master)
+
+
+def _refuse_if_used(slave, target: Target) -> None:
+    sessions = other_sessions(slave)
+    slave.rollback()
+    if sessions:
+        raise SlaveServing(
+            f"the slave database {target.label} has other clients ({', '.join(sessions[:5])}): it may be "
+            f"serving; use --force to replicate anyway"
+        )
 
 
 def database_dsn(dsn: str) -> str:

@@ -514,3 +514,97 @@ def test_the_whole_run_has_a_deadline(master_node, master_db, slave_db, short_li
     assert "did not finish within 10 s ([replication] timeout) and was cancelled" in result.stderr
     assert record(master_node)["result"] == "failed"
     assert slave_db.snapshot() == before
+
+
+# --- a slave that serves is not overwritten (asked over the HA key, real sshd) ------------
+
+from sshd_fixture import sshd  # noqa: E402,F401  (fixture of `pair`)
+from test_doctor import LOOPBACK, pair  # noqa: E402,F401  (fixture)
+
+
+def serving_state(**changes) -> str:
+    state = {
+        "mode": "serving", "master": LOOPBACK, "condition": "down", "consecutive_failures": 3,
+        "consecutive_successes": 0, "last_check": "2024-05-01T12:03:00.000+00:00",
+        "last_failover": "2024-05-01T12:00:00.000+00:00", "last_failback": None,
+        "reason": "master 127.0.0.1 does not answer ping (0/3 replies) for 1 check: failover, starting the services",
+    }
+    return json.dumps({**state, **changes})
+
+
+@pytest.fixture
+def serving_pair(pair, tmp_path):  # noqa: F811
+    """The pair after a failover: the slave serves, and a user changed something on it."""
+    pair.slave.path("/var/lib/xivo-ha").mkdir(parents=True, exist_ok=True)
+    pair.slave.path("/var/lib/xivo-ha/failover.json").write_text(serving_state())
+    pair.slave.db.execute("UPDATE staticsip SET var_val = 'changed during the failover' WHERE var_name = 'allowguest'")
+    bin_dir = tmp_path / "mta"
+    bin_dir.mkdir()
+    (bin_dir / "sendmail").write_text(f"#!/bin/sh\ncat > {tmp_path / 'outbox'}\n")
+    (bin_dir / "sendmail").chmod(0o755)
+    pair.master.env["PATH"] = f"{bin_dir}:/usr/bin:/bin"
+    return pair
+
+
+def replicate_from(pair, *args: str, env: dict | None = None):  # noqa: F811
+    return pair.master.run(*args, LOOPBACK, command="xivo-master-slave-db-replication", env=env)
+
+
+def changed_on_slave(pair) -> int:  # noqa: F811
+    rows = pair.slave.db.query("SELECT count(*) FROM staticsip WHERE var_val = 'changed during the failover'")
+    return rows[0][0]
+
+
+def test_replication_refuses_while_the_slave_serves(serving_pair):
+    changed = changed_on_slave(serving_pair)
+    assert changed > 0
+    result = replicate_from(serving_pair)
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"Slave replication failed: the slave {LOOPBACK} is serving since 2024-05-01T12:00:00.000+00:00")
+    assert "use --force to replicate anyway" in result.stderr
+    assert changed_on_slave(serving_pair) == changed
+    assert json.loads(serving_pair.job_record("replication").read_text())["result"] == "failed"
+    assert "is serving since" in (serving_pair.tmp / "outbox").read_text()
+
+
+def test_replication_refuses_while_the_slave_state_is_unknown(serving_pair):
+    serving_pair.slave.path("/var/lib/xivo-ha/failover.json").write_text('{"mode": "serving", "last_failover": 1e400}')
+    result = replicate_from(serving_pair)
+    assert result.returncode == 1
+    assert "cannot tell whether it serves (failover state unknown" in result.stderr
+    assert changed_on_slave(serving_pair) > 0
+
+
+def test_force_replicates_over_a_serving_slave_with_a_warning(serving_pair):
+    result = replicate_from(serving_pair, "--force")
+    assert result.returncode == 0, result.stderr
+    assert "is serving since" in result.stderr and "replicating anyway (--force)" in result.stderr
+    assert changed_on_slave(serving_pair) == 0
+
+
+def test_a_standing_by_slave_is_replicated(serving_pair):
+    serving_pair.slave.path("/var/lib/xivo-ha/failover.json").write_text(
+        serving_state(mode="standby", last_failback="2024-05-01T13:00:00.000+00:00"))
+    result = replicate_from(serving_pair, "--force")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert changed_on_slave(serving_pair) == 0
+
+
+def test_slave_not_asked_and_its_database_in_use_is_refused(serving_pair):
+    import psycopg
+
+    serving_pair.sshd.stop()
+    with psycopg.connect(serving_pair.slave.db.dsn, application_name="asterisk"):
+        result = replicate_from(serving_pair, env={"XIVO_HA_SYNC_CONNECT_TIMEOUT": "3"})
+    assert result.returncode == 1
+    assert "has other clients (asterisk from 127.0.0.1)" in result.stderr
+    assert changed_on_slave(serving_pair) > 0
+
+
+def test_slave_not_asked_and_its_database_unused_is_replicated(serving_pair):
+    serving_pair.sshd.stop()
+    result = replicate_from(serving_pair, env={"XIVO_HA_SYNC_CONNECT_TIMEOUT": "3"})
+    assert result.returncode == 0, result.stderr
+    assert changed_on_slave(serving_pair) == 0

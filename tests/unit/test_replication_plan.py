@@ -18,6 +18,7 @@ from xivo_ha.replication import (
     nothing_written,
     preflight,
     schema_signature,
+    serving_check,
 )
 
 DEFAULT_EXCLUDES = ["netiface", "resolvconf", "mail", "monitoring", "provisioning", "queue_log", "cel",
@@ -226,3 +227,39 @@ def test_checksum_mismatches_explain_each_table():
     ]
     assert checksum_mismatches({"a": (1, "1")}, {}) == ["a: not verified on both sides"]
     assert checksum_mismatches(master, dict(master)) == []
+
+
+# --- is the slave serving? ------------------------------------------------------------
+
+SLAVE = "10.0.0.2"
+
+
+def slave_report(mode, role="slave", **state):
+    failover = None if mode is None else {"mode": mode, "reason": "master 10.0.0.1 does not answer ping", **state}
+    return {"role": role, "remote_address": "10.0.0.1", "failover": failover}
+
+
+SERVING_CASES = [
+    # id, report, problem, force, go, warn, sessions must be ours, words in the reason
+    ("standing by", slave_report("standby"), "", False, True, False, False, "is standing by"),
+    ("serving", slave_report("serving", last_failover="2024-05-01T12:00:00.000+00:00"), "", False,
+     False, False, False, "is serving since 2024-05-01T12:00:00.000+00:00 (master 10.0.0.1 does not answer ping)"),
+    ("serving, forced", slave_report("serving"), "", True, True, True, False, "replicating anyway (--force)"),
+    ("state unknown", slave_report("unknown"), "", False, False, False, False, "cannot tell whether it serves"),
+    ("slave without failover state", slave_report(None), "", False, False, False, False, "failover state missing"),
+    ("a master", slave_report(None, role="master"), "", False, False, False, False, "says it is a master"),
+    ("disabled", slave_report(None, role="disabled"), "", False, True, False, False, "is standing by"),
+    ("not asked", None, "no HA key /root/.ssh/xivo_id_rsa on this master", False, True, False, True,
+     "could not ask the slave 10.0.0.2 whether it serves (no HA key"),
+    ("not asked, forced", None, "ssh to 10.0.0.2 failed", True, True, True, False, "replicating anyway (--force)"),
+]
+
+
+@pytest.mark.parametrize("report, problem, force, go, warn, ours, words",
+                         [c[1:] for c in SERVING_CASES], ids=[c[0] for c in SERVING_CASES])
+def test_serving_check(report, problem, force, go, warn, ours, words):
+    check = serving_check(report, problem, SLAVE, force)
+    assert (check.go, check.warn, check.sessions_must_be_ours) == (go, warn, ours)
+    assert words in check.reason
+    if not go:
+        assert check.reason.endswith("use --force to replicate anyway")

@@ -72,10 +72,19 @@ class Replication(Command):
         started = time.monotonic()
         try:
             with system.exclusive_lock(paths.state(replication.LOCK_FILE), "replication"):
+                report, problem = replication.ask_slave(config, slave)
+                check = replication.serving_check(report, problem, slave, self.force)
+                if not check.go and not self.dry_run:
+                    raise replication.SlaveServing(check.reason)
+                # A slave that could not be asked is said in syslog (info), not on stderr: cron
+                # would mail that every hour, and its database is checked instead.
+                level = logger.warning if check.warn else logger.info if report is None else logger.debug
+                level("%s", check.reason)
                 outcome = replication.replicate(
                     config.database.dsn, target, options.exclude_tables,
                     force=self.force, dry_run=self.dry_run, progress=logger.debug,
                     limits=database.Limits.from_settings(config),
+                    sessions_must_be_ours=check.sessions_must_be_ours,
                 )
         except (system.LockBusy, replication.Busy) as exc:
             # Not a failure: nothing was changed, the next run tries again.  Said on
