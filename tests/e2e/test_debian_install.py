@@ -3,9 +3,14 @@
 Each package is installed with apt-get from dist/ into a new container, its
 dependencies coming from Debian's archive; then the commands run from their
 Debian paths, and the maintainer scripts are exercised through reinstall,
-remove and purge.  The xivo-ha container has PostgreSQL with a reference
-`asterisk` database, as a XiVO node has, so that `xivo-ha enable` runs for
-real.
+remove and purge.
+
+The xivo-ha container is shaped like a XiVO node: stand-in `xivo-config` and
+`xivo-sync` packages, built here, own /usr/sbin/xivo-check-master-status,
+/usr/sbin/xivo-manage-slave-services, /usr/sbin/xivo-master-slave-db-replication
+and /usr/bin/xivo-sync before xivo-ha is installed; PostgreSQL keeps Debian's
+stock authentication (no ident map, no password) and holds a reference
+`asterisk` database, so that `xivo-ha enable` runs for real.
 """
 
 from __future__ import annotations
@@ -42,6 +47,13 @@ COMMANDS = [
 # The Python modules xivo-ha imports, each to be found in a Debian package.
 DEPENDENCY_MODULES = ["plumbum", "psycopg", "jinja2", "configobj", "validate"]
 APT_INSTALL_TIMEOUT = 900
+# What XiVO's packages own on a real node.
+XIVO_OWNED = {
+    "xivo-config": ["/usr/sbin/xivo-check-master-status", "/usr/sbin/xivo-manage-slave-services",
+                    "/usr/sbin/xivo-master-slave-db-replication"],
+    "xivo-sync": ["/usr/bin/xivo-sync"],
+}
+DIVERTED = [path for paths in XIVO_OWNED.values() for path in paths]
 
 
 class Container:
@@ -96,6 +108,39 @@ def no_service_starts(container: Container) -> None:
     container.run("chmod", "0755", "/usr/sbin/policy-rc.d")
 
 
+def xivo_script(package: str, version: int, path: str) -> str:
+    return f"#!/bin/sh\necho '{package} {version} {Path(path).name}'\n"
+
+
+def install_xivo_package(container: Container, package: str, version: int) -> None:
+    """Build and install a stand-in for one of XiVO's packages, owning its HA paths."""
+    tree = f"/tmp/build/{package}-{version}"
+    container.run("rm", "-rf", tree)
+    container.run("mkdir", "-p", f"{tree}/DEBIAN", f"{tree}/usr/bin", f"{tree}/usr/sbin")
+    container.write(f"{tree}/DEBIAN/control", (
+        f"Package: {package}\nVersion: {version}.0\nArchitecture: all\n"
+        "Maintainer: XiVO HA maintainers <maintainers@xivo-ha.example.org>\n"
+        f"Description: stand-in for XiVO's {package}\n"))
+    for path in XIVO_OWNED[package]:
+        container.write(f"{tree}{path}", xivo_script(package, version, path))
+        container.run("chmod", "0755", f"{tree}{path}")
+    # Like every Debian package, it has files of its own besides the diverted ones.
+    container.run("mkdir", "-p", f"{tree}/usr/share/doc/{package}")
+    container.write(f"{tree}/usr/share/doc/{package}/copyright", f"{package}: a test stand-in\n")
+    deb = f"{DEB_DIR}/{package}_{version}.0_all.deb"
+    container.run("dpkg-deb", "--root-owner-group", "--build", tree, deb)
+    container.apt_get("install", "--allow-downgrades", deb)
+
+
+def owner_of(path: str) -> str:
+    return next(name for name, paths in XIVO_OWNED.items() if path in paths)
+
+
+def diversions(container: Container) -> list[str]:
+    return sorted(line for line in container.run("dpkg-divert", "--list").stdout.splitlines()
+                  if "xivo-ha" in line)
+
+
 def downloads(apt_output: str) -> list[str]:
     """What apt fetched: the source of each `Get:` line."""
     return [line.split()[1] for line in apt_output.splitlines() if re.match(r"Get:\d+ ", line)]
@@ -114,13 +159,16 @@ def cron_jobs(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def node(pg_image, debs):
-    """A bookworm container with PostgreSQL and the `asterisk` database, and xivo-ha installed by apt."""
+    """A XiVO-shaped bookworm container (stand-in xivo-config and xivo-sync, stock
+    PostgreSQL with the `asterisk` database), and xivo-ha installed by apt."""
     container = Container(pg_image, "xivo-ha-install")
     try:
         no_service_starts(container)
         container.run("mkdir", "-p", DEB_DIR)
         container.copy_in(debs["xivo-ha"], f"{DEB_DIR}/")
         container.apt_get("update")
+        for package in XIVO_OWNED:
+            install_xivo_package(container, package, 1)
         container.install_output = container.apt_get("install", f"{DEB_DIR}/{debs['xivo-ha'].name}").stdout
         _create_asterisk_database(container)
         yield container
@@ -129,19 +177,21 @@ def node(pg_image, debs):
 
 
 def _create_asterisk_database(container: Container) -> None:
-    # As on a XiVO node, root's tools reach the database as the postgres role
-    # over the local socket: map the root user onto it.
-    hba = "/etc/postgresql/15/main/pg_hba.conf"
-    text = container.read(hba)
-    container.write(hba, re.sub(r"(?m)^(local\s+all\s+postgres\s+peer)\s*$", r"\1 map=xivo", text))
-    container.write("/etc/postgresql/15/main/pg_ident.conf", "xivo root postgres\nxivo postgres postgres\n")
+    # Debian's stock authentication, as on a XiVO node: the postgres role is
+    # reached on the local socket by the postgres OS user only.
+    hba = container.read("/etc/postgresql/15/main/pg_hba.conf")
+    assert re.search(r"(?m)^local\s+all\s+postgres\s+peer\s*$", hba), hba
+    assert "map=" not in hba
     container.run("pg_ctlcluster", "15", "main", "start")
     container.run("runuser", "-u", "postgres", "--", "createdb", "-E", "UTF8", "-T", "template0", "asterisk")
-    schema = NODE_DIR / "asterisk.sql"
-    if schema.is_file():
-        container.copy_in(schema, "/tmp/asterisk.sql")
-        container.run("psql", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q", "-d", "asterisk",
-                      "-f", "/tmp/asterisk.sql")
+    container.copy_in(NODE_DIR / "asterisk.sql", "/tmp/asterisk.sql")
+    container.run("runuser", "-u", "postgres", "--", "psql", "-X", "-v", "ON_ERROR_STOP=1", "-q",
+                  "-d", "asterisk", "-f", "/tmp/asterisk.sql")
+
+
+def as_postgres_psql(container: Container, sql: str) -> str:
+    return container.run("runuser", "-u", "postgres", "--", "psql", "-XAtq", "-d", "asterisk",
+                         "-c", sql).stdout
 
 
 def reinstall(node: Container, debs) -> subprocess.CompletedProcess:
@@ -213,6 +263,39 @@ def test_enable_master_writes_the_xivo_cron_file(node):
     assert json.loads(node.read(HA_CONF))
 
 
+def test_root_reaches_the_database_with_stock_authentication(node):
+    refused = node.run("psql", "-XAtq", "-U", "postgres", "-d", "asterisk", "-c", "SELECT 1", check=False)
+    assert refused.returncode != 0 and "Peer authentication failed" in refused.stderr
+    make_master(node)
+    rows = as_postgres_psql(node, "SELECT var_name || '=' || var_val FROM staticsip WHERE var_name IN "
+                                  "('minexpiry', 'maxexpiry', 'defaultexpiry') ORDER BY var_name")
+    assert rows.split() == ["defaultexpiry=240", "maxexpiry=300", "minexpiry=180"]
+    status = json.loads(node.run("xivo-ha", "status", "--json", check=False).stdout)
+    assert status["role"] == "master"
+    assert "cannot connect" not in json.dumps(status)
+
+
+def test_xivo_scripts_are_diverted_and_ours_run(node):
+    assert diversions(node) == sorted(
+        f"diversion of {path} to {path}.distrib by xivo-ha" for path in DIVERTED)
+    for path in DIVERTED:
+        package = owner_of(path)
+        assert node.read(path).startswith("#!/usr/bin/python3\n"), path
+        assert node.read(f"{path}.distrib") == xivo_script(package, 1, path)
+        result = node.run(path, "--help", check=False)
+        assert result.returncode == 0 and Path(path).name in result.stdout, result.stdout + result.stderr
+
+
+def test_upgrading_xivo_packages_keeps_our_commands(node):
+    for package in XIVO_OWNED:
+        install_xivo_package(node, package, 2)
+    for path in DIVERTED:
+        package = owner_of(path)
+        assert node.read(path).startswith("#!/usr/bin/python3\n"), path
+        assert node.read(f"{path}.distrib") == xivo_script(package, 2, path)
+    assert len(diversions(node)) == len(DIVERTED)
+
+
 def test_reinstall_keeps_cron_file_and_admin_settings(node, debs):
     make_master(node)
     cron_before = node.read(CRON_MASTER)
@@ -249,21 +332,44 @@ def test_remove_then_purge(node, debs):
     make_master(node)
     node.write("/var/lib/xivo-ha/probe-state", "x\n")
     ha_conf = node.read(HA_CONF)
+    originals = {path: node.read(f"{path}.distrib") for path in DIVERTED}
 
     node.apt_get("remove", "xivo-ha")
     assert not node.exists(CRON_MASTER) and not node.exists(CRON_SLAVE)
     assert node.exists(SETTINGS), "remove keeps the settings"
     assert node.exists("/var/lib/xivo-ha")
     assert node.read(HA_CONF) == ha_conf
+    assert_xivo_scripts_back(node, originals)
 
+    node.apt_get("install", f"{DEB_DIR}/{debs['xivo-ha'].name}")
+    assert len(diversions(node)) == len(DIVERTED)
     node.apt_get("purge", "xivo-ha")
     for gone in ("/var/lib/xivo-ha", "/etc/xivo-ha", "/var/log/xivo-ha.log"):
         assert not node.exists(gone), gone
     assert node.read(HA_CONF) == ha_conf, "XiVO's ha.conf is never touched"
+    assert_xivo_scripts_back(node, originals)
 
     # Back to installed, for whatever runs after this test.
     node.apt_get("install", f"{DEB_DIR}/{debs['xivo-ha'].name}")
     assert cron_jobs(node.read(CRON_MASTER)) == MASTER_CRON_JOBS
+
+
+def assert_xivo_scripts_back(node: Container, originals: dict[str, str]) -> None:
+    assert diversions(node) == []
+    for path in DIVERTED:
+        package = owner_of(path)
+        assert node.read(path) == originals[path]
+        assert not node.exists(f"{path}.distrib")
+        assert node.run("dpkg", "-S", path).stdout.startswith(f"{package}: ")
+
+
+def test_without_xivo_packages_nothing_is_diverted(node, debs):
+    node.apt_get("purge", "xivo-ha", *XIVO_OWNED)
+    node.apt_get("install", f"{DEB_DIR}/{debs['xivo-ha'].name}")
+    assert diversions(node) == []
+    for path in DIVERTED:
+        assert node.read(path).startswith("#!/usr/bin/python3\n"), path
+        assert not node.exists(f"{path}.distrib")
 
 
 @pytest.fixture(scope="module")
