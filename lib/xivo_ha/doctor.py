@@ -333,6 +333,10 @@ def check_job(facts: Facts, job: str, limits: Limits, node: str = LOCAL) -> Chec
     if entry.get("result") == "failed":
         return fail(check_id, f"the last {job} failed {_age(age)} ago: {detail}",
                     f"fix the cause, then run `{command}`", node)
+    if entry.get("result") == "busy":
+        return warn(check_id, f"the last {job} was postponed {_age(age)} ago: {detail}",
+                    f"it is retried every hour; if it stays busy, find what holds the lock (pg_locks), "
+                    f"then run `{command}`", node)
     verb = {"success": "succeeded", "skipped": "was skipped"}.get(entry.get("result"), entry.get("result"))
     finding = f"last {job} {verb} {_age(age)} ago" + (f" ({detail})" if detail else "")
     paused = " (maintenance is on: the HA cron jobs are paused)" if (facts.get("maintenance") or {}).get("on") else ""

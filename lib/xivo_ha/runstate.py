@@ -1,8 +1,9 @@
 """Results of the periodic jobs (replication, sync, failback copy), kept for status and doctor.
 
 Each job has one JSON file under ``/var/lib/xivo-ha/``:
-``{"job": ..., "result": "success"|"failed"|"skipped", "finished_at": <unix time>,
-"duration": <seconds>, "detail": <one line>}``.
+``{"job": ..., "result": "success"|"failed"|"skipped"|"busy", "finished_at": <unix time>,
+"duration": <seconds>, "detail": <one line>}``.  "busy" means postponed, nothing
+changed: a lock held too long, or another run of the job.
 """
 
 from __future__ import annotations

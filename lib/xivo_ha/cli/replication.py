@@ -31,14 +31,25 @@ class Replication(Command):
     same alembic schema version and the same tables and columns; otherwise the
     error says how to fix the slave.
 
+    Never while the slave serves: the slave is asked over the HA key (`xivo-ha
+    status --json`); serving, an unknown failover state or a slave that says it is
+    a master is refused (--force overrides, with a warning).  A slave that cannot
+    be asked is replicated only when its database has no other client session.
+
+    Every session has [database] statement_timeout and lock_timeout; the run is
+    cancelled after [replication] timeout seconds.
+
     Prints one summary line.  On failure: exit 1, "Slave replication failed:
     <reason>" on stderr and in syslog, and a mail to root when an MTA is installed.
+    A table locked too long or another run postpones it: exit 1, "Slave replication
+    postponed: <reason>" on stdout and in syslog, recorded as busy, no mail.
     Exit 2 on bad input (nothing done).
     """
 
     PROGNAME = "xivo-master-slave-db-replication"
 
-    force = cli.Flag(["-f", "--force"], help="Replicate even when nothing changed since the last successful run")
+    force = cli.Flag(["-f", "--force"], help="Replicate even when nothing changed since the last successful run, "
+                                             "and even while the slave serves (with a warning)")
     dry_run = cli.Flag(
         ["-n", "--dry-run"],
         help="Check both databases and print the tables and row counts that would be replicated; change nothing",
