@@ -202,6 +202,14 @@ def test_sip_nothing_listening_is_dead_at_once():
     assert observation.detail == "port unreachable (ICMP)"
 
 
+def test_sip_socket_error_is_an_error_not_dead():
+    """The kernel refuses the socket (a broadcast address without SO_BROADCAST): nothing is
+    sent, nothing is learnt about any registrar."""
+    with pytest.raises(probes.ProbeError, match=r"^sip probe of 255\.255\.255\.255:5060 could not run: "
+                                                 r"cannot address it: Permission denied$"):
+        probes.sip_options("255.255.255.255", 5060, timeout=1)
+
+
 @pytest.mark.parametrize("code", [200, 404, 503])
 def test_sip_any_final_response_is_alive(code):
     with Registrar([code]) as registrar:
