@@ -198,6 +198,9 @@ def check_role_consistency(facts: Facts, node: str = LOCAL) -> Check:
                     f"pg_hba.conf lets {allowed} in, not the master {peer}" if allowed
                     else f"pg_hba.conf has no `{pgaccess.hba_rule(peer)}` line"
                 )
+            elif access.get("hba_applies", pgaccess.hba_rule(peer)) != pgaccess.hba_rule(peer):
+                problems.append(f"pg_hba.conf: `{access['hba_applies']}` comes first and applies to the "
+                                f"master {peer}, not our `{pgaccess.hba_rule(peer)}`")
             if not access.get("listens_everywhere"):
                 problems.append(f"postgresql.conf lacks `{pgaccess.LISTEN_LINE}`")
     elif not access.get("error"):
@@ -675,14 +678,24 @@ def _route(peer: str) -> dict:
 
 def _pg_access(settings: Any) -> dict:
     try:
-        hba = system.read_text(paths.node(settings.postgresql.hba_file))
-        conf = system.read_text(paths.node(settings.postgresql.conf_file))
+        hba = _read_bytes(paths.node(settings.postgresql.hba_file))
+        conf = _read_bytes(paths.node(settings.postgresql.conf_file))
     except OSError as exc:
         return {"error": f"cannot read the PostgreSQL configuration: {exc}"}
     if hba is None or conf is None:
         missing = settings.postgresql.hba_file if hba is None else settings.postgresql.conf_file
         return {"error": f"{missing} not found ([postgresql] in {paths.SETTINGS})"}
-    return {"hba_master": pgaccess.hba_master(hba), "listens_everywhere": pgaccess.listens_everywhere(conf)}
+    master = pgaccess.hba_master(hba)
+    applies = pgaccess.first_match(hba, master) if master else None
+    return {"hba_master": master, "listens_everywhere": pgaccess.listens_everywhere(conf),
+            "hba_applies": applies}
+
+
+def _read_bytes(path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _maintenance() -> dict:
