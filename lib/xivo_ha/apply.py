@@ -210,6 +210,27 @@ def read_journal() -> dict | None:
     return data
 
 
+def interrupted_change() -> str | None:
+    """A sentence on an interrupted change (journal left by a process that is gone), or None."""
+    data = read_journal()
+    if data is None:
+        return None
+    pid = data.get("pid")
+    if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+        return None
+    return describe_journal(data)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def describe_journal(data: dict) -> str:
     """One sentence on an interrupted change, for status and doctor."""
     if "error" in data:

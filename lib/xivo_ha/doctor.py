@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping, Optional
 
-from . import __version__, cron, database, maintenance, paths, pgaccess, role, runstate, system
+from . import __version__, apply, cron, database, maintenance, paths, pgaccess, role, runstate, system
 from .errors import OperationFailed, XivoHaError
 from .role import Role
 
@@ -162,7 +162,7 @@ def check_role_consistency(facts: Facts, node: str = LOCAL) -> Check:
                     "or `xivo-ha disable`", node)
     current = ha.get("role")
     peer = ha.get("remote_address") or ""
-    problems = []
+    problems = [facts["interrupted_change"]] if facts.get("interrupted_change") else []
     maintenance_on = bool((facts.get("maintenance") or {}).get("on"))
     expected = facts.get("cron_expected") or {}
     for name, actual in sorted((facts.get("cron") or {}).items()):
@@ -616,6 +616,7 @@ def observe(settings: Any) -> dict:
         "is-secondary": paths.node(paths.SENTINEL_SECONDARY).exists(),
     }
     facts["pg_access"] = _pg_access(settings)
+    facts["interrupted_change"] = apply.interrupted_change()
     facts["maintenance"] = _maintenance()
     if config is None or config.role is Role.DISABLED:
         return facts
