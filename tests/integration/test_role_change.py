@@ -533,7 +533,7 @@ def test_unusable_settings_are_one_line_and_exit_2(node, content, key):
 
 
 def test_nan_from_the_environment_is_refused(node):
-    result = node.run("enable", "slave", MASTER, env={"XIVO_HA_FAILOVER_INTERVAL": "inf"})
+    result = node.run("enable", "slave", MASTER, env={"XIVO_HA_FAILOVER_INTERVAL": "nan"})
     assert result.returncode == 2
     assert "[failover] interval" in result.stderr
 
@@ -564,3 +564,24 @@ def test_an_invalid_dsn_is_never_echoed(node):
     assert result.stderr.strip().splitlines() == [
         "xivo-ha: [database] dsn is not a valid connection string (its value is not shown: it may hold a password)"]
     assert node.tree() == before
+
+
+def test_a_lock_timeout_is_not_called_a_lost_connection(asterisk_db):
+    import psycopg
+
+    from xivo_ha import database, replication
+
+    with asterisk_db.connect() as holder, asterisk_db.connect() as waiter:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE staticsip IN ACCESS EXCLUSIVE MODE")
+        waiter.execute("SET lock_timeout = '100ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable) as lock_error:
+            waiter.execute("SELECT count(*) FROM staticsip")
+        waiter.execute("SET lock_timeout = 0")
+        waiter.execute("SET statement_timeout = '100ms'")
+        with pytest.raises(psycopg.errors.QueryCanceled) as cancel_error:
+            waiter.execute("SELECT count(*) FROM staticsip")
+    for error, words in ((lock_error.value, "lock timeout"), (cancel_error.value, "statement timeout")):
+        text = replication._describe_error(error)
+        assert "connection lost" not in text and words in text
+        assert words in database.error_text(error)
