@@ -8,8 +8,11 @@ first write; a step that still fails makes every applied step undo itself.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,8 +38,12 @@ class FileState:
         except OSError as exc:
             raise OperationFailed(f"cannot read {path}: {exc.strerror}") from None
 
-    def text(self) -> str | None:
-        return None if self.content is None else self.content.decode("utf-8", errors="replace")
+    @classmethod
+    def read_quietly(cls, path: Path) -> "FileState | None":
+        try:
+            return cls.read(path)
+        except OperationFailed:
+            return None
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ class Step:
     """One lettered side effect: file writes, then optional commands and a DB change."""
 
     name: str
-    writes: dict[Path, tuple[str | None, int]] = field(default_factory=dict)
+    writes: dict[Path, tuple[str | bytes | None, int]] = field(default_factory=dict)
     commands: list[list[str]] = field(default_factory=list)
     sip_expiry: dict[str, str | None] | None = None
 
@@ -100,9 +107,9 @@ def plan(target: HaConfig, settings: Settings, observed: Observed) -> list[Step]
     files = role_files()
     steps: list[Step] = []
 
-    def wanted(step: Step, path: Path, content: str | None, mode: int = 0o644) -> None:
+    def wanted(step: Step, path: Path, content: str | bytes | None, mode: int = 0o644) -> None:
         current = observed.files[path]
-        new = None if content is None else content.encode("utf-8")
+        new = content.encode("utf-8") if isinstance(content, str) else content
         if current.content != new or (new is not None and current.mode != mode):
             step.writes[path] = (content, mode)
 
@@ -116,8 +123,8 @@ def plan(target: HaConfig, settings: Settings, observed: Observed) -> list[Step]
                       ("conf_file", lambda text: pgaccess.edit_conf(text, master_ip is not None))):
         path = paths.node(settings.postgresql[key])
         current = observed.files[path]
-        if current.text() is not None:
-            wanted(pg_step, path, edit(current.text()), current.mode)
+        if current.content is not None:
+            wanted(pg_step, path, edit(current.content), current.mode)
     if pg_step.writes:
         pg_step.commands.append(list(settings.postgresql.reload_command))
     steps.append(pg_step)
@@ -156,25 +163,156 @@ class Outcome:
     changed: list[str]
 
 
-def execute(steps: list[Step], settings: Settings, observed: Observed, say: Callable[[str], None]) -> Outcome:
-    """Apply ``steps`` in order; on failure undo what was applied and raise OperationFailed."""
+JOURNAL = "role-change.json"
+
+
+def journal_path() -> Path:
+    return paths.state(JOURNAL)
+
+
+def _journal_write(target: HaConfig, steps: list[Step], observed: Observed,
+                   applied: list[Step], current: Step | None) -> None:
+    """Record the change in progress (atomically, before each step): enough to undo it."""
+    touched = [*applied, *([current] if current else [])]
+    data = {
+        "pid": os.getpid(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "target": {"node_type": target.role.value, "remote_address": target.remote_address},
+        "plan": [step.name for step in steps if not step.is_noop()],
+        "applied": [step.name for step in applied],
+        "current": current.name if current else None,
+        "previous_files": {
+            str(path): {"content": None if observed.files[path].content is None
+                        else base64.b64encode(observed.files[path].content).decode("ascii"),
+                        "mode": observed.files[path].mode}
+            for step in touched for path in step.writes
+        },
+        "previous_sip_expiry": observed.sip_expiry if any(s.sip_expiry is not None for s in touched) else None,
+        "commands": [command for step in touched for command in step.commands],
+    }
+    system.write_atomic(journal_path(), json.dumps(data, indent=1) + "\n", 0o600)
+
+
+def read_journal() -> dict | None:
+    """The journal of an interrupted change, or None; an unreadable one is reported as such."""
+    try:
+        raw = journal_path().read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return {"error": f"cannot read {journal_path()}: {exc.strerror}"}
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return {"error": f"{journal_path()} is not valid JSON"}
+    if not isinstance(data, dict):
+        return {"error": f"{journal_path()} is not a JSON object"}
+    return data
+
+
+def interrupted_change() -> str | None:
+    """A sentence on an interrupted change (journal left by a process that is gone), or None."""
+    data = read_journal()
+    if data is None:
+        return None
+    pid = data.get("pid")
+    if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+        return None
+    return describe_journal(data)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def describe_journal(data: dict) -> str:
+    """One sentence on an interrupted change, for status and doctor."""
+    if "error" in data:
+        return f"an interrupted role change left an unreadable journal ({data['error']})"
+    target = data.get("target") if isinstance(data.get("target"), dict) else {}
+    what = target.get("node_type", "?")
+    if target.get("remote_address"):
+        what += f" {target['remote_address']}"
+    step = data.get("current") or "between steps"
+    return (f"a role change to {what} started at {data.get('started_at', '?')} was interrupted "
+            f"(at {step}); the next `xivo-ha enable` or `xivo-ha disable` undoes it first")
+
+
+def undo_interrupted(settings: Settings, say: Callable[[str], None]) -> None:
+    """Finish an interrupted change by undoing it: restore the recorded previous state."""
+    data = read_journal()
+    if data is None:
+        return
+    if "error" in data:
+        raise OperationFailed(f"{data['error']}: restore the node by hand, then remove it")
+    try:
+        files = {Path(name): (None if entry["content"] is None else base64.b64decode(entry["content"]),
+                              int(entry["mode"]))
+                 for name, entry in data["previous_files"].items()}
+        expiry = data["previous_sip_expiry"]
+        commands = [[str(arg) for arg in command] for command in data["commands"]]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise OperationFailed(f"{journal_path()} is incomplete: restore the node by hand, then remove it") from None
+    say(f"xivo-ha: {describe_journal(data).split(';')[0]}: undoing it first")
+    for path, (content, mode) in files.items():
+        if content is None:
+            system.remove(path)
+        else:
+            system.write_atomic(path, content, mode)
+        say(f"  restored {_shown(path)}")
+    if isinstance(expiry, dict):
+        _write_expiry(settings, expiry)
+        say("  restored the SIP expiry rows")
+    for command in commands:
+        system.run(command, timeout=settings.services.command_timeout, check=False)
+        say("  ran " + " ".join(command))
+    system.remove(journal_path())
+
+
+def execute(steps: list[Step], settings: Settings, observed: Observed, say: Callable[[str], None],
+            target: HaConfig | None = None) -> Outcome:
+    """Apply ``steps`` in order; on failure or SIGINT/SIGTERM/SIGHUP undo what was applied
+    and raise OperationFailed.  A journal records the change while it is in progress."""
     applied: list[Step] = []
     changed: list[str] = []
+    current: Step | None = None
     timeout = settings.services.command_timeout
-    for step in steps:
-        if step.is_noop():
-            continue
-        try:
-            _apply_step(step, settings, timeout)
-        except Exception as exc:  # noqa: BLE001 - any failure rolls back
-            reason = str(exc) if isinstance(exc, OperationFailed) else f"{type(exc).__name__}: {exc}"
-            leftovers = _rollback(applied, settings, observed, timeout, failed=step)
-            if leftovers:
-                raise OperationFailed(
-                    f"{step.name} failed: {reason}. Rollback incomplete, still applied: {'; '.join(leftovers)}"
-                ) from None
-            raise OperationFailed(f"{step.name} failed: {reason}. Rolled back: nothing was changed.") from None
-        applied.append(step)
+    target = observed.current if target is None else target
+    try:
+        with system.interruptible():
+            for step in steps:
+                if step.is_noop():
+                    continue
+                current = step
+                _journal_write(target, steps, observed, applied, current)
+                _apply_step(step, settings, timeout)
+                applied.append(step)
+                current = None
+    except (Exception, system.Interrupted) as exc:  # noqa: BLE001 - any failure rolls back
+        if isinstance(exc, system.Interrupted):
+            reason = f"interrupted by {exc.name}"
+        elif isinstance(exc, OperationFailed):
+            reason = str(exc)
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+        name = current.name if current else "the role change"
+        with system.deferred_signals():
+            leftovers = _rollback(applied, settings, observed, timeout, failed=current)
+            if not leftovers:
+                system.remove(journal_path())
+        if leftovers:
+            raise OperationFailed(
+                f"{name} failed: {reason}. Rollback incomplete, still applied: {'; '.join(leftovers)}"
+            ) from None
+        raise OperationFailed(f"{name} failed: {reason}. Rolled back: nothing was changed.") from None
+    system.remove(journal_path())
+    for step in applied:
         for path in step.writes:
             changed.append(f"{'removed' if step.writes[path][0] is None else 'wrote'} {_shown(path)}")
         if step.sip_expiry is not None:
@@ -206,35 +344,63 @@ def _write_expiry(settings: Settings, values: dict[str, str | None]) -> None:
         with conn.transaction():
             database.write_sip_expiry(conn, values)
     except psycopg.Error as exc:
-        raise OperationFailed(f"cannot write SIP expiry rows: {database.first_line(exc)}") from None
+        raise OperationFailed(f"cannot write SIP expiry rows: {database.error_text(exc)}") from None
     finally:
         conn.close()
 
 
 def _rollback(applied: list[Step], settings: Settings, observed: Observed, timeout: float,
-              failed: Step) -> list[str]:
-    """Undo ``failed`` then ``applied`` in reverse order; the names of what could not be undone.
+              failed: Step | None) -> list[str]:
+    """Undo ``failed`` then ``applied`` in reverse order; what is still applied afterwards.
 
-    The failed step's database change ran in one transaction that did not commit, so only
-    its files and commands are undone.
+    Whatever an undo reports, the result is what the node holds afterwards: a file is
+    still applied when its content differs from the observed one, the SIP expiry when
+    the rows differ (or cannot be read).  Commands (the PostgreSQL reload) are run again
+    once the files are back; their failure leaves nothing applied.
     """
-    leftovers = []
-    partial = Step(failed.name, failed.writes, failed.commands)
-    for step in [partial, *reversed(applied)]:
-        try:
-            for path in step.writes:
-                before = observed.files[path]
+    problems = []
+    undo = [*([failed] if failed else []), *reversed(applied)]
+    for step in undo:
+        for path in step.writes:
+            before = observed.files[path]
+            try:
                 if before.content is None:
                     system.remove(path)
                 else:
                     system.write_atomic(path, before.content, before.mode)
-            if step.sip_expiry is not None:
+            except OSError:
+                pass
+            now = FileState.read_quietly(path)
+            if now != before:
+                problems.append(f"{step.name}: {_shown(path)}")
+        if step.sip_expiry is not None:
+            try:
                 _write_expiry(settings, observed.sip_expiry)
-            for command in step.commands:
+            except OperationFailed:
+                pass
+            if _read_expiry_quietly(settings) != observed.sip_expiry:
+                problems.append(f"{step.name}: SIP expiry rows")
+        for command in step.commands:
+            try:
                 system.run(command, timeout=timeout, check=False)
-        except Exception as exc:  # noqa: BLE001 - report, keep undoing the rest
-            leftovers.append(f"{step.name} ({exc})")
-    return leftovers
+            except OperationFailed:
+                pass
+    return problems
+
+
+def _read_expiry_quietly(settings: Settings) -> dict[str, str | None] | None:
+    import psycopg
+
+    try:
+        conn = database.connect(settings.database.dsn)
+    except OperationFailed:
+        return None
+    try:
+        return database.read_sip_expiry(conn)
+    except psycopg.Error:
+        return None
+    finally:
+        conn.close()
 
 
 def _shown(path: Path) -> str:
@@ -251,8 +417,9 @@ def change_role(target: HaConfig, settings: Settings, say: Callable[[str], None]
         raise UsageError(
             f"peer address {target.remote_address!r} is this node's own address: give the other node's address"
         )
+    undo_interrupted(settings, say)
     observed = observe(settings, target)
-    return execute(plan(target, settings, observed), settings, observed, say)
+    return execute(plan(target, settings, observed), settings, observed, say, target)
 
 
 def _own_addresses() -> frozenset[str]:

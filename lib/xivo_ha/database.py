@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
-from .errors import OperationFailed
+from .errors import OperationFailed, UsageError
 
 if TYPE_CHECKING:
     import psycopg
@@ -60,6 +60,9 @@ def connect(dsn: str, timeout: int = 10, autocommit: bool = False,
     import psycopg
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+    shown = describe_dsn(dsn)
+    if shown == INVALID_DSN:
+        raise UsageError(f"[database] dsn is {INVALID_DSN}")
     limits = Limits.from_settings() if limits is None else limits
     try:
         given = conninfo_to_dict(dsn).get("options")
@@ -67,7 +70,7 @@ def connect(dsn: str, timeout: int = 10, autocommit: bool = False,
         with peer_credentials(dsn):
             return psycopg.connect(limited, connect_timeout=timeout, autocommit=autocommit)
     except psycopg.Error as exc:
-        raise OperationFailed(f"cannot connect to the database ({describe_dsn(dsn)}): {first_line(exc)}") from None
+        raise OperationFailed(f"cannot connect to the database ({shown}): {error_text(exc)}") from None
 
 
 def peer_os_user(dsn: str, euid: int) -> str | None:
@@ -118,9 +121,27 @@ def describe_dsn(dsn: str) -> str:
     try:
         parts = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
-        return "invalid DSN"
+        return INVALID_DSN
     parts.pop("password", None)
     return " ".join(f"{key}={value}" for key, value in sorted(parts.items()))
+
+
+INVALID_DSN = "not a valid connection string (its value is not shown: it may hold a password)"
+
+
+def error_text(exc: BaseException) -> str:
+    """A psycopg error as one line that names what happened and never quotes a DSN."""
+    import psycopg.errors
+
+    if isinstance(exc, psycopg.errors.LockNotAvailable):
+        return f"lock timeout: a table is locked by another session ({first_line(exc)})"
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return f"statement timeout or cancel ({first_line(exc)})"
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return f"not a XiVO asterisk database: {first_line(exc)}"
+    if isinstance(exc, psycopg.ProgrammingError) and "connection info string" in str(exc):
+        return INVALID_DSN
+    return first_line(exc)
 
 
 def first_line(exc: BaseException) -> str:
@@ -129,6 +150,7 @@ def first_line(exc: BaseException) -> str:
 
 
 def read_sip_expiry(conn: "psycopg.Connection") -> dict[str, str | None]:
+    """The SIP expiry rows; a database without XiVO's tables is an OperationFailed."""
     import psycopg
 
     try:
@@ -137,8 +159,10 @@ def read_sip_expiry(conn: "psycopg.Connection") -> dict[str, str | None]:
             " AND var_name = ANY(%s)",
             (list(SIP_EXPIRY_NAMES),),
         ).fetchall()
+    except psycopg.errors.UndefinedTable as exc:
+        raise OperationFailed(f"the database is not a XiVO asterisk database ({first_line(exc)})") from None
     except psycopg.Error as exc:
-        raise OperationFailed(f"cannot read the SIP expiry settings: {first_line(exc)}") from None
+        raise OperationFailed(f"cannot read the SIP expiry settings: {error_text(exc)}") from None
     found = dict(rows)
     return {name: found.get(name) for name in SIP_EXPIRY_NAMES}
 

@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping, Optional
 
-from . import __version__, cron, database, maintenance, paths, pgaccess, role, runstate, system
+from . import __version__, apply, cron, database, maintenance, paths, pgaccess, role, runstate, system
 from .errors import OperationFailed, XivoHaError
 from .role import Role
 
@@ -162,7 +162,7 @@ def check_role_consistency(facts: Facts, node: str = LOCAL) -> Check:
                     "or `xivo-ha disable`", node)
     current = ha.get("role")
     peer = ha.get("remote_address") or ""
-    problems = []
+    problems = [facts["interrupted_change"]] if facts.get("interrupted_change") else []
     maintenance_on = bool((facts.get("maintenance") or {}).get("on"))
     expected = facts.get("cron_expected") or {}
     for name, actual in sorted((facts.get("cron") or {}).items()):
@@ -198,6 +198,9 @@ def check_role_consistency(facts: Facts, node: str = LOCAL) -> Check:
                     f"pg_hba.conf lets {allowed} in, not the master {peer}" if allowed
                     else f"pg_hba.conf has no `{pgaccess.hba_rule(peer)}` line"
                 )
+            elif access.get("hba_applies", pgaccess.hba_rule(peer)) != pgaccess.hba_rule(peer):
+                problems.append(f"pg_hba.conf: `{access['hba_applies']}` comes first and applies to the "
+                                f"master {peer}, not our `{pgaccess.hba_rule(peer)}`")
             if not access.get("listens_everywhere"):
                 problems.append(f"postgresql.conf lacks `{pgaccess.LISTEN_LINE}`")
     elif not access.get("error"):
@@ -617,6 +620,7 @@ def observe(settings: Any) -> dict:
         "is-secondary": paths.node(paths.SENTINEL_SECONDARY).exists(),
     }
     facts["pg_access"] = _pg_access(settings)
+    facts["interrupted_change"] = apply.interrupted_change()
     facts["maintenance"] = _maintenance()
     if config is None or config.role is Role.DISABLED:
         return facts
@@ -679,14 +683,24 @@ def _route(peer: str) -> dict:
 
 def _pg_access(settings: Any) -> dict:
     try:
-        hba = system.read_text(paths.node(settings.postgresql.hba_file))
-        conf = system.read_text(paths.node(settings.postgresql.conf_file))
+        hba = _read_bytes(paths.node(settings.postgresql.hba_file))
+        conf = _read_bytes(paths.node(settings.postgresql.conf_file))
     except OSError as exc:
         return {"error": f"cannot read the PostgreSQL configuration: {exc}"}
     if hba is None or conf is None:
         missing = settings.postgresql.hba_file if hba is None else settings.postgresql.conf_file
         return {"error": f"{missing} not found ([postgresql] in {paths.SETTINGS})"}
-    return {"hba_master": pgaccess.hba_master(hba), "listens_everywhere": pgaccess.listens_everywhere(conf)}
+    master = pgaccess.hba_master(hba)
+    applies = pgaccess.first_match(hba, master) if master else None
+    return {"hba_master": master, "listens_everywhere": pgaccess.listens_everywhere(conf),
+            "hba_applies": applies}
+
+
+def _read_bytes(path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _maintenance() -> dict:

@@ -205,6 +205,11 @@ def refuse_role_change() -> None:
 
 def turn_on(reason: str, say: Say, now: float | None = None) -> Maintenance:
     reason = validate_reason(reason)
+    with role.change_lock():
+        return _turn_on(reason, say, now)
+
+
+def _turn_on(reason: str, say: Say, now: float | None) -> Maintenance:
     config = role.read()
     entry = read()
     if entry is not None:
@@ -249,6 +254,11 @@ class OffOutcome:
 
 def turn_off(settings: Settings, say: Say, replicate: bool = True) -> OffOutcome:
     """Resume the cron, forget the record, and on the master replicate and sync now."""
+    with role.change_lock():
+        return _turn_off(settings, say, replicate)
+
+
+def _turn_off(settings: Settings, say: Say, replicate: bool) -> OffOutcome:
     entry = read()
     config = role.read()
     outcome = OffOutcome([], [])

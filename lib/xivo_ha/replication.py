@@ -1021,7 +1021,9 @@ def _close(conn) -> None:
 def _describe_error(exc: BaseException) -> str:
     import psycopg
 
-    text = database.first_line(exc)
+    text = database.error_text(exc)
+    if isinstance(exc, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)):
+        return text
     if isinstance(exc, psycopg.OperationalError):
         return f"database connection lost: {text}"
     return text

@@ -69,6 +69,8 @@ def read() -> HaConfig:
     path = paths.node(paths.HA_CONF)
     try:
         text = system.read_text(path)
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     if text is None:
@@ -81,10 +83,12 @@ def parse(text: str, where: str) -> HaConfig:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{where} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise UsageError(f"{where}: not valid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise UsageError(f"{where} line 1: expected a JSON object")
     role_text = data.get("node_type", "disabled")
-    if role_text not in {r.value for r in Role}:
+    if not isinstance(role_text, str) or role_text not in {r.value for r in Role}:
         raise UsageError(f"{where}: node_type {role_text!r} is not master, slave or disabled")
     role = Role(role_text)
     remote = data.get("remote_address") or ""
@@ -96,6 +100,14 @@ def parse(text: str, where: str) -> HaConfig:
         except UsageError as exc:
             raise UsageError(f"{where}: remote_address: {exc}") from None
     return HaConfig(role, remote)
+
+
+ROLE_CHANGE_LOCK = "role-change.lock"
+
+
+def change_lock():
+    """The lock held by role changes and maintenance on/off (one at a time)."""
+    return system.exclusive_lock(paths.state(ROLE_CHANGE_LOCK), "role change or maintenance switch")
 
 
 def write(config: HaConfig) -> None:

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-from . import system
+from . import paths, system
 from .errors import OperationFailed, UsageError
 
 RUNNING = "running"
@@ -39,6 +39,14 @@ PLACEHOLDER = "{service}"
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._+:-]*$")
 
 Progress = Callable[[str], None]
+
+
+SERVICES_LOCK = "services.lock"
+
+
+def lock():
+    """The lock held while the slave's services are started, stopped or restarted."""
+    return system.exclusive_lock(paths.state(SERVICES_LOCK), "start or stop of the services")
 
 
 def _quiet(_: str) -> None:

@@ -7,6 +7,7 @@ key and the reason.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -79,6 +80,8 @@ def load(path: os.PathLike | str | None = None, environ: Mapping[str, str] | Non
         config = ConfigObj(str(settings_path), configspec=spec, file_error=False, encoding="utf-8")
     except ConfigObjError as exc:
         raise UsageError(f"{settings_path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{settings_path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise UsageError(f"cannot read {settings_path}: {exc.strerror}") from None
     for section, keys in _env_overrides(spec, environ).items():
@@ -100,7 +103,25 @@ def load(path: os.PathLike | str | None = None, environ: Mapping[str, str] | Non
         where = "[" + "/".join(sections) + "] " if sections else ""
         raise UsageError(f"{settings_path}: unknown setting {where}{name}")
     values = {section: dict(config[section]) for section in spec.sections}
+    _check_values(values, settings_path)
     return Settings(values=values, source=str(settings_path))
+
+
+# Settings that name a node path: absolute, so that they resolve under the root prefix.
+PATH_SETTINGS = (("postgresql", "hba_file"), ("postgresql", "conf_file"))
+
+
+def _check_values(values: Mapping[str, Mapping[str, Any]], where: str) -> None:
+    """What the configspec cannot say: floats are finite numbers, node paths are absolute."""
+    for section, keys in values.items():
+        for key, value in keys.items():
+            items = value if isinstance(value, list) else [value]
+            if any(isinstance(item, float) and not math.isfinite(item) for item in items):
+                raise UsageError(f"{where}: [{section}] {key}: {value!r} is not a finite number")
+    for section, key in PATH_SETTINGS:
+        value = values.get(section, {}).get(key)
+        if isinstance(value, str) and not value.startswith("/"):
+            raise UsageError(f"{where}: [{section}] {key}: {value!r} is not an absolute path")
 
 
 def _single_values_as_lists(config: ConfigObj, spec: ConfigObj) -> None:

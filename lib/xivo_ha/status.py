@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import cron, database, maintenance, paths, provisioning, role, runstate
+from . import apply, cron, database, maintenance, paths, provisioning, role, runstate
 from .errors import XivoHaError
 from .settings import Settings
 
@@ -39,6 +39,7 @@ def collect(settings: Settings, probe_peer: bool = False) -> dict[str, Any]:
             "result": entry.result, "finished_at": entry.finished_at,
             "age_seconds": round(entry.age()), "duration": entry.duration, "detail": entry.detail,
         }
+    report["interrupted_change"] = apply.interrupted_change()
     report["maintenance"] = _maintenance(settings)
     report["failover"] = _failover() if config.role is role.Role.SLAVE else None
     report["peer"] = _peer(settings, config) if probe_peer and config.remote_address else None
@@ -115,6 +116,8 @@ def render_text(report: dict[str, Any]) -> list[str]:
 
 def _more_lines(report: dict[str, Any]) -> list[str]:
     lines = []
+    if report.get("interrupted_change"):
+        lines.append(f"warning: {report['interrupted_change']}")
     state = report.get("maintenance") or {}
     if state.get("error"):
         lines.append(f"maintenance: unknown ({state['error']})")

@@ -11,13 +11,15 @@ import contextlib
 import fcntl
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from plumbum import local
-from plumbum.commands.processes import CommandNotFound, ProcessTimedOut
+from plumbum.commands.processes import CommandNotFound
 
 from .errors import OperationFailed
 
@@ -49,10 +51,12 @@ def run(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike | None = None,
 ) -> Result:
-    """Run ``argv`` and wait at most ``timeout`` seconds.
+    """Run ``argv`` in its own process group and wait at most ``timeout`` seconds.
 
     A missing program or a timeout raises :class:`OperationFailed`; a non-zero exit
-    raises it only with ``check=True``.
+    raises it only with ``check=True``.  On a timeout, or when this process is
+    interrupted while waiting (KeyboardInterrupt, :class:`Interrupted`), the whole
+    group is stopped: SIGTERM, then SIGKILL after :data:`KILL_GRACE` seconds.
     """
     if not argv:
         raise ValueError("empty command")
@@ -63,21 +67,96 @@ def run(
         raise OperationFailed(f"cannot run {argv[0]}: command not found") from None
     if env:
         command = command.with_env(**env)
-    if stdin is not None:
-        command = command << stdin
-    kwargs = {"retcode": None, "timeout": timeout}
+    kwargs = {"process_group": 0, "stdin": subprocess.PIPE if stdin is not None else subprocess.DEVNULL}
     if cwd is not None:
         kwargs["cwd"] = str(cwd)
     try:
-        code, out, err = command.run(**kwargs)
+        proc = command.popen(**kwargs)
     except OSError as exc:
         raise OperationFailed(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-    except ProcessTimedOut:
+    try:
+        out, err = proc.communicate(stdin.encode("utf-8") if stdin is not None else None, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_group(proc)
         raise OperationFailed(f"{' '.join(argv)} did not finish within {timeout:g} s") from None
-    result = Result(argv, code, out or "", err or "")
+    except BaseException:
+        stop_group(proc)
+        raise
+    result = Result(argv, proc.returncode, _text(out), _text(err))
     if check and not result.ok:
-        raise OperationFailed(f"{' '.join(argv)} failed (exit {code}): {result.output() or 'no output'}")
+        raise OperationFailed(f"{' '.join(argv)} failed (exit {result.returncode}): {result.output() or 'no output'}")
     return result
+
+
+KILL_GRACE = 5.0
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group of ``proc``, SIGKILL it if still there after the grace time."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, KILL_GRACE)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        if not _group_alive(proc.pid):
+            break
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _text(data: bytes | None) -> str:
+    return (data or b"").decode("utf-8", errors="replace")
+
+
+class Interrupted(BaseException):
+    """SIGINT, SIGTERM or SIGHUP arrived while a change was in progress."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+@contextlib.contextmanager
+def interruptible(signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """Turn ``signals`` into :class:`Interrupted` for the block, so that it can clean up."""
+    def handler(signum, _frame):
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def deferred_signals(signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> Iterator[list[int]]:
+    """Hold ``signals`` for the block (e.g. a rollback); the list says which arrived."""
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum)) for sig in signals}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def which(program: str) -> Path | None:

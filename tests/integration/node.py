@@ -47,10 +47,13 @@ class Node:
                               capture_output=True, text=True, timeout=120)
 
     def tree(self) -> dict[str, tuple[str, int]]:
-        """Every file under the root: sha256 and mode, for nothing-changed assertions."""
+        """Every file under the root: sha256 and mode, for nothing-changed assertions.
+
+        Lock files (``/var/lib/xivo-ha/*.lock``, they record the last holder's pid) are left out.
+        """
         result = {}
         for path in sorted(self.root.rglob("*")):
-            if path.is_file():
+            if path.is_file() and not (path.suffix == ".lock" and path.parent == self.path("/var/lib/xivo-ha")):
                 result[str(path.relative_to(self.root))] = (
                     hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mode & 0o7777)
         return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -93,12 +94,16 @@ def test_postgresql_files_keep_their_owner(node):
         assert (stat.st_uid, stat.st_gid) == (postgres.pw_uid, postgres.pw_gid)
 
 
-def test_slave_access_line_replaces_an_earlier_one(node):
+def test_slave_access_keeps_the_admins_own_rules(node):
     hba = node.path("/etc/postgresql/15/main/pg_hba.conf")
-    hba.write_text(hba.read_text() + "host asterisk postgres 10.9.9.9/32 trust\n")
+    admin = "host asterisk postgres 10.9.9.9/32 trust"
+    hba.write_text(hba.read_text() + admin + "\n")
     ok(node.run("enable", "slave", MASTER))
     rules = [line for line in hba.read_text().splitlines() if line.startswith("host asterisk postgres")]
-    assert rules == [f"host asterisk postgres {MASTER}/32 trust"]
+    assert rules == [admin, f"host asterisk postgres {MASTER}/32 trust"]
+    ok(node.run("disable"))
+    assert admin in hba.read_text().splitlines()
+    assert f"{MASTER}/32" not in hba.read_text()
 
 
 def test_role_switches_master_slave_disabled(node):
@@ -300,3 +305,283 @@ def test_help_on_every_subcommand(node):
         result = ok(node.run(*args))
         assert "Usage" in result.stdout
     assert ok(node.run("--version")).stdout.strip().startswith("xivo-ha ")
+
+
+# --- pg_hba.conf: first match, bytes and line endings (issue 13, finding 9) -------------
+
+
+def test_our_rule_goes_before_a_rule_that_would_shadow_it(node):
+    hba = node.path("/etc/postgresql/15/main/pg_hba.conf")
+    hba.write_text(hba.read_text() + "host    all    all    0.0.0.0/0    scram-sha-256\n")
+    ok(node.run("enable", "slave", MASTER))
+    lines = hba.read_text().splitlines()
+    ours = lines.index(f"host asterisk postgres {MASTER}/32 trust")
+    assert ours < lines.index("host    all    all    0.0.0.0/0    scram-sha-256")
+    assert lines[ours - 1].startswith("# BEGIN xivo-ha") and lines[ours + 1] == "# END xivo-ha"
+    assert "pg_hba" not in " ".join(doctor_problems(node))
+
+
+def test_doctor_names_a_rule_that_shadows_ours(node):
+    ok(node.run("enable", "slave", MASTER))
+    hba = node.path("/etc/postgresql/15/main/pg_hba.conf")
+    shadow = "host all all 10.20.30.0/24 reject"
+    hba.write_text(shadow + "\n" + hba.read_text())
+    assert any(shadow in problem for problem in doctor_problems(node))
+
+
+def doctor_problems(node) -> list[str]:
+    checks = json.loads(node.run("doctor", "--json", "--local-only").stdout)
+    return [check["finding"] for check in checks if check["status"] != "ok"]
+
+
+def test_pg_hba_bytes_and_crlf_are_kept(node):
+    hba = node.path("/etc/postgresql/15/main/pg_hba.conf")
+    original = "# réseau de l'équipe\r\n".encode("latin-1") + node_hba_crlf()
+    hba.write_bytes(original)
+    ok(node.run("enable", "slave", MASTER))
+    data = hba.read_bytes()
+    assert data.startswith("# réseau de l'équipe\r\n".encode("latin-1"))
+    assert f"host asterisk postgres {MASTER}/32 trust\r\n".encode() in data
+    assert b"\n" not in data.replace(b"\r\n", b"")
+    ok(node.run("disable"))
+    assert hba.read_bytes() == original
+
+
+def node_hba_crlf() -> bytes:
+    from node import DEBIAN_HBA
+
+    return DEBIAN_HBA.replace("\n", "\r\n").encode()
+
+
+# --- signals and the journal (finding 3) ----------------------------------------------
+
+
+def slow_reload(node):
+    """A reload command that records its pid, then sleeps the first time it runs."""
+    script = node.root / "slow-reload"
+    script.write_text(f"#!/bin/sh\nif [ -e {node.root}/slept ]; then exit 0; fi\n"
+                      f"echo $$ > {node.root}/slept\nexec sleep 30\n")
+    script.chmod(0o755)
+    return {"XIVO_HA_POSTGRESQL_RELOAD_COMMAND": str(script)}
+
+
+def start(node, *argv, env):
+    import sys
+
+    from node import REPO
+
+    return subprocess.Popen([sys.executable, str(REPO / "bin/xivo-ha"), *argv],
+                            env={**os.environ, **node.env, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_sleep(node) -> int:
+    import time
+
+    marker = node.root / "slept"
+    for _ in range(200):
+        if marker.exists() and marker.read_text().strip():
+            pid = int(marker.read_text())
+            if os.path.exists(f"/proc/{pid}") and b"sleep" in open(f"/proc/{pid}/cmdline", "rb").read():
+                return pid
+        time.sleep(0.05)
+    raise AssertionError("the reload command did not start")
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT", "SIGHUP"])
+def test_a_signal_during_a_role_change_rolls_back_and_stops_the_child(node, signame):
+    import signal
+
+    env = slow_reload(node)
+    before, before_db = node.tree(), node.db.snapshot()
+    proc = start(node, "enable", "slave", MASTER, env=env)
+    child = wait_for_sleep(node)
+    proc.send_signal(getattr(signal, signame))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert f"interrupted by {signame}" in err and "nothing was changed" in err
+    assert gone(child)
+    after = node.tree()
+    after.pop("slept")
+    assert after == before
+    assert node.db.snapshot() == before_db
+
+
+def test_a_killed_role_change_is_reported_then_undone_by_the_next_one(node):
+    import signal
+
+    ok(node.run("enable", "master", SLAVE))
+    master_tree = node.tree()
+    env = slow_reload(node)
+    proc = start(node, "enable", "slave", MASTER, env=env)
+    child = wait_for_sleep(node)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    os.kill(child, signal.SIGKILL)
+    assert json.loads(node.path("/etc/xivo/ha.conf").read_text())["node_type"] == "slave"
+
+    report = json.loads(node.run("status", "--json").stdout)
+    assert "was interrupted" in report["interrupted_change"]
+    assert "was interrupted" in node.run("status").stdout
+    assert any("was interrupted" in problem for problem in doctor_problems(node))
+
+    result = ok(node.run("enable", "master", SLAVE))
+    assert "undoing it first" in result.stdout
+    after = node.tree()
+    after.pop("slept"), after.pop("slow-reload")
+    assert after == master_tree
+    assert json.loads(node.run("status", "--json").stdout)["interrupted_change"] is None
+
+
+def test_a_failed_undo_reports_only_what_is_still_applied(node, tmp_path):
+    """Provisioning cannot be written (read-only): step f fails, and its undo fails too,
+    yet nothing of f is applied, so the rollback is complete."""
+    import shutil
+    import sys
+
+    from node import REPO
+
+    configs = node.path("/var/lib/xivo-provd/jsondb/configs")
+    before = node.tree()
+    script = (f"mount --bind {configs} {configs} && mount -o remount,bind,ro {configs} && "
+              f"exec {sys.executable} {REPO}/bin/xivo-ha enable master {SLAVE}")
+    if not shutil.which("unshare"):
+        pytest.skip("unshare is not installed")
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            env={**os.environ, **node.env}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "f. provisioning backup registrar failed" in result.stderr
+    assert "still applied" not in result.stderr and "nothing was changed" in result.stderr
+    assert node.tree() == before
+
+
+# --- locks (finding 12) -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def held(path):
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.mark.parametrize("args", [("enable", "master", SLAVE), ("disable",), ("maintenance", "on")])
+def test_a_busy_role_change_lock_is_exit_1(node, args):
+    if args[0] == "maintenance":
+        ok(node.run("enable", "master", SLAVE))
+    before = node.tree()
+    with held(node.path("/var/lib/xivo-ha/role-change.lock")):
+        result = node.run(*args)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"xivo-ha: another role change or maintenance switch is running "
+        f"({node.path('/var/lib/xivo-ha/role-change.lock')} is locked)"]
+    assert node.tree() == before
+
+
+# --- bad input: one line, exit 2 (finding 8, 4, 14) -------------------------------------
+
+
+@pytest.mark.parametrize("content", [
+    b'{"node_type": ["master"], "remote_address": ""}\n',
+    b'{"node_type": {"a": 1}, "remote_address": ""}\n',
+    b'{"node_type": "ma\xe9ster"}\n',
+    b"[" * 100000 + b"]" * 100000,
+], ids=["list", "dict", "latin-1", "deep"])
+def test_unusable_ha_conf_is_one_line_and_exit_2(node, content):
+    ha_conf = node.path("/etc/xivo/ha.conf")
+    ha_conf.parent.mkdir(parents=True)
+    ha_conf.write_bytes(content)
+    before = node.tree()
+    for args in (("enable", "master", SLAVE), ("disable",), ("status",), ("cron", "regenerate")):
+        result = node.run(*args)
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and str(ha_conf) in result.stderr
+    assert node.tree() == before
+
+
+@pytest.mark.parametrize("content,key", [
+    (b"[failover]\ninterval = nan\n", "[failover] interval"),
+    (b"[probe]\nping_timeout = nan\n", "[probe] ping_timeout"),
+    (b"[doctor]\nconnect_timeout = -inf\n", "[doctor] connect_timeout"),
+    (b"[postgresql]\nhba_file = pg_hba.conf\n", "[postgresql] hba_file"),
+    (b"[postgresql]\nconf_file = etc/postgresql.conf\n", "[postgresql] conf_file"),
+    (b"\x00\xff\xfe\x89PNG\r\n\x1a\n", "UTF-8"),
+])
+def test_unusable_settings_are_one_line_and_exit_2(node, content, key):
+    settings = node.path("/etc/xivo-ha/xivo-ha.conf")
+    settings.parent.mkdir(parents=True)
+    settings.write_bytes(content)
+    before = node.tree()
+    for args in (("enable", "slave", MASTER), ("disable",), ("status",)):
+        result = node.run(*args)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and key in lines[0], result.stderr
+    assert node.tree() == before
+
+
+def test_nan_from_the_environment_is_refused(node):
+    result = node.run("enable", "slave", MASTER, env={"XIVO_HA_FAILOVER_INTERVAL": "nan"})
+    assert result.returncode == 2
+    assert "[failover] interval" in result.stderr
+
+
+def test_a_database_without_xivo_tables_is_exit_1_in_one_line(node, postgres_server):
+    empty = postgres_server.create_database(template="template0")
+    try:
+        before = node.tree()
+        for args in (("enable", "master", SLAVE), ("status",)):
+            result = node.run(*args, env={"XIVO_HA_DATABASE_DSN": empty.dsn})
+            assert "Traceback" not in result.stderr
+            assert "not a XiVO asterisk database" in result.stderr + result.stdout
+        assert node.run("enable", "master", SLAVE, env={"XIVO_HA_DATABASE_DSN": empty.dsn}).returncode == 1
+        assert node.tree() == before
+    finally:
+        postgres_server.drop_database(empty.name)
+
+
+def test_an_invalid_dsn_is_never_echoed(node):
+    secret = "s3cr3t-Pa55"
+    before = node.tree()
+    for args in (("enable", "master", SLAVE), ("status",)):
+        result = node.run(*args, env={"XIVO_HA_DATABASE_DSN": f"host=localhost password={secret} dbname"})
+        assert secret not in result.stderr + result.stdout
+        assert "Traceback" not in result.stderr
+    result = node.run("enable", "master", SLAVE, env={"XIVO_HA_DATABASE_DSN": f"password={secret} x"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "xivo-ha: [database] dsn is not a valid connection string (its value is not shown: it may hold a password)"]
+    assert node.tree() == before
+
+
+def test_a_lock_timeout_is_not_called_a_lost_connection(asterisk_db):
+    import psycopg
+
+    from xivo_ha import database, replication
+
+    with asterisk_db.connect() as holder, asterisk_db.connect() as waiter:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE staticsip IN ACCESS EXCLUSIVE MODE")
+        waiter.execute("SET lock_timeout = '100ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable) as lock_error:
+            waiter.execute("SELECT count(*) FROM staticsip")
+        waiter.execute("SET lock_timeout = 0")
+        waiter.execute("SET statement_timeout = '100ms'")
+        with pytest.raises(psycopg.errors.QueryCanceled) as cancel_error:
+            waiter.execute("SELECT count(*) FROM staticsip")
+    for error, words in ((lock_error.value, "lock timeout"), (cancel_error.value, "statement timeout")):
+        text = replication._describe_error(error)
+        assert "connection lost" not in text and words in text
+        assert words in database.error_text(error)

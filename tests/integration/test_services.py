@@ -133,3 +133,28 @@ def test_bad_service_name_exits_2_and_runs_nothing(node_root, slave_services):
     assert result.returncode == 2
     assert "is not a service name" in result.stderr
     assert slave_services.journal() == []
+
+
+def test_a_busy_services_lock_is_exit_1_and_nothing_runs(node_root, two_services):
+    import fcntl
+
+    services, names, _ = two_services
+    lock = node_root / "var/lib/xivo-ha/services.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        for action in ("start", "stop"):
+            result = manage(node_root, services, names, action)
+            assert result.returncode == 1
+            assert result.stderr.strip().splitlines()[-1] == (
+                f"xivo-manage-slave-services: another start or stop of the services is running ({lock} is locked)")
+    assert services.journal() == []
+
+
+@pytest.mark.parametrize("args", [(), ("restart",)])
+def test_usage_errors_go_to_stderr_with_exit_2(node_root, two_services, args):
+    services, names, _ = two_services
+    result = manage(node_root, services, names, *args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip()

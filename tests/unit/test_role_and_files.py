@@ -31,19 +31,59 @@ def test_ha_conf_round_trip():
     assert config.to_json() == '{"node_type": "slave", "remote_address": "10.0.0.1"}\n'
 
 
-def test_hba_edit_replaces_and_removes():
-    text = "local all all peer\nhost asterisk postgres 10.9.9.9/32 trust\n"
+def test_hba_block_is_ours_and_only_it_is_removed():
+    text = b"local all all peer\nhost asterisk postgres 10.9.9.9/32 trust\n"
     edited = pgaccess.edit_hba(text, "10.0.0.1")
-    assert edited.splitlines() == ["local all all peer", pgaccess.HBA_MARKER, "host asterisk postgres 10.0.0.1/32 trust"]
+    assert edited.splitlines() == [b"local all all peer", b"host asterisk postgres 10.9.9.9/32 trust",
+                                   pgaccess.BEGIN, b"host asterisk postgres 10.0.0.1/32 trust", pgaccess.END]
     assert pgaccess.hba_master(edited) == "10.0.0.1"
-    assert pgaccess.edit_hba(edited, None) == "local all all peer\n"
+    assert pgaccess.edit_hba(edited, None) == text
+    assert pgaccess.edit_hba(pgaccess.edit_hba(edited, "10.0.0.7"), None) == text
+
+
+def test_hba_rule_from_an_older_version_is_replaced():
+    old = b"local all all peer\n" + pgaccess.LEGACY_MARKER + b"\nhost asterisk postgres 10.9.9.9/32 trust\n"
+    assert pgaccess.edit_hba(old, None) == b"local all all peer\n"
+
+
+@pytest.mark.parametrize("line,matches", [
+    (b"host all all 0.0.0.0/0 scram-sha-256", True),
+    (b"hostssl asterisk all 10.0.0.0 255.0.0.0 md5", True),
+    (b"host asterisk,xivo postgres 10.0.0.1/32 md5", True),
+    (b"host all +admins samenet md5", True),
+    (b"host all all master.example.com md5", True),
+    (b"host all all 192.168.0.0/16 md5", False),
+    (b"host replication all 0.0.0.0/0 md5", False),
+    (b"host all asterisk 0.0.0.0/0 md5", False),
+    (b"local all all peer", False),
+    (b"# host all all 0.0.0.0/0 md5", False),
+])
+def test_hba_rules_that_could_match_the_master(line, matches):
+    assert pgaccess.could_match(line, "10.0.0.1") is matches
+
+
+def test_hba_block_goes_before_the_first_rule_that_could_match():
+    text = b"host all all 192.168.0.0/16 md5\r\nhost all all 0.0.0.0/0 scram-sha-256\r\n"
+    edited = pgaccess.edit_hba(text, "10.0.0.1")
+    assert edited.split(b"\r\n")[1:4] == [pgaccess.BEGIN, b"host asterisk postgres 10.0.0.1/32 trust", pgaccess.END]
+    assert pgaccess.first_match(edited, "10.0.0.1") == "host asterisk postgres 10.0.0.1/32 trust"
+    assert pgaccess.first_match(text, "10.0.0.1") == "host all all 0.0.0.0/0 scram-sha-256"
+    assert pgaccess.edit_hba(edited, None) == text
 
 
 def test_conf_edit_adds_and_removes_listen_all():
-    text = "#listen_addresses = 'localhost'\nport = 5432\n"
+    text = "#listen_addresses = 'localhost' # défaut\nport = 5432\n".encode("latin-1")
     edited = pgaccess.edit_conf(text, True)
     assert pgaccess.listens_everywhere(edited)
     assert pgaccess.edit_conf(edited, False) == text
+
+
+@pytest.mark.parametrize("text", [
+    '{"node_type": ["master"]}', '{"node_type": {"x": 1}}', '{"node_type": 1}', "[" * 100000 + "]" * 100000,
+])
+def test_unusable_ha_conf_values_are_usage_errors(text):
+    with pytest.raises(UsageError, match="ha.conf"):
+        role.parse(text, "ha.conf")
 
 
 def test_cron_files_follow_cron_d_rules():

@@ -61,3 +61,26 @@ def test_invalid_values_name_the_key(tmp_path, text, message):
 def test_invalid_environment_value_is_refused(tmp_path):
     with pytest.raises(UsageError, match="ping_interval"):
         settings.load(tmp_path / "absent.conf", environ={"XIVO_HA_PROBE_PING_INTERVAL": "soon"})
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("failover", "interval", "nan"), ("probe", "ping_timeout", "nan"), ("probe", "ping_interval", "NaN"),
+    ("doctor", "connect_timeout", "-inf"), ("failover", "interval", "inf"),
+])
+def test_nan_and_infinities_are_refused(tmp_path, section, key, value):
+    path = tmp_path / "xivo-ha.conf"
+    path.write_text(f"[{section}]\n{key} = {value}\n")
+    with pytest.raises(UsageError, match=rf"\[{section}\] {key}"):
+        settings.load(path, environ={})
+    with pytest.raises(UsageError, match=rf"\[{section}\] {key}"):
+        settings.load(tmp_path / "absent.conf", environ={f"XIVO_HA_{section}_{key}".upper(): value})
+
+
+def test_binary_settings_and_relative_paths_are_refused(tmp_path):
+    path = tmp_path / "xivo-ha.conf"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(UsageError, match="not UTF-8"):
+        settings.load(path, environ={})
+    path.write_text("[postgresql]\nhba_file = pg_hba.conf\n")
+    with pytest.raises(UsageError, match=r"\[postgresql\] hba_file.*absolute"):
+        settings.load(path, environ={})

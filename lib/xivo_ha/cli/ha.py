@@ -8,7 +8,7 @@ import sys
 from plumbum import cli
 
 from . import Command, run
-from .. import apply, cron, maintenance, role, settings, status, system
+from .. import apply, cron, maintenance, role, services, settings, status, system
 from ..errors import EXIT_NOT_RUNNING, OperationFailed, UsageError
 from ..role import HaConfig, Role
 
@@ -35,6 +35,10 @@ class _RoleChange(Command):
     def change(self, target: HaConfig) -> int:
         self.log()
         config = settings.load()
+        with role.change_lock():
+            return self._change(target, config)
+
+    def _change(self, target: HaConfig, config) -> int:
         maintenance.refuse_role_change()
         if target.role is Role.DISABLED:
             print("xivo-ha: disabling HA on this node")
@@ -47,7 +51,8 @@ class _RoleChange(Command):
             print(f"xivo-ha: this node is now {_describe(target)}")
         if self.restart:
             command = list(config.services.restart_command)
-            result = system.run(command, timeout=config.services.command_timeout)
+            with services.lock():
+                result = system.run(command, timeout=config.services.command_timeout)
             if not result.ok:
                 raise OperationFailed(
                     f"the role change is applied but `{' '.join(command)}` failed: {result.output() or 'no output'}"

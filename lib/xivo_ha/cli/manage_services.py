@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 from . import Command, run
 from .. import services, settings
 from ..errors import EXIT_USAGE
@@ -20,10 +23,11 @@ class ManageSlaveServices(Command):
 
     def main(self, *args):
         if args:
-            print(f"{self.PROGNAME}: unknown action {args[0]!r}: expected start, stop or status")
+            print(f"{self.PROGNAME}: unknown action {args[0]!r}: expected start, stop or status", file=sys.stderr)
             return EXIT_USAGE
         if not self.nested_command:
-            self.help()
+            with contextlib.redirect_stdout(sys.stderr):
+                self.help()
             return EXIT_USAGE
         return 0
 
@@ -49,7 +53,8 @@ class Start(_Action):
     def main(self):
         logger = self.logger()
         manager = self.manager()
-        manager.start(progress=logger.debug)
+        with services.lock():
+            manager.start(progress=logger.debug)
         logger.info("started and enabled at boot: %s", ", ".join(manager.services))
         return 0
 
@@ -66,7 +71,8 @@ class Stop(_Action):
     def main(self):
         logger = self.logger()
         manager = self.manager()
-        manager.stop(progress=logger.debug)
+        with services.lock():
+            manager.stop(progress=logger.debug)
         logger.info("stopped and disabled at boot: %s", ", ".join(reversed(manager.services)))
         return 0
 
