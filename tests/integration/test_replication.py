@@ -73,7 +73,7 @@ def syslog(tmp_path):
 @pytest.fixture
 def master_db(asterisk_db):
     asterisk_db.add_demo_users(1, 40)
-    asterisk_db.execute("INSERT INTO trunkfeatures (name, protocolid) VALUES ('provider', 1)")
+    asterisk_db.execute("INSERT INTO trunkfeatures (protocol, protocolid, description) VALUES ('sip', 1, 'provider')")
     asterisk_db.execute("INSERT INTO queue_log (callid, event) VALUES ('master-call', 'ENTERQUEUE')")
     return asterisk_db
 
