@@ -238,10 +238,10 @@ def test_schema_version_mismatch_is_refused(master_node, master_db, slave_db):
 
 
 def test_different_columns_are_refused(master_node, master_db, slave_db):
-    slave_db.execute("ALTER TABLE usersip ADD COLUMN transport varchar(8)")
+    slave_db.execute("ALTER TABLE usersip ADD COLUMN fromuser varchar(80)")
     result = replicate("127.0.0.1")
     assert result.returncode == 1
-    assert "table usersip has different columns (only on the slave: transport)" in result.stderr
+    assert "table usersip has different columns (only on the slave: fromuser)" in result.stderr
 
 
 def settle_until_nothing_written() -> None:
