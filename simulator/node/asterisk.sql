@@ -14,9 +14,8 @@ CREATE TABLE alembic_version (
 INSERT INTO alembic_version VALUES ('2c1b3ad2b9d7');
 
 CREATE TABLE context (
-    id serial PRIMARY KEY,
-    name varchar(39) NOT NULL UNIQUE,
-    displayname varchar(128),
+    name varchar(39) PRIMARY KEY,
+    displayname varchar(128) NOT NULL DEFAULT '',
     entity varchar(64),
     contexttype varchar(40) NOT NULL DEFAULT 'internal',
     commented integer NOT NULL DEFAULT 0,
@@ -44,7 +43,7 @@ CREATE TABLE voicemail (
     uniqueid serial PRIMARY KEY,
     context varchar(39) NOT NULL REFERENCES context (name),
     mailbox varchar(40) NOT NULL,
-    password varchar(80),
+    password varchar(80) NOT NULL DEFAULT '',
     fullname varchar(80) NOT NULL DEFAULT '',
     email varchar(80),
     user_id integer REFERENCES userfeatures (id),
@@ -101,23 +100,28 @@ CREATE TABLE linefeatures (
     UNIQUE (protocol, protocolid)
 );
 
+CREATE TYPE extenumbers_type AS ENUM ('extenfeatures', 'featuremap', 'generalfeatures', 'group', 'incall',
+                                      'meetme', 'outcall', 'queue', 'user', 'voicemenu');
+
 CREATE TABLE extensions (
     id serial PRIMARY KEY,
     commented integer NOT NULL DEFAULT 0,
     context varchar(39) NOT NULL DEFAULT '' REFERENCES context (name),
     exten varchar(40) NOT NULL DEFAULT '',
-    type varchar(40) NOT NULL,
+    type extenumbers_type NOT NULL,
     typeval varchar(255) NOT NULL DEFAULT '',
     UNIQUE (exten, context)
 );
 
 CREATE TABLE user_line (
-    user_id integer NOT NULL REFERENCES userfeatures (id) ON DELETE CASCADE,
-    line_id integer NOT NULL REFERENCES linefeatures (id) ON DELETE CASCADE,
+    id serial,
+    user_id integer REFERENCES userfeatures (id),
+    line_id integer NOT NULL REFERENCES linefeatures (id),
     extension_id integer REFERENCES extensions (id),
-    main_user boolean NOT NULL DEFAULT true,
-    main_line boolean NOT NULL DEFAULT true,
-    PRIMARY KEY (user_id, line_id)
+    main_user boolean NOT NULL,
+    main_line boolean NOT NULL,
+    PRIMARY KEY (id, line_id),
+    UNIQUE (user_id, line_id)
 );
 
 -- Asterisk sip.conf as rows: [general] options (HA forces minexpiry/maxexpiry/

@@ -24,8 +24,8 @@ INSERT INTO linefeatures (protocol, protocolid, name, number, context, provision
 INSERT INTO extensions (context, exten, type, typeval)
     SELECT 'default', (1000 + n)::text, 'user', u.id::text
     FROM demo_range JOIN userfeatures u ON u.uuid = md5('uuid' || n)::uuid::text;
-INSERT INTO user_line (user_id, line_id, extension_id)
-    SELECT u.id, l.id, e.id
+INSERT INTO user_line (user_id, line_id, extension_id, main_user, main_line)
+    SELECT u.id, l.id, e.id, true, true
     FROM demo_range
     JOIN userfeatures u ON u.uuid = md5('uuid' || n)::uuid::text
     JOIN linefeatures l ON l.name = 'user' || n

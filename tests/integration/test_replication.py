@@ -315,9 +315,9 @@ def test_dry_run_lists_tables_and_changes_nothing(master_node, master_db, slave_
 
 def test_excluded_table_referring_to_a_replicated_one_keeps_its_rows(master_node, master_db, slave_db):
     for db in (master_db, slave_db):
-        db.execute("ALTER TABLE provisioning ADD COLUMN context_id integer REFERENCES context (id)")
+        db.execute("ALTER TABLE provisioning ADD COLUMN context varchar(39) REFERENCES context (name)")
     slave_db.execute("INSERT INTO provisioning (net4_ip, net4_ip_rest, username, password, rest_port, http_port,"
-                     " context_id) VALUES ('10.0.0.2', '127.0.0.1', 'slave', 'x', 1, 2, 1)")
+                     " context) VALUES ('10.0.0.2', '127.0.0.1', 'slave', 'x', 1, 2, 'default')")
     before = slave_db.snapshot()
     result = replicate("--verbose", "127.0.0.1")
     assert result.returncode == 0, result.stderr
