@@ -44,6 +44,21 @@ PAIR = "pair"
 
 FACTS_FORMAT = 1
 TRUNK_EXPIRY_LIMIT = 300
+# chan_sip's defaultexpiry when sip.conf does not set one (or sets it below 1).
+ASTERISK_DEFAULT_EXPIRY = 120
+# The SIP trunks that register: their usersip account, their staticsip `register`
+# line (trunkfeatures.registerid, 0 = none) when neither is commented out.
+TRUNK_REGISTRATIONS_SQL = (
+    "SELECT u.name, s.var_val FROM trunkfeatures t"
+    " JOIN usersip u ON u.id = t.protocolid AND u.category = 'trunk'"
+    " JOIN staticsip s ON s.id = t.registerid"
+    " WHERE t.protocol = 'sip' AND t.registerid <> 0 AND t.registercommented = 0"
+    " AND s.commented = 0 AND s.var_name = 'register' ORDER BY u.name"
+)
+GENERAL_DEFAULT_EXPIRY_SQL = (
+    "SELECT var_val FROM staticsip WHERE filename = 'sip.conf' AND category = 'general'"
+    " AND var_name = 'defaultexpiry' AND commented = 0 ORDER BY var_metric, id"
+)
 SSH_FAILED = 255
 
 Facts = Mapping[str, Any]
@@ -267,6 +282,63 @@ def check_sip_expiry(facts: Facts, node: str = LOCAL) -> Check | None:
     return ok(check_id, "SIP expiry min/max/default = 180/300/240 s as HA requires", node)
 
 
+@dataclass(frozen=True)
+class Registration:
+    """A sip.conf ``register =>`` line, without its secret."""
+
+    user: str
+    host: str
+    port: int | None
+    extension: str
+    expiry: int | None  # the line's own ``~expiry``, None when it has none
+
+
+def _leading_int(text: str) -> int:
+    """C's atoi: the leading decimal digits (after blanks and a sign), 0 without any."""
+    match = re.match(r"\s*([+-]?\d+)", text)
+    return int(match.group(1)) if match else 0
+
+
+def parse_register(value: str) -> Registration | None:
+    """Parse ``[peer?][transport://]user[@domain][:secret[:authuser]]@host[:port][/exten][~expiry]``
+    as chan_sip does: the last ``@`` ends the credentials (a secret may hold ``@``), then
+    ``~``, ``/`` and ``:`` split the host part.  None when chan_sip would reject the line."""
+    credentials, at, hostpart = (value or "").strip().rpartition("@")
+    if not at or not credentials or not hostpart:
+        return None
+    account = credentials.partition("?")[2] or credentials
+    if "/" in account:
+        transport, _, account = account.partition("/")
+        blank, _, account = account.partition("/")
+        if blank or not transport.endswith(":"):
+            return None
+    user = account.partition(":")[0]
+    rest, _, expiry_text = hostpart.partition("~")
+    rest, _, extension = rest.partition("/")
+    host, _, port_text = rest.partition(":")
+    if not user or not host:
+        return None
+    expiry = _leading_int(expiry_text)
+    port = _leading_int(port_text)
+    return Registration(user=user, host=host, port=port if port > 0 else None, extension=extension,
+                        expiry=expiry if expiry > 0 else None)
+
+
+def general_default_expiry(value: str | None) -> int:
+    """sip.conf [general] defaultexpiry as chan_sip reads it (unset or below 1: 120 s)."""
+    seconds = _leading_int(value or "")
+    return seconds if seconds > 0 else ASTERISK_DEFAULT_EXPIRY
+
+
+def registration_expiry(value: str, default_expiry: int) -> int | None:
+    """Seconds a trunk's register line asks for: its ``~expiry``, else the general default;
+    None when the line is not one chan_sip accepts (the trunk then does not register)."""
+    registration = parse_register(value)
+    if registration is None:
+        return None
+    return registration.expiry or default_expiry
+
+
 def check_trunk_expiry(facts: Facts, node: str = LOCAL) -> Check | None:
     check_id = "trunk-expiry"
     db = facts.get("database") or {}
@@ -276,12 +348,15 @@ def check_trunk_expiry(facts: Facts, node: str = LOCAL) -> Check | None:
         return warn(check_id, f"could not read the trunks: {db['trunks_error']}",
                     "check the trunks' registration expiry by hand: it must be under 300 s", node)
     trunks = db.get("trunks") or []
+    if not trunks:
+        return ok(check_id, "no SIP trunk registers", node)
     too_long = [(name, expiry) for name, expiry in trunks if expiry is not None and expiry >= TRUNK_EXPIRY_LIMIT]
     if too_long:
         shown = ", ".join(f"{name} ({expiry} s)" for name, expiry in too_long[:5])
         more = f" and {len(too_long) - 5} more" if len(too_long) > 5 else ""
         return fail(check_id, f"trunk registration expiry must be under {TRUNK_EXPIRY_LIMIT} s: {shown}{more}",
-                    "lower the registration expiry of these trunks (web interface, trunk > Register) "
+                    "lower the registration expiry of these trunks (web interface, trunk > Register: "
+                    f"`~expiry` under {TRUNK_EXPIRY_LIMIT}, or the SIP general default expiry) "
                     "so that the provider follows a failover within 5 minutes", node)
     return ok(check_id, f"{_plural(len(trunks), 'trunk')}, every registration expiry under "
                         f"{TRUNK_EXPIRY_LIMIT} s", node)
@@ -734,8 +809,10 @@ def _database(settings: Any) -> dict:
         except psycopg.errors.UndefinedTable:
             facts["schema_version"] = None
         try:
-            rows = conn.execute("SELECT name, register_expiry FROM trunkfeatures ORDER BY name").fetchall()
-            facts["trunks"] = [[name, expiry] for name, expiry in rows]
+            defaults = conn.execute(GENERAL_DEFAULT_EXPIRY_SQL).fetchall()
+            default_expiry = general_default_expiry(defaults[-1][0] if defaults else None)
+            rows = conn.execute(TRUNK_REGISTRATIONS_SQL).fetchall()
+            facts["trunks"] = [[name, registration_expiry(value, default_expiry)] for name, value in rows]
         except psycopg.Error as exc:
             facts["trunks_error"] = database.first_line(exc)
     except psycopg.Error as exc:

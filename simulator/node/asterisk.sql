@@ -14,9 +14,8 @@ CREATE TABLE alembic_version (
 INSERT INTO alembic_version VALUES ('2c1b3ad2b9d7');
 
 CREATE TABLE context (
-    id serial PRIMARY KEY,
-    name varchar(39) NOT NULL UNIQUE,
-    displayname varchar(128),
+    name varchar(39) PRIMARY KEY,
+    displayname varchar(128) NOT NULL DEFAULT '',
     entity varchar(64),
     contexttype varchar(40) NOT NULL DEFAULT 'internal',
     commented integer NOT NULL DEFAULT 0,
@@ -44,7 +43,7 @@ CREATE TABLE voicemail (
     uniqueid serial PRIMARY KEY,
     context varchar(39) NOT NULL REFERENCES context (name),
     mailbox varchar(40) NOT NULL,
-    password varchar(80),
+    password varchar(80) NOT NULL DEFAULT '',
     fullname varchar(80) NOT NULL DEFAULT '',
     email varchar(80),
     user_id integer REFERENCES userfeatures (id),
@@ -54,52 +53,81 @@ CREATE TABLE voicemail (
 ALTER TABLE userfeatures
     ADD CONSTRAINT userfeatures_voicemailid_fkey FOREIGN KEY (voicemailid) REFERENCES voicemail (uniqueid);
 
+-- XiVO's enumerated types for the SIP tables.
+CREATE TYPE trunk_protocol AS ENUM ('sip', 'iax', 'sccp', 'custom');
+CREATE TYPE useriax_type AS ENUM ('friend', 'peer', 'user');
+CREATE TYPE useriax_category AS ENUM ('user', 'trunk');
+
+-- SIP accounts: phones' lines (category 'user') and SIP trunks (category 'trunk').
 CREATE TABLE usersip (
     id serial PRIMARY KEY,
-    name varchar(40) NOT NULL UNIQUE,
-    type varchar(8) NOT NULL DEFAULT 'friend',
+    name varchar(40) NOT NULL,
+    type useriax_type NOT NULL,
     username varchar(80),
     secret varchar(80) NOT NULL DEFAULT '',
+    md5secret varchar(32) NOT NULL DEFAULT '',
     context varchar(39) REFERENCES context (name),
-    host varchar(255) NOT NULL DEFAULT 'dynamic',
+    language varchar(20),
     callerid varchar(160),
+    host varchar(255) NOT NULL DEFAULT 'dynamic',
+    port integer,
     qualify varchar(4),
-    category varchar(8) NOT NULL DEFAULT 'user',
+    ipaddr varchar(255) NOT NULL DEFAULT '',
+    regseconds integer NOT NULL DEFAULT 0,
+    lastms varchar(15) NOT NULL DEFAULT '',
+    protocol trunk_protocol NOT NULL DEFAULT 'sip',
+    category useriax_category NOT NULL,
+    transport varchar(255),
     commented integer NOT NULL DEFAULT 0
 );
+CREATE UNIQUE INDEX usersip__uidx__name ON usersip (name);
+CREATE INDEX usersip__idx__category ON usersip (category);
 
 CREATE TABLE linefeatures (
     id serial PRIMARY KEY,
-    protocol varchar(8) NOT NULL DEFAULT 'sip',
+    protocol trunk_protocol NOT NULL,
     protocolid integer NOT NULL REFERENCES usersip (id),
-    name varchar(128) NOT NULL,
+    device varchar(32),
+    configregistrar varchar(128),
+    name varchar(128) NOT NULL UNIQUE,
+    number varchar(40),
     context varchar(39) NOT NULL REFERENCES context (name),
     provisioningid integer NOT NULL,
-    num integer NOT NULL DEFAULT 1,
+    num integer DEFAULT 0,
+    ipfrom varchar(15),
     commented integer NOT NULL DEFAULT 0,
-    description text NOT NULL DEFAULT ''
+    description text,
+    UNIQUE (protocol, protocolid)
 );
+
+CREATE TYPE extenumbers_type AS ENUM ('extenfeatures', 'featuremap', 'generalfeatures', 'group', 'incall',
+                                      'meetme', 'outcall', 'queue', 'user', 'voicemenu');
 
 CREATE TABLE extensions (
     id serial PRIMARY KEY,
     commented integer NOT NULL DEFAULT 0,
     context varchar(39) NOT NULL DEFAULT '' REFERENCES context (name),
     exten varchar(40) NOT NULL DEFAULT '',
-    type varchar(40) NOT NULL,
+    type extenumbers_type NOT NULL,
     typeval varchar(255) NOT NULL DEFAULT '',
     UNIQUE (exten, context)
 );
 
 CREATE TABLE user_line (
-    user_id integer NOT NULL REFERENCES userfeatures (id) ON DELETE CASCADE,
-    line_id integer NOT NULL REFERENCES linefeatures (id) ON DELETE CASCADE,
+    id serial,
+    user_id integer REFERENCES userfeatures (id),
+    line_id integer NOT NULL REFERENCES linefeatures (id),
     extension_id integer REFERENCES extensions (id),
-    main_user boolean NOT NULL DEFAULT true,
-    main_line boolean NOT NULL DEFAULT true,
-    PRIMARY KEY (user_id, line_id)
+    main_user boolean NOT NULL,
+    main_line boolean NOT NULL,
+    PRIMARY KEY (id, line_id),
+    UNIQUE (user_id, line_id)
 );
 
--- Asterisk sip.conf as rows; HA forces minexpiry/maxexpiry/defaultexpiry.
+-- Asterisk sip.conf as rows: [general] options (HA forces minexpiry/maxexpiry/
+-- defaultexpiry) and the trunks' `register` lines
+-- (var_val `[peer?][transport://]user[@domain][:secret[:authuser]]@host[:port][/exten][~expiry]`).
+-- commented = 1: the row is not written to sip.conf.
 CREATE TABLE staticsip (
     id serial PRIMARY KEY,
     cat_metric integer NOT NULL DEFAULT 0,
@@ -110,17 +138,21 @@ CREATE TABLE staticsip (
     var_name varchar(128) NOT NULL,
     var_val varchar(255)
 );
+CREATE INDEX staticsip__idx__category ON staticsip (category);
 
+-- A trunk: its account is the row `protocolid` of the protocol's table (usersip
+-- for 'sip', hence no foreign key); its registration is the staticsip row
+-- `registerid` (0: none), disabled when registercommented = 1.
 CREATE TABLE trunkfeatures (
     id serial PRIMARY KEY,
-    protocol varchar(8) NOT NULL DEFAULT 'sip',
-    protocolid integer REFERENCES usersip (id),
-    name varchar(128) NOT NULL UNIQUE,
+    protocol trunk_protocol NOT NULL,
+    protocolid integer NOT NULL,
     registerid integer NOT NULL DEFAULT 0,
     registercommented integer NOT NULL DEFAULT 0,
-    register_expiry integer,
-    description text NOT NULL DEFAULT ''
+    description text NOT NULL,
+    UNIQUE (protocol, protocolid)
 );
+CREATE INDEX trunkfeatures__idx__registerid ON trunkfeatures (registerid);
 
 CREATE TABLE dhcp (
     id serial PRIMARY KEY,

@@ -6,8 +6,9 @@ BEGIN;
 CREATE TEMP TABLE demo_range AS
     SELECT n FROM generate_series(:first::int, :first::int + :count::int - 1) AS n
     WHERE NOT EXISTS (SELECT 1 FROM usersip WHERE name = 'user' || n);
-INSERT INTO usersip (name, username, secret, context, callerid)
-    SELECT 'user' || n, 'user' || n, md5('secret' || n), 'default', '"User ' || n || '" <' || (1000 + n) || '>'
+INSERT INTO usersip (name, type, username, secret, context, callerid, category)
+    SELECT 'user' || n, 'friend', 'user' || n, md5('secret' || n), 'default',
+           '"User ' || n || '" <' || (1000 + n) || '>', 'user'
     FROM demo_range;
 INSERT INTO userfeatures (uuid, firstname, lastname, callerid, language)
     SELECT md5('uuid' || n)::uuid::text, 'User', n::text, '"User ' || n || '"', 'en_US'
@@ -17,14 +18,14 @@ INSERT INTO voicemail (context, mailbox, password, fullname, user_id)
     FROM demo_range JOIN userfeatures u ON u.uuid = md5('uuid' || n)::uuid::text;
 UPDATE userfeatures u SET voicemailid = v.uniqueid
     FROM voicemail v WHERE v.user_id = u.id AND u.voicemailid IS NULL;
-INSERT INTO linefeatures (protocolid, name, context, provisioningid)
-    SELECT s.id, s.name, 'default', 100000 + n
+INSERT INTO linefeatures (protocol, protocolid, name, number, context, provisioningid)
+    SELECT 'sip', s.id, s.name, (1000 + n)::text, 'default', 100000 + n
     FROM demo_range JOIN usersip s ON s.name = 'user' || n;
 INSERT INTO extensions (context, exten, type, typeval)
     SELECT 'default', (1000 + n)::text, 'user', u.id::text
     FROM demo_range JOIN userfeatures u ON u.uuid = md5('uuid' || n)::uuid::text;
-INSERT INTO user_line (user_id, line_id, extension_id)
-    SELECT u.id, l.id, e.id
+INSERT INTO user_line (user_id, line_id, extension_id, main_user, main_line)
+    SELECT u.id, l.id, e.id, true, true
     FROM demo_range
     JOIN userfeatures u ON u.uuid = md5('uuid' || n)::uuid::text
     JOIN linefeatures l ON l.name = 'user' || n

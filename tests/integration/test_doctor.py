@@ -277,13 +277,46 @@ def test_sip_expiry_changed_on_the_slave(pair):
     assert "maxexpiry=3600 (HA needs 300)" in checks[("sip-expiry", "peer")]["finding"]
 
 
+def add_sip_trunk(db, name: str, register: str | None, *, commented: int = 0, registercommented: int = 0) -> None:
+    """A SIP trunk as XiVO's web interface stores it: usersip (category trunk), its
+    staticsip `register` line and the trunkfeatures row tying them."""
+    db.execute(f"INSERT INTO usersip (name, type, secret, host, category) "
+               f"VALUES ('{name}', 'peer', 'pw:{name}@x', 'sip.example.net', 'trunk')")
+    registerid = "0"
+    if register is not None:
+        db.execute(f"INSERT INTO staticsip (commented, filename, category, var_name, var_val) "
+                   f"VALUES ({commented}, 'sip.conf', 'general', 'register', '{register}')")
+        registerid = "(SELECT max(id) FROM staticsip)"
+    db.execute(f"INSERT INTO trunkfeatures (protocol, protocolid, registerid, registercommented, description) "
+               f"SELECT 'sip', id, {registerid}, {registercommented}, 'trunk {name}' FROM usersip WHERE name = '{name}'")
+
+
 def test_trunk_registration_expiry_of_300_s_or_more(pair):
-    pair.master.db.execute("INSERT INTO trunkfeatures (name, register_expiry) VALUES ('provider', 3600), "
-                           "('fine', 120), ('unset', NULL)")
+    add_sip_trunk(pair.master.db, "provider", "provider:pw:provider@x@sip.example.net/1000~3600")
+    add_sip_trunk(pair.master.db, "fine", "fine:secret@sip.example.net:5060/1001~120")
+    add_sip_trunk(pair.master.db, "none", None)
+    add_sip_trunk(pair.master.db, "off", "off:secret@sip.example.net~3600", commented=1)
+    add_sip_trunk(pair.master.db, "paused", "paused:secret@sip.example.net~3600", registercommented=1)
     checks = pair.checks()
     assert failing(checks) == {("trunk-expiry", "local"): "FAIL"}
-    assert "provider (3600 s)" in checks[("trunk-expiry", "local")]["finding"]
-    assert "fine" not in checks[("trunk-expiry", "local")]["finding"]
+    finding = checks[("trunk-expiry", "local")]["finding"]
+    assert "provider (3600 s)" in finding
+    assert not [word for word in ("fine", "none", "off", "paused", "pw:", "secret") if word in finding]
+
+
+def test_trunk_without_expiry_follows_the_general_default(pair):
+    add_sip_trunk(pair.master.db, "carrier", "carrier:secret@sip.example.net/1000")
+    assert pair.checks()[("trunk-expiry", "local")]["status"] == "OK"  # HA's defaultexpiry: 240 s
+    pair.master.db.execute("UPDATE staticsip SET var_val = '3600' WHERE var_name = 'defaultexpiry'")
+    checks = pair.checks()
+    assert checks[("trunk-expiry", "local")]["status"] == "FAIL"
+    assert "carrier (3600 s)" in checks[("trunk-expiry", "local")]["finding"]
+
+
+def test_no_registering_trunk(pair):
+    add_sip_trunk(pair.master.db, "silent", None)
+    check = pair.checks()[("trunk-expiry", "local")]
+    assert (check["status"], check["finding"]) == ("OK", "no SIP trunk registers")
 
 
 def test_provisioning_plugins_on_the_slave(pair):

@@ -73,7 +73,7 @@ def syslog(tmp_path):
 @pytest.fixture
 def master_db(asterisk_db):
     asterisk_db.add_demo_users(1, 40)
-    asterisk_db.execute("INSERT INTO trunkfeatures (name, protocolid) VALUES ('provider', 1)")
+    asterisk_db.execute("INSERT INTO trunkfeatures (protocol, protocolid, description) VALUES ('sip', 1, 'provider')")
     asterisk_db.execute("INSERT INTO queue_log (callid, event) VALUES ('master-call', 'ENTERQUEUE')")
     return asterisk_db
 
@@ -250,10 +250,10 @@ def test_schema_version_mismatch_is_refused(master_node, master_db, slave_db):
 
 
 def test_different_columns_are_refused(master_node, master_db, slave_db):
-    slave_db.execute("ALTER TABLE usersip ADD COLUMN transport varchar(8)")
+    slave_db.execute("ALTER TABLE usersip ADD COLUMN fromuser varchar(80)")
     result = replicate("127.0.0.1")
     assert result.returncode == 1
-    assert "table usersip has different columns (only on the slave: transport)" in result.stderr
+    assert "table usersip has different columns (only on the slave: fromuser)" in result.stderr
 
 
 def settle_until_nothing_written() -> None:
@@ -327,9 +327,9 @@ def test_dry_run_lists_tables_and_changes_nothing(master_node, master_db, slave_
 
 def test_excluded_table_referring_to_a_replicated_one_keeps_its_rows(master_node, master_db, slave_db):
     for db in (master_db, slave_db):
-        db.execute("ALTER TABLE provisioning ADD COLUMN context_id integer REFERENCES context (id)")
+        db.execute("ALTER TABLE provisioning ADD COLUMN context varchar(39) REFERENCES context (name)")
     slave_db.execute("INSERT INTO provisioning (net4_ip, net4_ip_rest, username, password, rest_port, http_port,"
-                     " context_id) VALUES ('10.0.0.2', '127.0.0.1', 'slave', 'x', 1, 2, 1)")
+                     " context) VALUES ('10.0.0.2', '127.0.0.1', 'slave', 'x', 1, 2, 'default')")
     before = slave_db.snapshot()
     result = replicate("--verbose", "127.0.0.1")
     assert result.returncode == 0, result.stderr

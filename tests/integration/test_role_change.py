@@ -135,6 +135,31 @@ def test_disable_on_a_master_clears_the_backup_registrar(node):
     assert node.expiry() == BLANK_EXPIRY
 
 
+def expiry_rows(node) -> list[tuple]:
+    return node.db.query("SELECT var_name, var_val, cat_metric, var_metric, commented FROM staticsip "
+                         "WHERE filename = 'sip.conf' AND category = 'general' "
+                         "AND var_name IN ('minexpiry', 'maxexpiry', 'defaultexpiry') ORDER BY var_name")
+
+
+@pytest.mark.parametrize("rows_present", [True, False])
+def test_enable_and_disable_keep_one_sip_expiry_row_each(node, rows_present):
+    if not rows_present:
+        node.db.execute("DELETE FROM staticsip WHERE var_name IN ('minexpiry', 'maxexpiry', 'defaultexpiry')")
+    node.db.execute("INSERT INTO staticsip (filename, category, var_name, var_val) "
+                    "VALUES ('sip.conf', 'general', 'register', 'acme:secret@sip.example.net~120'), "
+                    "('iax.conf', 'general', 'maxexpiry', '1800')")
+    others = node.db.query("SELECT * FROM staticsip WHERE var_name = 'register' OR filename <> 'sip.conf' ORDER BY id")
+    ha = [("defaultexpiry", "240", 0, 0, 0), ("maxexpiry", "300", 0, 0, 0), ("minexpiry", "180", 0, 0, 0)]
+    ok(node.run("enable", "master", SLAVE))
+    assert expiry_rows(node) == ha
+    ok(node.run("enable", "master", SLAVE))
+    assert expiry_rows(node) == ha
+    ok(node.run("disable"))
+    assert expiry_rows(node) == [(name, None, 0, 0, 0) for name, *_ in ha]
+    assert node.db.query("SELECT * FROM staticsip WHERE var_name = 'register' OR filename <> 'sip.conf' "
+                         "ORDER BY id") == others
+
+
 def test_postgresql_files_are_restored_exactly_after_slave_then_disable(node):
     before = {p: node.path(p).read_text() for p in ("/etc/postgresql/15/main/pg_hba.conf",
                                                     "/etc/postgresql/15/main/postgresql.conf")}

@@ -423,3 +423,40 @@ def test_old_jobs_during_maintenance_say_why():
                             "paused_cron_files": ["/etc/cron.d/xivo-ha-master"]}
     check = assert_status(doctor.check_job(facts, "sync", LIMITS), WARN)
     assert "maintenance is on" in check.finding
+
+
+def test_no_registering_trunk_is_ok():
+    facts = master_facts()
+    facts["database"]["trunks"] = []
+    check = assert_status(doctor.check_trunk_expiry(facts), OK)
+    assert check.finding == "no SIP trunk registers"
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("provider:s3cret@sip.example.net", ("provider", "sip.example.net", None, "", None)),
+    ("provider:s3cret@sip.example.net/1000~3600", ("provider", "sip.example.net", None, "1000", 3600)),
+    ("provider:s3cret@10.0.0.9:5080~120", ("provider", "10.0.0.9", 5080, "", 120)),
+    ("acme?tcp://alice@acme.example:pa:ss:auth@acme.example:5061/42~90",
+     ("alice@acme.example", "acme.example", 5061, "42", 90)),
+    ("bob:p@ss@word@carrier.example~600", ("bob", "carrier.example", None, "", 600)),
+    ("bob:secret@carrier.example~0", ("bob", "carrier.example", None, "", None)),
+    ("bob:secret@carrier.example~60s", ("bob", "carrier.example", None, "", 60)),
+])
+def test_register_lines_parse_as_chan_sip_does(value, expected):
+    parsed = doctor.parse_register(value)
+    assert (parsed.user, parsed.host, parsed.port, parsed.extension, parsed.expiry) == expected
+    assert not [secret for secret in ("s3cret", "secret", "p@ss", "pa:ss") if secret in repr(parsed)]
+
+
+@pytest.mark.parametrize("value", ["", "no-at-sign", "@host", "user:secret@", "user:pa/ss@host", ":secret@host"])
+def test_register_lines_chan_sip_rejects(value):
+    assert doctor.parse_register(value) is None
+    assert doctor.registration_expiry(value, 120) is None
+
+
+def test_registration_expiry_falls_back_to_the_general_default():
+    assert doctor.registration_expiry("u:s@h/1000~3600", 240) == 3600
+    assert doctor.registration_expiry("u:s@h/1000", 240) == 240
+    assert doctor.general_default_expiry("3600") == 3600
+    assert doctor.general_default_expiry(None) == doctor.general_default_expiry("") == 120
+    assert doctor.general_default_expiry("0") == doctor.general_default_expiry("never") == 120
