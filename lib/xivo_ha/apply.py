@@ -267,9 +267,9 @@ def _rollback(applied: list[Step], settings: Settings, observed: Observed, timeo
                 else:
                     system.write_atomic(path, before.content, before.mode)
             if step.provd_puts:
-                provisioning.put_configs(observed.provd.url,
-                                         {c: observed.provd.configs[c] for c in step.provd_puts},
-                                         settings.provisioning.timeout)
+                provisioning.restore_configs(observed.provd.url,
+                                             {c: observed.provd.configs[c] for c in step.provd_puts},
+                                             settings.provisioning.timeout)
             if step.sip_expiry is not None:
                 _write_expiry(settings, observed.sip_expiry)
             for command in step.commands if step.undo_commands is None else step.undo_commands:

@@ -208,6 +208,14 @@ def put_configs(url: str, documents: dict[str, dict], timeout: float) -> None:
               {"config": data}, timeout=timeout)
 
 
+def restore_configs(url: str, originals: dict[str, dict], timeout: float) -> None:
+    """Put back the configs that differ from ``originals`` (a step that failed half-way)."""
+    for config_id, data in originals.items():
+        current = _rest(url, "GET", f"/cfg_mgr/configs/{urllib.request.quote(config_id, safe='')}", timeout=timeout)
+        if current.get("config") != data:
+            put_configs(url, {config_id: data}, timeout)
+
+
 def synchronize(url: str, device_ids: Iterable[str], timeout: float) -> list[str]:
     """Ask provd to synchronize each device; the sentences of those that failed."""
     failures = []
