@@ -20,13 +20,14 @@ from __future__ import annotations
 import copy
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from . import paths
-from .errors import OperationFailed
+from .errors import OperationFailed, UsageError
 
 BACKUP_KEYS = ("registrar_backup", "proxy_backup")
 LINE_BACKUP_KEYS = ("backup_registrar_ip", "backup_proxy_ip")
@@ -188,6 +189,9 @@ class Snapshot:
 
 def observe(url: str, timeout: float) -> Snapshot:
     """Read provd's configs and devices: from its REST API when it answers, else the files."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise UsageError(f"[provisioning] url: {url!r} is not an http:// or https:// URL")
     try:
         configs = _rest(url, "GET", "/cfg_mgr/configs", timeout=timeout)["configs"]
     except ConnectionRefusedError:

@@ -177,3 +177,11 @@ def test_failing_service_enable_rolls_back_everything(node, tmp_path):
     before_files.pop("postgresql-reloaded")
     assert after == before_files and node.db.snapshot() == before_db
     assert service_journal(node) == ["monit enable", "asterisk enable", "asterisk disable", "monit disable"]
+
+
+def test_a_bad_provisioning_url_exits_2_and_changes_nothing(node):
+    before = node.tree()
+    result = node.run("enable", "master", SLAVE, env={"XIVO_HA_PROVISIONING_URL": "ftp:/provd"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["xivo-ha: [provisioning] url: 'ftp:/provd' is not an http:// or https:// URL"]
+    assert node.tree() == before
