@@ -3,8 +3,9 @@
 The order is XiVO's: (a) ha.conf, (b) slave PostgreSQL access, (c) cron, (d) sentinels,
 (e) SIP expiry rows, (f) provisioning backup registrar (provd's registrar and device
 configs), (g) on an ex-slave, the slave services back on at boot (and started when asked).
-Restarting every service is left to the caller.  Everything that can be checked is checked while observing, before the
-first write; a step that still fails makes every applied step undo itself.
+Restarting every service is left to the caller.  Everything that can be checked is
+checked while observing, before the first write; a step that still fails makes every
+applied step undo itself.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Step:
     sip_expiry: dict[str, str | None] | None = None
     provd_puts: dict[str, dict] = field(default_factory=dict)
     undo_commands: list[list[str]] | None = None   # None: undoing runs ``commands`` again
+    why: str = ""                                  # said once the step is applied
 
     def is_noop(self) -> bool:
         return not self.writes and self.sip_expiry is None and not self.provd_puts and not self.commands
@@ -147,7 +149,7 @@ def plan(target: HaConfig, settings: Settings, observed: Observed, start: bool =
     provd_step = Step("f. provisioning backup registrar")
     leaving_slave = target.role is Role.DISABLED and observed.current.role is Role.SLAVE
     backup = target.remote_address if target.role is Role.MASTER else None
-    edits, _ = provisioning.edited_configs(observed.provd.configs, backup,
+    edits, provd_step.why = provisioning.edited_configs(observed.provd.configs, backup,
                                            registrar_too=target.role is not Role.SLAVE and not leaving_slave)
     for config_id, document in edits.items():
         if observed.provd.url:
@@ -212,6 +214,8 @@ def execute(steps: list[Step], settings: Settings, observed: Observed, say: Call
             changed.append(f"{'removed' if step.writes[path][0] is None else 'wrote'} {_shown(path)}")
         if step.sip_expiry is not None:
             changed.append("set SIP expiry " + ", ".join(f"{k}={v or 'blank'}" for k, v in step.sip_expiry.items()))
+        if step.why:
+            changed.append(step.why)
         for config_id in step.provd_puts:
             changed.append(f"updated provd config {config_id} ({observed.provd.url})")
         for command in step.commands:

@@ -161,7 +161,8 @@ def edited_configs(configs: dict[str, dict], backup: str | None, registrar_too: 
             edits[config_id] = new
     devices = len([c for c in edits if configs[c].get("X_type") != "registrar"])
     if backup:
-        why = f"{devices} device config(s) with lines on {', '.join(sorted(registrars)) or 'no registrar'} get backup {backup}"
+        on = ", ".join(sorted(registrars)) or "no registrar"
+        why = f"{devices} device config(s) with lines on {on} get backup {backup}"
     else:
         why = f"{devices} device config(s) get back their backup registrar from before HA"
     return edits, why

@@ -183,5 +183,6 @@ def test_a_bad_provisioning_url_exits_2_and_changes_nothing(node):
     before = node.tree()
     result = node.run("enable", "master", SLAVE, env={"XIVO_HA_PROVISIONING_URL": "ftp:/provd"})
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["xivo-ha: [provisioning] url: 'ftp:/provd' is not an http:// or https:// URL"]
+    assert result.stderr.strip().splitlines() == [
+        "xivo-ha: [provisioning] url: 'ftp:/provd' is not an http:// or https:// URL"]
     assert node.tree() == before
