@@ -1,9 +1,11 @@
 """Role changes: observe the node, plan every side effect, apply them in order, roll back on failure.
 
 The order is XiVO's: (a) ha.conf, (b) slave PostgreSQL access, (c) cron, (d) sentinels,
-(e) SIP expiry rows, (f) provisioning backup registrar.  Restarting services (g) is left
-to the caller.  Everything that can be checked is checked while observing, before the
-first write; a step that still fails makes every applied step undo itself.
+(e) SIP expiry rows, (f) provisioning backup registrar (provd's registrar and device
+configs), (g) on an ex-slave, the slave services back on at boot (and started when asked).
+Restarting every service is left to the caller.  Everything that can be checked is
+checked while observing, before the first write; a step that still fails makes every
+applied step undo itself.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import cron, database, paths, pgaccess, provisioning, role, system
+from . import cron, database, paths, pgaccess, provisioning, role, services, system
 from .errors import OperationFailed, UsageError
 from .role import ALLOW_LOOPBACK_ENV, HaConfig, Role
 from .settings import Settings
@@ -53,7 +55,7 @@ class Observed:
     current: HaConfig
     files: dict[Path, FileState]
     sip_expiry: dict[str, str | None]
-    provd: list[provisioning.ProvdDocument]
+    provd: provisioning.Snapshot
 
 
 @dataclass
@@ -64,9 +66,12 @@ class Step:
     writes: dict[Path, tuple[str | bytes | None, int]] = field(default_factory=dict)
     commands: list[list[str]] = field(default_factory=list)
     sip_expiry: dict[str, str | None] | None = None
+    provd_puts: dict[str, dict] = field(default_factory=dict)
+    undo_commands: list[list[str]] | None = None   # None: undoing runs ``commands`` again
+    why: str = ""                                  # said once the step is applied
 
     def is_noop(self) -> bool:
-        return not self.writes and self.sip_expiry is None
+        return not self.writes and self.sip_expiry is None and not self.provd_puts and not self.commands
 
 
 def role_files() -> dict[str, Path]:
@@ -91,9 +96,9 @@ def observe(settings: Settings, target: HaConfig) -> Observed:
                 f"{paths.SETTINGS} if it lives elsewhere. Nothing was changed."
             )
         files[path] = state
-    provd = provisioning.load_all()
-    for document in provd:
-        files[document.path] = FileState.read(document.path)
+    provd = provisioning.observe(settings.provisioning.url, settings.provisioning.timeout)
+    for path in provd.files.values():
+        files[path] = FileState.read(path)
     conn = database.connect(settings.database.dsn)
     try:
         expiry = database.read_sip_expiry(conn)
@@ -102,8 +107,11 @@ def observe(settings: Settings, target: HaConfig) -> Observed:
     return Observed(current, files, expiry, provd)
 
 
-def plan(target: HaConfig, settings: Settings, observed: Observed) -> list[Step]:
-    """The steps that bring the node from ``observed`` to ``target`` (pure)."""
+def plan(target: HaConfig, settings: Settings, observed: Observed, start: bool = False) -> list[Step]:
+    """The steps that bring the node from ``observed`` to ``target`` (pure).
+
+    ``start``: an ex-slave also starts its slave services, not only enables them at boot.
+    """
     files = role_files()
     steps: list[Step] = []
 
@@ -147,20 +155,47 @@ def plan(target: HaConfig, settings: Settings, observed: Observed) -> list[Step]
 
     provd_step = Step("f. provisioning backup registrar")
     leaving_slave = target.role is Role.DISABLED and observed.current.role is Role.SLAVE
-    if target.role is not Role.SLAVE and not leaving_slave:
-        backup = target.remote_address if target.role is Role.MASTER else None
-        for document in observed.provd:
-            new_text = provisioning.with_backup(document, backup)
-            if new_text is not None:
-                wanted(provd_step, document.path, new_text, observed.files[document.path].mode)
+    backup = target.remote_address if target.role is Role.MASTER else None
+    edits, provd_step.why = provisioning.edited_configs(observed.provd.configs, backup,
+                                           registrar_too=target.role is not Role.SLAVE and not leaving_slave)
+    for config_id, document in edits.items():
+        if observed.provd.url:
+            provd_step.provd_puts[config_id] = document
+        else:
+            path = observed.provd.files[config_id]
+            wanted(provd_step, path, provisioning.dump(document), observed.files[path].mode)
     steps.append(provd_step)
+
+    services_step = Step("g. slave services at boot")
+    if observed.current.role is Role.SLAVE and target.role is not Role.SLAVE:
+        manager = services.Manager.from_settings(settings)
+        services_step.undo_commands = []
+        for name in manager.services:
+            services_step.commands.append(manager.command(manager.enable_command, name))
+            if start:
+                services_step.commands.append(manager.command(manager.start_command, name))
+        for name in reversed(manager.services):
+            if start:
+                services_step.undo_commands.append(manager.command(manager.stop_command, name))
+            services_step.undo_commands.append(manager.command(manager.disable_command, name))
+    steps.append(services_step)
     return steps
+
+
+def devices_to_sync(steps: list[Step], observed: Observed) -> list[str]:
+    """The devices whose config the provisioning step rewrites: they need a synchronize."""
+    provd_step = next(step for step in steps if step.name.startswith("f. "))
+    ids = set(provd_step.provd_puts)
+    ids.update(config_id for config_id, path in observed.provd.files.items() if path in provd_step.writes)
+    return provisioning.affected_devices(observed.provd.devices, ids)
 
 
 @dataclass
 class Outcome:
     applied: list[str]
     changed: list[str]
+    devices: list[str] = field(default_factory=list)   # to synchronize
+    provd_url: str | None = None                       # None: provd was not running
 
 
 JOURNAL = "role-change.json"
@@ -188,7 +223,11 @@ def _journal_write(target: HaConfig, steps: list[Step], observed: Observed,
             for step in touched for path in step.writes
         },
         "previous_sip_expiry": observed.sip_expiry if any(s.sip_expiry is not None for s in touched) else None,
-        "commands": [command for step in touched for command in step.commands],
+        "commands": [command for step in touched
+                     for command in (step.commands if step.undo_commands is None else step.undo_commands)],
+        "provd_url": observed.provd.url,
+        "previous_provd": {config_id: observed.provd.configs[config_id]
+                           for step in touched for config_id in step.provd_puts},
     }
     system.write_atomic(journal_path(), json.dumps(data, indent=1) + "\n", 0o600)
 
@@ -257,6 +296,9 @@ def undo_interrupted(settings: Settings, say: Callable[[str], None]) -> None:
                  for name, entry in data["previous_files"].items()}
         expiry = data["previous_sip_expiry"]
         commands = [[str(arg) for arg in command] for command in data["commands"]]
+        provd = data.get("previous_provd") or {}
+        if not isinstance(provd, dict):
+            raise TypeError("previous_provd")
     except (KeyError, TypeError, ValueError, AttributeError):
         raise OperationFailed(f"{journal_path()} is incomplete: restore the node by hand, then remove it") from None
     say(f"xivo-ha: {describe_journal(data).split(';')[0]}: undoing it first")
@@ -269,6 +311,12 @@ def undo_interrupted(settings: Settings, say: Callable[[str], None]) -> None:
     if isinstance(expiry, dict):
         _write_expiry(settings, expiry)
         say("  restored the SIP expiry rows")
+    if provd:
+        try:
+            provisioning.restore_configs(str(data.get("provd_url")), provd, settings.provisioning.timeout)
+        except OSError as exc:
+            raise OperationFailed(f"cannot restore provd configs {', '.join(sorted(provd))}: {exc}") from None
+        say(f"  restored provd configs {', '.join(sorted(provd))}")
     for command in commands:
         system.run(command, timeout=settings.services.command_timeout, check=False)
         say("  ran " + " ".join(command))
@@ -291,7 +339,7 @@ def execute(steps: list[Step], settings: Settings, observed: Observed, say: Call
                     continue
                 current = step
                 _journal_write(target, steps, observed, applied, current)
-                _apply_step(step, settings, timeout)
+                _apply_step(step, settings, timeout, observed)
                 applied.append(step)
                 current = None
     except (Exception, system.Interrupted) as exc:  # noqa: BLE001 - any failure rolls back
@@ -317,6 +365,10 @@ def execute(steps: list[Step], settings: Settings, observed: Observed, say: Call
             changed.append(f"{'removed' if step.writes[path][0] is None else 'wrote'} {_shown(path)}")
         if step.sip_expiry is not None:
             changed.append("set SIP expiry " + ", ".join(f"{k}={v or 'blank'}" for k, v in step.sip_expiry.items()))
+        if step.why:
+            changed.append(step.why)
+        for config_id in step.provd_puts:
+            changed.append(f"updated provd config {config_id} ({observed.provd.url})")
         for command in step.commands:
             changed.append("ran " + " ".join(command))
     for line in changed:
@@ -324,12 +376,14 @@ def execute(steps: list[Step], settings: Settings, observed: Observed, say: Call
     return Outcome([step.name for step in applied], changed)
 
 
-def _apply_step(step: Step, settings: Settings, timeout: float) -> None:
+def _apply_step(step: Step, settings: Settings, timeout: float, observed: Observed) -> None:
     for path, (content, mode) in step.writes.items():
         if content is None:
             system.remove(path)
         else:
             system.write_atomic(path, content, mode)
+    if step.provd_puts:
+        provisioning.put_configs(observed.provd.url, step.provd_puts, settings.provisioning.timeout)
     if step.sip_expiry is not None:
         _write_expiry(settings, step.sip_expiry)
     for command in step.commands:
@@ -380,7 +434,14 @@ def _rollback(applied: list[Step], settings: Settings, observed: Observed, timeo
                 pass
             if _read_expiry_quietly(settings) != observed.sip_expiry:
                 problems.append(f"{step.name}: SIP expiry rows")
-        for command in step.commands:
+        if step.provd_puts:
+            try:
+                provisioning.restore_configs(observed.provd.url,
+                                             {c: observed.provd.configs[c] for c in step.provd_puts},
+                                             settings.provisioning.timeout)
+            except (OperationFailed, OSError):
+                problems.append(f"{step.name}: provd configs {', '.join(sorted(step.provd_puts))}")
+        for command in step.commands if step.undo_commands is None else step.undo_commands:
             try:
                 system.run(command, timeout=timeout, check=False)
             except OperationFailed:
@@ -411,15 +472,19 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def change_role(target: HaConfig, settings: Settings, say: Callable[[str], None]) -> Outcome:
-    """Validate, observe, plan and apply a role change."""
+def change_role(target: HaConfig, settings: Settings, say: Callable[[str], None], start: bool = False) -> Outcome:
+    """Validate, observe, plan and apply a role change (``start``: see :func:`plan`)."""
     if target.role is not Role.DISABLED and target.remote_address in _own_addresses():
         raise UsageError(
             f"peer address {target.remote_address!r} is this node's own address: give the other node's address"
         )
     undo_interrupted(settings, say)
     observed = observe(settings, target)
-    return execute(plan(target, settings, observed), settings, observed, say, target)
+    steps = plan(target, settings, observed, start)
+    outcome = execute(steps, settings, observed, say, target)
+    outcome.devices = devices_to_sync(steps, observed)
+    outcome.provd_url = observed.provd.url
+    return outcome
 
 
 def _own_addresses() -> frozenset[str]:

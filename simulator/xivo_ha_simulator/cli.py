@@ -31,6 +31,7 @@ from . import __version__, faults
 from .cluster import MASTER, PROJECT, SLAVE, BringUp, Checker, Cluster, ClusterError
 
 DEFAULT_BOUND = 300.0
+FIRST_USER = 1001  # phone i is the line of extension 1001 + i
 REAL_EXPIRES = 3600  # what the phones ask for (real seconds); the registrar caps it
 EXIT_PASS = 0
 EXIT_FAIL = 1
@@ -187,9 +188,10 @@ class Simulation:
     def reuse(self, cluster: Cluster) -> BringUp:
         cluster.reset(self.o.sip_probe)
         users, _ = cluster.users_digest(MASTER)
+        slave_ip = cluster.address(SLAVE)
         if users < self.o.phones:
             cluster.add_users(MASTER, self.o.phones)
-        slave_ip = cluster.address(SLAVE)
+            cluster.exec(MASTER, ["xivo-ha", "enable", "master", slave_ip], timeout=120)
         cluster.exec(MASTER, ["xivo-master-slave-db-replication", slave_ip], timeout=300)
         on_master, on_slave = cluster.users_digest(MASTER), cluster.users_digest(SLAVE)
         if on_master != on_slave:
@@ -198,6 +200,22 @@ class Simulation:
         return BringUp(master=cluster.address(MASTER), slave=slave_ip, gateway=cluster.gateway,
                        primary=primary, backup=backup, users=on_master[0], expiry=cluster.sip_expiry(MASTER),
                        granted=cluster.granted(MASTER), steps=[])
+
+    def provisioned(self, info: BringUp, fetch) -> tuple[str, str]:
+        """Each phone fetches its own config from the master's provisioning; they must agree."""
+        pairs: dict[tuple[str, str | None], list[int]] = {}
+        for number in range(FIRST_USER, FIRST_USER + self.o.phones):
+            try:
+                pairs.setdefault(fetch(info.master, number), []).append(number)
+            except OSError as exc:
+                raise ClusterError(f"phone {number} could not fetch its provisioning file: {exc}") from None
+        for (primary, backup), numbers in pairs.items():
+            if primary != info.master or backup != info.slave:
+                raise ClusterError(f"{len(numbers)} phone(s) (e.g. {numbers[0]}) are provisioned with registrar "
+                                   f"{primary} and backup {backup}, not {info.master} and {info.slave}: "
+                                   f"`xivo-ha enable master` did not update their device configs")
+        self.say(f"{self.o.phones} phones provisioned over HTTP: registrar {info.master}, backup {info.slave}")
+        return info.master, info.slave
 
     def slave_settings(self, cluster: Cluster) -> dict:
         """Write this run's probe and failover settings on the slave; return them."""
@@ -215,7 +233,7 @@ class Simulation:
 
     def run(self) -> Outcome:
         from . import report as rep
-        from .phone import Fleet, FleetThread, PhoneConfig, Registrar
+        from .phone import Fleet, FleetThread, PhoneConfig, Registrar, provisioned_pair
 
         o, k, fault = self.o, self.k, self.fault
         self.say(f"scenario {fault.name}: {fault.summary}; {o.phones} phones, time scale x{k:g}, "
@@ -237,8 +255,9 @@ class Simulation:
         try:
             checker.start()
             config = PhoneConfig(expires=REAL_EXPIRES, time_scale=k, failback=o.failback_policy)
-            fleet = Fleet(Registrar(MASTER, info.primary), Registrar(SLAVE, info.backup), o.phones, config,
-                          local_hosts=(info.gateway,), first_user=1001)
+            primary, backup = self.provisioned(info, provisioned_pair)
+            fleet = Fleet(Registrar(MASTER, primary), Registrar(SLAVE, backup), o.phones, config,
+                          local_hosts=(info.gateway,), first_user=FIRST_USER)
             runner = FleetThread(fleet)
             granted = info.granted.get("max_expires") or config.requested_expires
             refresh = max(1.0, min(granted, config.requested_expires) * config.refresh_ratio)

@@ -318,11 +318,11 @@ class Cluster:
             steps.append((name, round(time.monotonic() - started, 2)))
             return value
 
+        step(f"{users} demo users on the master", lambda: self.add_users(MASTER, users))
         step(f"xivo-ha enable slave {master} (on the slave)",
              lambda: self.exec(SLAVE, ["xivo-ha", "enable", "slave", master], timeout=120))
         step(f"xivo-ha enable master {slave} (on the master)",
              lambda: self.exec(MASTER, ["xivo-ha", "enable", "master", slave], timeout=120))
-        step(f"{users} demo users on the master", lambda: self.add_users(MASTER, users))
         token = f"; xivo-ha simulator {time.time():.6f}\n"
         step("a configuration file on the master for xivo-sync", lambda: self.write_file(MASTER, SEED_FILE, token))
         step("xivo-sync -i (the slave's root password through sshpass)",
@@ -364,6 +364,8 @@ class Cluster:
         self.exec(node, ["runuser", "-u", "postgres", "--", "psql", "-XqAt", "-v", "ON_ERROR_STOP=1",
                          "-v", "first=1", "-v", f"count={int(count)}", "-d", "asterisk",
                          "-f", f"{SHARE}/demo-users.sql"], timeout=120)
+        # one provd device + config per new line, as provisioning a phone creates them
+        self.exec(node, ["xivo-ha-sim-provd", "devices", self.address(node)], timeout=120)
 
     def sql(self, node: str, query: str) -> str:
         return self.exec(node, ["runuser", "-u", "postgres", "--", "psql", "-XqAt", "-v", "ON_ERROR_STOP=1",

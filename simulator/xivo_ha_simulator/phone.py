@@ -47,6 +47,8 @@ import asyncio
 import resource
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -202,6 +204,34 @@ class _Transaction:
 
     def cancel(self) -> None:
         self.timer.cancel()
+
+
+PROVISIONING_PORT = 8667  # the node's provisioning stand-in (provd's HTTP server on a real node)
+
+
+def mac_of(number: int) -> str:
+    """The MAC of the phone whose line is extension ``number``: 00:16:3e + the number in hex."""
+    return "00163e" + f"{number:06x}"
+
+
+def provisioned_pair(server: str, number: int, timeout: float = 5.0,
+                     port: int = PROVISIONING_PORT) -> tuple[str, str | None]:
+    """(registrar, backup registrar) of line 1 in the phone's own provisioning file.
+
+    As a phone does at boot: GET ``http://<server>:8667/<mac>.cfg``; raises
+    ``OSError`` when the file cannot be fetched or names no registrar.
+    """
+    url = f"http://{server}:{port}/{mac_of(number)}.cfg"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            text = response.read().decode("utf-8")
+    except urllib.error.HTTPError as exc:
+        raise OSError(f"{url}: HTTP {exc.code}") from None
+    values = dict(line.split(" = ", 1) for line in text.splitlines() if " = " in line)
+    registrar = values.get("sip_line1_registrar_ip")
+    if not registrar:
+        raise OSError(f"{url} names no registrar for line 1")
+    return registrar, values.get("sip_line1_backup_registrar_ip") or None
 
 
 class Phone(asyncio.DatagramProtocol):

@@ -55,6 +55,10 @@ def test_cluster_is_configured_by_the_toolkit(sim_cluster):
     assert info.master == f"{NET}.10" and info.slave == f"{NET}.11"
     # `xivo-ha enable master` wrote the slave as backup registrar into provisioning.
     assert (info.primary, info.backup) == (info.master, info.slave)
+    # ... and into every phone's own device config, which the phone fetches over HTTP.
+    from xivo_ha_simulator.phone import provisioned_pair
+
+    assert {provisioned_pair(info.master, 1001 + i) for i in range(PHONES)} == {(info.master, info.slave)}
     # The slave has the master's users after the first replication.
     assert info.users >= PHONES
     # `xivo-ha enable` wrote XiVO's expiry, and the registrar grants it divided by K.

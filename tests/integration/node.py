@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -78,14 +79,31 @@ def make_node(root: Path, db, extra_env: dict[str, str] | None = None) -> Node:
     configs.mkdir(parents=True)
     (configs / "default").write_text(json.dumps(REGISTRAR))
     (configs / "autoprov").write_text(json.dumps(DEVICE_CONFIG))
+    service = recorder(root.parent / "service", root.parent / "services.log")
     env = {
+        **{f"XIVO_HA_SERVICES_{verb.upper()}_COMMAND": f"{service},{{service}},{verb}"
+           for verb in ("start", "stop", "enable", "disable")},
         "XIVO_HA_ROOT": str(root),
         "XIVO_HA_DATABASE_DSN": db.dsn,
         "XIVO_HA_POSTGRESQL_RELOAD_COMMAND": f"touch,{root}/postgresql-reloaded",
         "XIVO_HA_SYSLOG_SOCKET": str(root / "no-syslog"),
+        "XIVO_HA_PROVISIONING_URL": f"http://127.0.0.1:{closed_port()}/provd",
         **(extra_env or {}),
     }
     return Node(root, db, env)
+
+
+def service_journal(node: Node) -> list[str]:
+    """What the service recorder was asked, in order ("service asterisk enable", ...)."""
+    log = node.root.parent / "services.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (provd not running)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def recorder(path: Path, log: Path, exit_code: int = 0) -> Path:

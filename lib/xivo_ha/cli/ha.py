@@ -8,7 +8,7 @@ import sys
 from plumbum import cli
 
 from . import Command, run
-from .. import apply, cron, maintenance, role, services, settings, status, system
+from .. import apply, cron, maintenance, provisioning, role, services, settings, status, system
 from ..errors import EXIT_NOT_RUNNING, OperationFailed, UsageError
 from ..role import HaConfig, Role
 
@@ -31,6 +31,8 @@ class XivoHa(Command):
 
 class _RoleChange(Command):
     restart = cli.Flag(["--restart"], help="Restart the services afterwards with [services] restart_command")
+    resync = cli.Flag(["--resync"], help="Ask provd to synchronize the phones whose config changed, "
+                                         "so that they learn their backup registrar now")
 
     def change(self, target: HaConfig) -> int:
         self.log()
@@ -44,7 +46,7 @@ class _RoleChange(Command):
             print("xivo-ha: disabling HA on this node")
         else:
             print(f"xivo-ha: making this node {_describe(target)}")
-        apply.change_role(target, config, print)
+        outcome = apply.change_role(target, config, print, start=self.restart)
         if target.role is Role.DISABLED:
             print("xivo-ha: HA is now disabled on this node")
         else:
@@ -61,8 +63,26 @@ class _RoleChange(Command):
         else:
             print("Restart the services for the change to take effect: xivo-service restart "
                   "(or run this command again with --restart).")
-            if target.role is Role.MASTER:
-                print("Then resynchronize the phones so that they learn their backup registrar.")
+        return self.resynchronize(outcome, config)
+
+    def resynchronize(self, outcome: apply.Outcome, config: settings.Settings) -> int:
+        devices = outcome.devices
+        if not devices:
+            return 0
+        if not self.resync:
+            print(f"{len(devices)} phone(s) must be synchronized to learn their new registrar pair: run this "
+                  "command again with --resync, or synchronize them from the web interface.")
+            return 0
+        if outcome.provd_url is None:
+            raise OperationFailed(
+                f"the role change is applied but provd is not running: start it, then synchronize the "
+                f"{len(devices)} phone(s) ({', '.join(devices)}) from the web interface"
+            )
+        failures = provisioning.synchronize(outcome.provd_url, devices, config.provisioning.timeout)
+        if failures:
+            raise OperationFailed(f"the role change is applied but provd could not synchronize "
+                                  f"{len(failures)} phone(s): {'; '.join(failures)}")
+        print(f"xivo-ha: asked provd to synchronize {len(devices)} phone(s)")
         return 0
 
 
