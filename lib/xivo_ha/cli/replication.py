@@ -95,7 +95,7 @@ class Replication(Command):
                     config.database.dsn, target, options.exclude_tables,
                     force=self.force, dry_run=self.dry_run, progress=logger.debug,
                     limits=database.Limits.from_settings(config),
-                    sessions_must_be_ours=check.sessions_must_be_ours,
+                    sessions_must_be_ours=check.sessions_must_be_ours and not self.dry_run,
                 )
         except (system.LockBusy, replication.Busy) as exc:
             # Not a failure: nothing was changed, the next run tries again.  Said on
