@@ -1,4 +1,7 @@
 -- Reference subset of XiVO's `asterisk` database: the tables that HA touches.
+-- Table and column names and types are XiVO's; columns that neither HA nor
+-- the simulator use are left out (voicemail.user_id is ours: it gives the
+-- replication tests a circular pair of foreign keys).
 -- Load into an empty database created with UTF8 encoding:
 --   createdb -E UTF8 -T template0 asterisk && psql -d asterisk -f asterisk.sql
 -- Replicated to the slave: configuration (users, lines, extensions, voicemail, SIP,
