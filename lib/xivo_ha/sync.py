@@ -18,11 +18,16 @@ Node paths are resolved under ``$XIVO_HA_ROOT``; on the slave they are under
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
+import pwd
 import re
 import shlex
+import secrets
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -41,6 +46,14 @@ MESSAGE = re.compile(r"^msg(\d{4})\.([A-Za-z0-9]+)$")
 SSH_CONFIG = "/root/.ssh/config"
 KNOWN_HOSTS = "/root/.ssh/known_hosts"
 OUT_FORMAT = "%i %n%L"
+# Never synchronised, in either direction: a directory equal to, inside or above one
+# of these would carry one node's role, key or state over the other's.
+HA_STATE = (paths.HA_CONF, paths.ROOT_SSH, paths.STATE_DIR, paths.CRON_DIR, "/etc/xivo-ha")
+# What failback gives to the files and directories it creates on the master,
+# whatever they were on the slave: the asterisk user's, group-readable, no other bits.
+FAILBACK_OWNER = "asterisk"
+FAILBACK_FILE_MODE = 0o640
+FAILBACK_DIR_MODE = 0o750
 
 Progress = Callable[[str], None]
 
@@ -60,9 +73,23 @@ def _safe(value: str, what: str) -> str:
 
 def _absolute(value: str, what: str) -> str:
     _safe(value, what)
-    if not value.startswith("/") or "/../" in f"{value}/":
-        raise UsageError(f"{what} {value!r} must be an absolute path without '..'")
+    if not value.startswith("/") or "/../" in f"{value}/" or "/./" in f"{value}/":
+        raise UsageError(f"{what} {value!r} must be an absolute path without '..' or '.'")
     return value
+
+
+def _within(path: str, base: str) -> bool:
+    path, base = path.rstrip("/") or "/", base.rstrip("/") or "/"
+    return path == base or path.startswith(base.rstrip("/") + "/")
+
+
+def check_directory(value: str, what: str) -> str:
+    """A directory to copy between the nodes: absolute, and clear of our own state."""
+    _absolute(value, what)
+    for state in HA_STATE:
+        if _within(value, state) or _within(state, value):
+            raise UsageError(f"{what} {value!r} contains or overlaps {state}, which must stay each node's own")
+    return value.rstrip("/") or "/"
 
 
 # ---------------------------------------------------------------------------
@@ -255,8 +282,8 @@ class PushPlan:
 def plan_push(directories: Iterable[str], is_dir: Callable[[str], bool]) -> PushPlan:
     sources, missing = [], []
     for directory in directories:
-        _absolute(directory, "[sync] directories entry")
-        (sources if is_dir(directory) else missing).append(directory.rstrip("/") or "/")
+        directory = check_directory(directory, "[sync] directories entry")
+        (sources if is_dir(directory) else missing).append(directory)
     return PushPlan(tuple(sources), tuple(missing))
 
 
@@ -319,7 +346,7 @@ def push(remote: Remote, directories: Sequence[str], progress: Progress = _quiet
                            missing=plan.missing, warnings=tuple(warnings))
     destination = remote.remote_path("/")
     argv = [
-        "rsync", "-aR", "--delete-after", f"--timeout={remote.io_timeout}", f"--out-format={OUT_FORMAT}",
+        "rsync", "-aR", "--no-implied-dirs", "--delete-after", f"--timeout={remote.io_timeout}", f"--out-format={OUT_FORMAT}",
         "-e", remote.rsync_shell(),
         *(local_anchored(source) for source in plan.sources),
         f"{remote.login}:{_safe(destination.rstrip('/') + '/', 'the remote destination')}",
@@ -469,14 +496,23 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _walk_files(base: Path) -> dict[str, Path]:
-    """Regular files under ``base``, by path relative to ``base``."""
+def _walk_files(base: Path, skipped: list[str] | None = None) -> dict[str, Path]:
+    """Regular files under ``base``, by path relative to ``base``.
+
+    Anything else (symbolic link, fifo, socket, device) is left out and, when
+    ``skipped`` is given, named there.
+    """
     found = {}
-    for directory, _dirs, files in os.walk(base):
-        for name in files:
+    for directory, dirs, files in os.walk(base):
+        for name in [*dirs, *files]:
             full = Path(directory) / name
-            if full.is_file() and not full.is_symlink():
-                found[str(full.relative_to(base))] = full
+            if name in dirs and not full.is_symlink():
+                continue
+            if full.is_symlink() or not full.is_file():
+                if skipped is not None:
+                    skipped.append(str(full.relative_to(base)))
+                continue
+            found[str(full.relative_to(base))] = full
     return found
 
 
@@ -488,8 +524,8 @@ def _state(path: Path) -> FileState | None:
     return FileState(int(info.st_mtime), info.st_size)
 
 
-def gather(staging: Path, root: Path) -> MergeInput:
-    staged_files = _walk_files(staging)
+def gather(staging: Path, root: Path, skipped: list[str] | None = None) -> MergeInput:
+    staged_files = _walk_files(staging, skipped)
     staged = {rel: _state(path) for rel, path in staged_files.items()}
     master = {rel: st for rel in staged_files if (st := _state(root / rel)) is not None}
     digests: dict[str, str] = {}
@@ -520,42 +556,101 @@ def gather(staging: Path, root: Path) -> MergeInput:
     )
 
 
-def _make_parents(target: Path, root: Path, staging: Path) -> None:
-    """Create the missing parents of ``target`` like their counterparts in the staging area."""
-    missing = []
-    current = target.parent
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for directory in reversed(missing):
-        relative = directory.relative_to(root)
-        model = staging / relative
-        directory.mkdir()
-        if model.is_dir():
-            info = model.stat()
-            os.chmod(directory, info.st_mode & 0o7777)
+def failback_owner() -> tuple[int, int]:
+    """The asterisk user's uid and gid; root's where there is no such user."""
+    try:
+        entry = pwd.getpwnam(FAILBACK_OWNER)
+    except KeyError:
+        return 0, 0
+    return entry.pw_uid, entry.pw_gid
+
+
+def _open_directory(base: Path, parts: Sequence[str], owner: tuple[int, int]) -> int:
+    """A descriptor of ``base/parts...``, creating the missing directories.
+
+    ``base`` (a configured failback directory, root's choice) may be reached
+    through links; below it every component is opened without following a link, so
+    a link planted there by the asterisk user is refused, never followed.
+    """
+    if not base.is_dir():
+        base.mkdir(FAILBACK_DIR_MODE, parents=True)
+        os.chown(base, *owner)
+        os.chmod(base, FAILBACK_DIR_MODE)
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts:
             try:
-                os.chown(directory, info.st_uid, info.st_gid)
-            except PermissionError:
-                pass
+                os.mkdir(part, FAILBACK_DIR_MODE, dir_fd=fd)
+                created = True
+            except FileExistsError:
+                created = False
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                raise OperationFailed(f"{base}/{'/'.join(parts)}: {part!r} is not a directory "
+                                      f"({exc.strerror}): not followed") from None
+            os.close(fd)
+            fd = child
+            if created:
+                os.fchown(fd, *owner)
+                os.fchmod(fd, FAILBACK_DIR_MODE)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
-def _place(source: Path, target: Path) -> None:
-    """Move ``source`` to ``target`` (same file system) or copy it with its owner, modes and times."""
+def _place(source: Path, base: Path, relative: str, owner: tuple[int, int]) -> None:
+    """Write the content of the staged ``source`` as ``base/relative``: ours, 0640.
+
+    The copy is created under a random name with ``O_EXCL|O_NOFOLLOW`` in the
+    target's own directory, then renamed over the target (a link there is replaced,
+    not followed).  Owner, group, mode are :func:`failback_owner` and
+    :data:`FAILBACK_FILE_MODE`; only the content and the times come from the slave.
+    """
+    *parents, name = relative.split("/")
+    directory = _open_directory(base, parents, owner)
     try:
-        os.replace(source, target)
-        return
+        src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            info = os.fstat(src)
+            if not stat.S_ISREG(info.st_mode):
+                raise OperationFailed(f"{source} is not a regular file")
+            temporary = f".{name}.{secrets.token_hex(8)}.xivo-ha"
+            out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          0o600, dir_fd=directory)
+            try:
+                try:
+                    while chunk := os.read(src, 1 << 20):
+                        os.write(out, chunk)
+                    os.fchown(out, *owner)
+                    os.fchmod(out, FAILBACK_FILE_MODE)
+                    os.utime(out, ns=(info.st_atime_ns, info.st_mtime_ns))
+                    os.fsync(out)
+                finally:
+                    os.close(out)
+                os.rename(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary, dir_fd=directory)
+                raise
+        finally:
+            os.close(src)
     except OSError as exc:
-        if exc.errno != 18:  # EXDEV: the staging area is on another file system
-            raise
-    temporary = target.with_name(f".{target.name}.xivo-ha")
-    shutil.copy2(source, temporary)
-    info = source.stat()
-    try:
-        os.chown(temporary, info.st_uid, info.st_gid)
-    except PermissionError:
-        pass
-    os.replace(temporary, target)
+        if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+            raise OperationFailed(f"{base}/{relative} exists and is not a file: left alone") from None
+        raise OperationFailed(f"cannot write {base}/{relative}: {exc.strerror}") from None
+    finally:
+        os.close(directory)
+
+
+def _failback_base(root: Path, directories: Sequence[str], target: str) -> tuple[Path, str]:
+    """The configured directory holding ``target`` (resolved) and the rest of the path below it."""
+    for directory in sorted(directories, key=len, reverse=True):
+        prefix = directory.strip("/") + "/"
+        if target.startswith(prefix):
+            return root / directory.lstrip("/"), target[len(prefix):]
+    raise OperationFailed(f"/{target} is outside the failback directories")
 
 
 @dataclass(frozen=True)
@@ -571,8 +666,7 @@ def failback(remote: Remote, directories: Sequence[str], progress: Progress = _q
         raise OperationFailed(
             f"no SSH key {remote.key}: create it and authorize it on the slave with `xivo-sync -i`"
         )
-    for directory in directories:
-        _absolute(directory, "[sync] failback_directories entry")
+    directories = [check_directory(d, "[sync] failback_directories entry") for d in directories]
     root = paths.root()
     state_dir = paths.node(paths.STATE_DIR)
     state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -584,7 +678,7 @@ def failback(remote: Remote, directories: Sequence[str], progress: Progress = _q
         os.chmod(staging, 0o700)
         sources = [f"{remote.login}:{_safe(remote.anchored_remote(d), 'a remote path')}" for d in directories]
         argv = [
-            "rsync", "-aR", "--ignore-missing-args", f"--timeout={remote.io_timeout}",
+            "rsync", "-rltDR", "--no-implied-dirs", "--ignore-missing-args", f"--timeout={remote.io_timeout}",
             f"--compare-dest={_safe(str(root).rstrip('/') + '/', 'the node root')}",
             "-e", remote.rsync_shell(), *sources, str(staging) + "/",
         ]
@@ -597,13 +691,15 @@ def failback(remote: Remote, directories: Sequence[str], progress: Progress = _q
             raise OperationFailed(f"rsync from {remote.login} failed: {_rsync_failure(result)}")
         missing = tuple(d for d in directories if not (staging / d.lstrip("/")).is_dir())
         warnings.extend(f"{d} does not exist on the slave: skipped" for d in missing)
-        actions = plan_merge(gather(staging, root))
+        skipped: list[str] = []
+        actions = plan_merge(gather(staging, root, skipped))
+        warnings.extend(f"/{name} on the slave is not a regular file: skipped" for name in skipped)
+        owner = failback_owner()
         for action in actions:
             if action.kind == "keep":
                 continue
-            target = root / action.target
-            _make_parents(target, root, staging)
-            _place(staging / action.source, target)
+            base, below = _failback_base(root, directories, action.target)
+            _place(staging / action.source, base, below, owner)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     copied = [a for a in actions if a.kind != "keep"]
