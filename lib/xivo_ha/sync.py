@@ -695,13 +695,19 @@ def failback(remote: Remote, directories: Sequence[str], progress: Progress = _q
         actions = plan_merge(gather(staging, root, skipped))
         warnings.extend(f"/{name} on the slave is not a regular file: skipped" for name in skipped)
         owner = failback_owner()
+        refused: list[Action] = []
         for action in actions:
             if action.kind == "keep":
                 continue
             base, below = _failback_base(root, directories, action.target)
-            _place(staging / action.source, base, below, owner)
+            try:
+                _place(staging / action.source, base, below, owner)
+            except OperationFailed as exc:
+                warnings.append(f"{exc}: /{action.target} skipped")
+                refused.append(action)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    actions = [a for a in actions if a not in refused]
     copied = [a for a in actions if a.kind != "keep"]
     renamed = [a for a in copied if a.source != a.target]
     kept = [a for a in actions if a.kind == "keep"]

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -370,3 +371,103 @@ def test_failback_when_the_slave_cannot_be_reached(keyed_master, sshd):  # noqa:
     assert result.returncode == 1
     assert result.stderr.startswith("Failback copy failed: rsync from root@127.0.0.1 failed")
     assert job(keyed_master, "failback")["result"] == "failed"
+
+
+# ---------------------------------------------------------------------------
+# Hardening: what the slave sends cannot choose where, how or as whom it lands
+# ---------------------------------------------------------------------------
+
+MONITOR = "var/spool/asterisk/monitor"
+
+
+@pytest.mark.integration
+def test_failback_never_follows_a_planted_link_and_takes_regular_files_only(keyed_master, sshd):  # noqa: F811
+    master, slave = keyed_master, sshd.slave_root
+    secret = write(master / "etc/shadow-like", "root only\n")
+    os.chmod(secret, 0o600)
+    # On the master, the asterisk user planted links where a copy could be written.
+    (master / MONITOR).mkdir(parents=True)
+    os.symlink(secret, master / MONITOR / ".call-1.wav.xivo-ha")
+    os.symlink(secret, master / MONITOR / "call-2.wav")
+    os.symlink(master / "etc", master / MONITOR / "sub")
+    # On the slave: a regular file, a link, a fifo, and a file under a name that is a link on the master.
+    write(slave / MONITOR / "call-1.wav", "recording 1")
+    write(slave / MONITOR / "call-2.wav", "recording 2", mtime=int(time.time()) + 3600)  # newer than the link
+    write(slave / MONITOR / "sub/shadow-like", "overwritten through a link", mtime=int(time.time()) + 3600)
+    os.symlink("/etc/passwd", slave / MONITOR / "link.wav")
+    os.mkfifo(slave / MONITOR / "fifo.wav")
+
+    result = xivo_sync("--failback")
+    assert secret.read_text() == "root only\n"
+    assert oct(secret.stat().st_mode & 0o7777) == "0o600"
+    assert (master / MONITOR / "call-1.wav").read_text() == "recording 1"
+    # The link at the target name was replaced by the file, its target untouched.
+    assert not (master / MONITOR / "call-2.wav").is_symlink()
+    assert (master / MONITOR / "call-2.wav").read_text() == "recording 2"
+    assert not (master / MONITOR / "link.wav").exists() and not (master / MONITOR / "link.wav").is_symlink()
+    assert not (master / MONITOR / "fifo.wav").exists()
+    assert f"warning: /{MONITOR}/link.wav on the slave is not a regular file: skipped" in result.stderr
+    assert f"warning: /{MONITOR}/fifo.wav on the slave is not a regular file: skipped" in result.stderr
+    # The planted directory link was refused, not followed; the rest went on.
+    assert result.returncode == 0, result.stderr
+    assert "'sub' is not a directory" in result.stderr and f"not followed: /{MONITOR}/sub/shadow-like skipped" \
+        in result.stderr
+    assert "Brought back 2 files" in result.stdout
+    assert [p.name for p in (master / MONITOR).iterdir() if p.name.endswith(".xivo-ha")] == [".call-1.wav.xivo-ha"]
+
+
+@pytest.mark.integration
+def test_failback_sets_owner_and_modes_itself(keyed_master, sshd):  # noqa: F811
+    master, slave = keyed_master, sshd.slave_root
+    setuid = write(slave / MONITOR / "setuid.wav", "s")
+    os.chmod(setuid, 0o4755)
+    open_file = write(slave / VM / "INBOX/msg0000.txt", "[message]\n")
+    os.chmod(open_file, 0o666)
+    os.chmod(slave / VM / "INBOX", 0o3777)
+    os.chown(open_file, 12345, 12345)
+
+    result = xivo_sync("--failback")
+    assert result.returncode == 0, result.stderr
+    uid, gid = sync.failback_owner()
+    for name in (f"{MONITOR}/setuid.wav", f"{VM}/INBOX/msg0000.txt"):
+        info = (master / name).lstat()
+        assert (oct(info.st_mode & 0o7777), info.st_uid, info.st_gid) == ("0o640", uid, gid), name
+    for name in (f"{VM}/INBOX", VM, "var/spool/asterisk/voicemail/default"):
+        info = (master / name).lstat()
+        assert (oct(info.st_mode & 0o7777), info.st_uid, info.st_gid) == ("0o750", uid, gid), name
+
+
+@pytest.mark.integration
+def test_push_keeps_the_slave_s_own_implied_parents(keyed_master, sshd):  # noqa: F811
+    master, slave = keyed_master, sshd.slave_root
+    write(master / "etc/asterisk/extensions_extra.d/a.conf", "a")
+    os.chmod(master / "etc", 0o700)
+    os.chmod(master / "etc/asterisk", 0o700)
+    (slave / "etc/asterisk").mkdir(parents=True)
+    os.chmod(slave / "etc", 0o755)
+    os.chown(slave / "etc/asterisk", 12345, 12345)
+    os.chmod(slave / "etc/asterisk", 0o775)
+
+    result = xivo_sync()
+    assert result.returncode == 0, result.stderr
+    assert (slave / "etc/asterisk/extensions_extra.d/a.conf").read_text() == "a"
+    assert oct((slave / "etc").stat().st_mode & 0o7777) == "0o755"
+    info = (slave / "etc/asterisk").stat()
+    assert (oct(info.st_mode & 0o7777), info.st_uid) == ("0o775", 12345)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("setting, value", [
+    ("DIRECTORIES", "/"), ("DIRECTORIES", "/etc"), ("DIRECTORIES", "/etc/xivo"),
+    ("DIRECTORIES", "/root"), ("DIRECTORIES", "/var/lib/xivo-ha/x"), ("DIRECTORIES", "/var/lib"),
+    ("FAILBACK_DIRECTORIES", "/etc/cron.d"), ("FAILBACK_DIRECTORIES", "/"),
+])
+def test_directories_overlapping_ha_state_are_refused(keyed_master, sshd, setting, value):  # noqa: F811
+    master, slave = keyed_master, sshd.slave_root
+    before = files_under(slave)
+    result = xivo_sync(*([] if setting == "DIRECTORIES" else ["--failback"]),
+                       env_extra={f"XIVO_HA_SYNC_{setting}": value})
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "contains or overlaps" in result.stderr
+    assert files_under(slave) == before
