@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sshd_fixture import sshd  # noqa: F401  (fixture)
-from xivo_ha import role, sync
+from xivo_ha import role, sync, system
 from xivo_ha.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -471,3 +472,40 @@ def test_directories_overlapping_ha_state_are_refused(keyed_master, sshd, settin
     assert len(result.stderr.strip().splitlines()) == 1
     assert "contains or overlaps" in result.stderr
     assert files_under(slave) == before
+
+
+@pytest.mark.integration
+def test_a_second_run_is_refused_while_one_holds_the_lock(keyed_master, sshd):  # noqa: F811
+    write(keyed_master / "etc/asterisk/extensions_extra.d/a.conf", "a")
+    with system.exclusive_lock(keyed_master / "var/lib/xivo-ha/sync.lock", "test"):
+        for args in ((), ("--failback",)):
+            result = xivo_sync(*args)
+            assert result.returncode == 1, result.stderr
+            assert "another xivo-sync is running" in result.stderr
+    assert not (sshd.slave_root / "etc/asterisk/extensions_extra.d/a.conf").exists()
+    assert xivo_sync().returncode == 0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_during_failback_removes_the_staging_copy(keyed_master, sshd, signame):  # noqa: F811
+    master, slave = keyed_master, sshd.slave_root
+    big = slave / MONITOR / "big.wav"
+    big.parent.mkdir(parents=True)
+    with open(big, "wb") as handle:
+        handle.write(os.urandom(1 << 20) * 200)
+    state_dir = master / "var/lib/xivo-ha"
+    process = subprocess.Popen([sys.executable, str(COMMAND), "--failback"], env=dict(os.environ),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(state_dir.glob(".failback-*/var")):
+        time.sleep(0.005)
+    assert any(state_dir.glob(".failback-*")), "the staging copy never appeared"
+    os.killpg(process.pid, getattr(signal, signame))
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err
+    assert f"interrupted by {signame}" in err
+    assert list(state_dir.glob(".failback-*")) == []
+    assert not (master / MONITOR / "big.wav").exists()
+    assert job(master, "failback")["result"] == "failed"

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
 
 from plumbum import cli
 
 from . import Command, run
-from .. import notify, paths, role, runstate, settings, sync
+from .. import notify, paths, role, runstate, settings, sync, system
 from ..errors import OperationFailed
+
+LOCK = "sync.lock"
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Sync(Command):
@@ -30,6 +35,10 @@ class Sync(Command):
     Voicemail messages are copied whole; one whose number is taken on the master
     by another message gets the next free number (nothing is lost), and one
     already on the master is not copied twice.  Every copied file is listed.
+
+    One run at a time: every form takes /var/lib/xivo-ha/sync.lock (a second run
+    fails at once, exit 1).  SIGTERM, SIGINT or SIGHUP stop the run like a failure:
+    the failback staging copy is removed.
 
     Exit 0 done, 1 failed (the reason is on stderr, in syslog, and mailed to root
     when an MTA is installed), 2 bad input.
@@ -63,6 +72,10 @@ class Sync(Command):
                 f"{paths.node(paths.HA_CONF)}): xivo-sync runs on the master, after `xivo-ha enable master`"
             )
         remote = sync.Remote.from_settings(config, current.remote_address)
+        with system.exclusive_lock(paths.state(LOCK), "xivo-sync"), _signals_fail():
+            return self._main(remote, config, logger)
+
+    def _main(self, remote, config, logger) -> int:
         if self.init:
             sentence = sync.init_key(remote, self.password_from_env, progress=logger.debug)
             print(sentence[0].upper() + sentence[1:])
@@ -93,6 +106,21 @@ class Sync(Command):
             lambda: sync.failback(remote, config.sync.failback_directories, progress=logger.debug),
             show,
         )
+
+
+@contextlib.contextmanager
+def _signals_fail():
+    """Turn SIGTERM, SIGINT and SIGHUP into a failure, so every cleanup runs."""
+
+    def fail(number, _frame):
+        raise OperationFailed(f"interrupted by {signal.Signals(number).name}")
+
+    previous = {number: signal.signal(number, fail) for number in SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _job(job, logger, failure, advice, work, show=lambda outcome: None) -> int:
