@@ -44,7 +44,9 @@ RSYNC_PARTIAL_VANISHED = 24
 VOICEMAIL_SPOOL = "/var/spool/asterisk/voicemail"
 MESSAGE = re.compile(r"^msg(\d{4})\.([A-Za-z0-9]+)$")
 SSH_CONFIG = "/root/.ssh/config"
-KNOWN_HOSTS = "/root/.ssh/known_hosts"
+# The slave's host key as accepted by ``xivo-sync -i``: ours alone, checked strictly.
+KNOWN_HOSTS = paths.STATE_DIR + "/known_hosts"
+FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 OUT_FORMAT = "%i %n%L"
 # Never synchronised, in either direction: a directory equal to, inside or above one
 # of these would carry one node's role, key or state over the other's.
@@ -144,7 +146,7 @@ class Remote:
         return [
             "-F", _safe(str(config), "the ssh config path") if config.is_file() else "none",
             "-p", str(self.port),
-            "-o", "StrictHostKeyChecking=accept-new",
+            "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={paths.node(KNOWN_HOSTS)}",
             "-o", f"ConnectTimeout={self.connect_timeout}",
             "-o", "ServerAliveInterval=15",
@@ -170,7 +172,7 @@ class Remote:
 
 def _known_hosts_dir() -> None:
     directory = paths.node(KNOWN_HOSTS).parent
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.mkdir(mode=0o750, parents=True, exist_ok=True)
 
 
 def key_works(remote: Remote) -> bool:
@@ -189,22 +191,89 @@ PUBLIC_KEY = re.compile(r"^(ssh-rsa|ssh-ed25519|ecdsa-sha2-nistp(256|384|521)) [
 
 
 def _remote_install_script(authorized_keys: str, public_key: str) -> str:
-    """Append ``public_key`` to ``authorized_keys`` unless it is already there.
+    """Install ``public_key`` in ``authorized_keys`` as ``from="<master>",restrict <key>``.
 
-    Fixed shell text; the two values are checked and quoted.  A file that does not
-    end with a newline gets one first, as ssh-copy-id does.
+    ``<master>`` is the address the slave sees this connection come from
+    (``$SSH_CLIENT``).  Any other line holding the same key (an older, unrestricted
+    one) is dropped; the other lines are kept as they are.  Fixed shell text; the
+    two values are checked and quoted.
     """
     if not PUBLIC_KEY.match(public_key):
         raise OperationFailed(f"not an OpenSSH public key line: {public_key[:40]!r}...")
     directory = authorized_keys.rsplit("/", 1)[0]
+    blob = public_key.split()[1]
     return (
         "set -e; umask 077; "
         f"d={shlex.quote(directory)}; f={shlex.quote(authorized_keys)}; key={shlex.quote(public_key)}; "
+        f"blob={shlex.quote(blob)}; "
+        'ip=${SSH_CLIENT%% *}; case "$ip" in ""|*[!0-9A-Fa-f.:]*) echo "no client address" >&2; exit 1;; esac; '
+        'line="from=\\"$ip\\",restrict $key"; '
         'mkdir -p "$d"; touch "$f"; '
-        'if grep -qxF -- "$key" "$f"; then echo present; else '
-        'if [ -s "$f" ] && [ -n "$(tail -c1 "$f")" ]; then echo >> "$f"; fi; '
-        "printf '%s\\n' \"$key\" >> \"$f\"; echo added; fi"
+        'if grep -qxF -- "$line" "$f"; then echo present; else '
+        '{ grep -vF -- "$blob" "$f" || true; printf \'%s\\n\' "$line"; } > "$f.xivo-ha-new"; '
+        'mv "$f.xivo-ha-new" "$f"; echo added; fi'
     )
+
+
+@dataclass(frozen=True)
+class HostKey:
+    line: str  # known_hosts line, as ssh-keyscan prints it
+    fingerprint: str  # SHA256:...
+    kind: str  # ED25519, RSA...
+
+
+def scan_host_keys(remote: Remote) -> list[HostKey]:
+    """The slave's host keys as its sshd offers them now (ssh-keyscan, then ssh-keygen -lf)."""
+    result = system.run(["ssh-keyscan", "-T", str(remote.connect_timeout), "-p", str(remote.port),
+                         "-t", "ed25519,ecdsa,rsa", remote.host], timeout=remote.connect_timeout + 15)
+    keys = []
+    for line in result.stdout.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        shown = system.run(["ssh-keygen", "-lf", "-"], stdin=line + "\n", timeout=30)
+        fields = shown.stdout.split()
+        if shown.ok and len(fields) >= 2 and FINGERPRINT.match(fields[1]):
+            keys.append(HostKey(line, fields[1], fields[-1].strip("()")))
+    if not keys:
+        raise OperationFailed(f"could not read the host key of {remote.host} port {remote.port}: "
+                              f"{result.output() or 'no answer'}")
+    return keys
+
+
+def choose_host_key(keys: Sequence[HostKey], expected: str | None) -> tuple[HostKey | None, str]:
+    """The key to trust and a sentence: the one matching ``expected``, else the preferred one to show."""
+    if expected is None:
+        preferred = next((k for k in keys if k.kind == "ED25519"), keys[0])
+        return None, f"the slave's {preferred.kind} host key fingerprint is {preferred.fingerprint}"
+    for key in keys:
+        if key.fingerprint == expected:
+            return key, f"the slave's {key.kind} host key matches {expected}"
+    offered = ", ".join(f"{k.kind} {k.fingerprint}" for k in keys)
+    return None, f"the slave offers {offered}, not {expected}: refusing (another machine, or a new host key?)"
+
+
+def trust_host_key(remote: Remote, expected: str | None, confirm: Callable[[str], bool] | None) -> str:
+    """Pin the slave's host key in :data:`KNOWN_HOSTS`: the matching one, or one confirmed on a terminal."""
+    keys = scan_host_keys(remote)
+    chosen, sentence = choose_host_key(keys, expected)
+    if chosen is None and expected is not None:
+        raise OperationFailed(sentence)
+    if chosen is None:
+        chosen = next((k for k in keys if k.kind == "ED25519"), keys[0])
+        if confirm is None or not confirm(sentence):
+            raise OperationFailed(f"{sentence}; not confirmed: nothing changed")
+    system.write_atomic(paths.node(KNOWN_HOSTS), chosen.line + "\n", 0o644)
+    return sentence
+
+
+def check_fingerprint(value: str | None, interactive: bool) -> None:
+    """``--host-key-fingerprint`` or a terminal to confirm on: one of them is needed."""
+    if value is not None and not FINGERPRINT.match(value):
+        raise UsageError(f"--host-key-fingerprint {value!r} is not a SHA256:... fingerprint "
+                         "(as `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` prints on the slave)")
+    if value is None and not interactive:
+        raise UsageError("no terminal to confirm the slave's host key: pass --host-key-fingerprint SHA256:... "
+                         "(run `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the slave)")
 
 
 def authorized_keys_path(remote: Remote) -> str:
@@ -220,7 +289,7 @@ def ensure_key(remote: Remote, progress: Progress = _quiet) -> bool:
     if not key.exists():
         progress(f"creating the SSH key {key}")
         system.run(
-            ["ssh-keygen", "-q", "-t", "rsa", "-b", "4096", "-N", "", "-C", KEY_COMMENT, "-f", str(key)],
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", KEY_COMMENT, "-f", str(key)],
             timeout=120, check=True,
         )
         created = True
@@ -233,20 +302,29 @@ def ensure_key(remote: Remote, progress: Progress = _quiet) -> bool:
     return created
 
 
-def init_key(remote: Remote, password_from_env: bool = False, progress: Progress = _quiet) -> str:
-    """``xivo-sync -i``: a sentence saying what was done."""
+def init_key(remote: Remote, password_from_env: bool = False, progress: Progress = _quiet,
+             fingerprint: str | None = None, confirm: Callable[[str], bool] | None = None) -> str:
+    """``xivo-sync -i``: a sentence saying what was done.
+
+    The slave's host key is pinned first (``fingerprint``, or ``confirm`` asked),
+    so the root password is only ever sent to the machine the administrator named.
+    """
     if password_from_env and not os.environ.get("SSHPASS"):
         raise UsageError("--password-from-env needs the slave's password in the environment variable SSHPASS")
+    check_fingerprint(fingerprint, confirm is not None)
+    _known_hosts_dir()
+    progress(trust_host_key(remote, fingerprint, confirm))
     created = ensure_key(remote, progress)
-    if not created and key_works(remote):
-        return f"the key {remote.key} already exists and {remote.login} already accepts it: nothing to do"
+    works = not created and key_works(remote)
     public_key = remote.public_key.read_text(encoding="utf-8").strip()
     if not public_key or "\n" in public_key:
         raise OperationFailed(f"{remote.public_key} does not hold exactly one public key")
     authorized = authorized_keys_path(remote)
     _safe(authorized, "the remote authorized_keys path")
     argv = ["ssh", *remote.common_options()]
-    if password_from_env:
+    if works:
+        argv = ["ssh", *remote.key_options()]
+    elif password_from_env:
         argv = ["sshpass", "-e", *argv, "-o", "PreferredAuthentications=password,keyboard-interactive",
                 "-o", "PubkeyAuthentication=no"]
     argv += [remote.login, _remote_install_script(authorized, public_key)]
@@ -264,6 +342,8 @@ def init_key(remote: Remote, password_from_env: bool = False, progress: Progress
             f"the key was added to {remote.login}:{authorized} but the slave still refuses it: check "
             f"that sshd on the slave permits root login with keys and the modes of /root/.ssh"
         )
+    if works and result.stdout.strip().endswith("present"):
+        return f"the key {remote.key} already exists and {remote.login} already accepts it: nothing to do"
     what = "created and authorized" if created else "authorized"
     return f"the key {remote.key} was {what} on {remote.login}"
 

@@ -155,6 +155,7 @@ def keyed_master(master, sshd):  # noqa: F811
     """A master whose key the slave already accepts (xivo-sync -i was run earlier)."""
     key = make_key(master)
     sshd.authorize(key.with_name("xivo_id_rsa.pub").read_text())
+    sshd.pin_host_key(master / "var/lib/xivo-ha/known_hosts")
     return master
 
 
@@ -182,7 +183,8 @@ def needs_password(sshd):  # noqa: F811
 @pytest.mark.integration
 def test_init_creates_the_key_and_authorizes_it_once(master, sshd):  # noqa: F811
     needs_password(sshd)
-    result = xivo_sync("-i", "--password-from-env", env_extra={"SSHPASS": sshd.password})
+    result = xivo_sync("-i", "--password-from-env", "--host-key-fingerprint", sshd.host_key_fingerprint,
+                       env_extra={"SSHPASS": sshd.password})
     assert result.returncode == 0, result.stderr
     assert "was created and authorized on root@127.0.0.1" in result.stdout
     key = master / "root/.ssh/xivo_id_rsa"
@@ -191,14 +193,17 @@ def test_init_creates_the_key_and_authorizes_it_once(master, sshd):  # noqa: F81
     assert oct(public.stat().st_mode & 0o777) == "0o644"
     assert oct(key.parent.stat().st_mode & 0o777) == "0o700"
     line = public.read_text().strip()
-    assert line.startswith("ssh-rsa ") and line.endswith(" XiVO HA")
-    assert sshd.authorized_keys.read_text().splitlines() == [line]
+    assert line.startswith("ssh-ed25519 ") and line.endswith(" XiVO HA")
+    assert sshd.authorized_keys.read_text().splitlines() == [f'from="127.0.0.1",restrict {line}']
+    known = (master / "var/lib/xivo-ha/known_hosts").read_text()
+    assert known.startswith(f"[127.0.0.1]:{sshd.port} ssh-ed25519 ")
     private_before = key.read_bytes()
 
-    again = xivo_sync("-i", "--password-from-env", env_extra={"SSHPASS": sshd.password})
+    again = xivo_sync("-i", "--password-from-env", "--host-key-fingerprint", sshd.host_key_fingerprint,
+                       env_extra={"SSHPASS": sshd.password})
     assert again.returncode == 0, again.stderr
     assert "already accepts it: nothing to do" in again.stdout
-    assert sshd.authorized_keys.read_text().splitlines() == [line]
+    assert sshd.authorized_keys.read_text().splitlines() == [f'from="127.0.0.1",restrict {line}']
     assert key.read_bytes() == private_before
     # And the key is what the hourly sync uses.
     write(master / "etc/asterisk/extensions_extra.d/custom.conf", "[custom]\n")
@@ -212,18 +217,21 @@ def test_init_appends_like_ssh_copy_id_and_reuses_an_existing_key(master, sshd):
     key = make_key(master)
     public_line = key.with_name("xivo_id_rsa.pub").read_text().strip()
     write(sshd.authorized_keys, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtheradminkey admin@laptop")  # no newline
-    result = xivo_sync("-i", "--password-from-env", env_extra={"SSHPASS": sshd.password})
+    result = xivo_sync("-i", "--password-from-env", "--host-key-fingerprint", sshd.host_key_fingerprint,
+                       env_extra={"SSHPASS": sshd.password})
     assert result.returncode == 0, result.stderr
     assert "was authorized on" in result.stdout
     assert sshd.authorized_keys.read_text() == (
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtheradminkey admin@laptop\n" + public_line + "\n")
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtheradminkey admin@laptop\n"
+        f'from="127.0.0.1",restrict {public_line}\n')
     assert key.with_name("xivo_id_rsa.pub").read_text().strip() == public_line
 
 
 @pytest.mark.integration
 def test_init_with_a_wrong_password_fails_cleanly(master, sshd):  # noqa: F811
     needs_password(sshd)
-    result = xivo_sync("-i", "--password-from-env", env_extra={"SSHPASS": "not-the-password"})
+    result = xivo_sync("-i", "--password-from-env", "--host-key-fingerprint", sshd.host_key_fingerprint,
+                       env_extra={"SSHPASS": "not-the-password"})
     assert result.returncode == 1
     assert "could not install the key on root@127.0.0.1" in result.stderr
     assert not sshd.authorized_keys.exists()
@@ -287,6 +295,7 @@ def test_push_without_a_key_says_how_to_make_one(master, sshd):  # noqa: F811
 @pytest.mark.integration
 def test_push_with_a_key_the_slave_refuses_fails(master, sshd):  # noqa: F811
     make_key(master)
+    sshd.pin_host_key(master / "var/lib/xivo-ha/known_hosts")
     write(master / "etc/asterisk/extensions_extra.d/custom.conf", "x\n")
     result = xivo_sync()
     assert result.returncode == 1
@@ -509,3 +518,57 @@ def test_a_signal_during_failback_removes_the_staging_copy(keyed_master, sshd, s
     assert list(state_dir.glob(".failback-*")) == []
     assert not (master / MONITOR / "big.wav").exists()
     assert job(master, "failback")["result"] == "failed"
+
+
+# ---------------------------------------------------------------------------
+# Hardening: ssh trust
+# ---------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_init_without_a_terminal_or_a_fingerprint_changes_nothing(master, sshd):  # noqa: F811
+    result = xivo_sync("-i", "--password-from-env", env_extra={"SSHPASS": "secret"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "--host-key-fingerprint SHA256:" in result.stderr and "ssh-keygen -lf" in result.stderr
+    assert not (master / "root/.ssh/xivo_id_rsa").exists()
+    assert not (master / "var/lib/xivo-ha/known_hosts").exists()
+    bad = xivo_sync("-i", "--host-key-fingerprint", "MD5:aa:bb", "--password-from-env",
+                    env_extra={"SSHPASS": "secret"})
+    assert bad.returncode == 2 and "is not a SHA256:... fingerprint" in bad.stderr
+
+
+@pytest.mark.integration
+def test_init_with_another_fingerprint_sends_no_password(master, sshd):  # noqa: F811
+    other = "SHA256:" + "A" * 43
+    result = xivo_sync("-i", "--password-from-env", "--host-key-fingerprint", other,
+                       env_extra={"SSHPASS": "secret"})
+    assert result.returncode == 1
+    assert f"the slave offers ED25519 {sshd.host_key_fingerprint}, not {other}: refusing" in result.stderr
+    assert not (master / "var/lib/xivo-ha/known_hosts").exists()
+    assert not sshd.authorized_keys.exists()
+    assert "password" not in sshd.log().lower()
+
+
+@pytest.mark.integration
+def test_ssh_refuses_a_host_key_that_was_not_pinned(keyed_master, sshd):  # noqa: F811
+    (keyed_master / "var/lib/xivo-ha/known_hosts").write_text("")
+    write(keyed_master / "etc/asterisk/extensions_extra.d/custom.conf", "x\n")
+    result = xivo_sync()
+    assert result.returncode == 1
+    assert "Host key verification failed" in result.stderr
+    assert not (sshd.slave_root / "etc/asterisk/extensions_extra.d/custom.conf").exists()
+    assert (keyed_master / "var/lib/xivo-ha/known_hosts").read_text() == ""
+
+
+@pytest.mark.integration
+def test_init_restricts_an_unrestricted_key_already_installed(keyed_master, sshd):  # noqa: F811
+    public = (keyed_master / "root/.ssh/xivo_id_rsa.pub").read_text().strip()
+    write(sshd.authorized_keys, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtheradminkey admin@laptop\n" + public + "\n")
+    result = xivo_sync("-i", "--host-key-fingerprint", sshd.host_key_fingerprint)
+    assert result.returncode == 0, result.stderr
+    assert sshd.authorized_keys.read_text().splitlines() == [
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtheradminkey admin@laptop", f'from="127.0.0.1",restrict {public}']
+    again = xivo_sync("-i", "--host-key-fingerprint", sshd.host_key_fingerprint)
+    assert again.returncode == 0, again.stderr
+    assert "already accepts it: nothing to do" in again.stdout
+    assert xivo_sync().returncode == 0

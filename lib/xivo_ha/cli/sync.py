@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import time
 
 from plumbum import cli
@@ -26,8 +27,13 @@ class Sync(Command):
     from the slave, files outside those directories are never touched.  A directory
     missing on the master is skipped with a warning.
 
-    -i creates the key (when absent) and adds it to the slave's
-    /root/.ssh/authorized_keys; ssh asks for the slave's root password once.
+    -i first pins the slave's ssh host key in /var/lib/xivo-ha/known_hosts: it
+    shows its fingerprint and asks for confirmation on a terminal, or takes
+    --host-key-fingerprint SHA256:... (on the slave: ssh-keygen -lf
+    /etc/ssh/ssh_host_ed25519_key.pub); every later ssh checks it strictly.  It then
+    creates the ed25519 key (when absent) and installs it in the slave's
+    /root/.ssh/authorized_keys as from="<master>",restrict; ssh asks for the
+    slave's root password once.
 
     --failback, run on the master once it is back in charge, brings back what the
     slave recorded meanwhile ([sync] failback_directories: voicemail, recordings).
@@ -49,6 +55,11 @@ class Sync(Command):
     init = cli.Flag(
         ["-i", "--init"],
         help="Create /root/.ssh/xivo_id_rsa if needed and authorize it on the slave (asks its root password)",
+    )
+    host_key_fingerprint = cli.SwitchAttr(
+        ["--host-key-fingerprint"], str, requires=["-i"],
+        help="With -i: the slave's host key fingerprint (SHA256:..., from `ssh-keygen -lf "
+             "/etc/ssh/ssh_host_ed25519_key.pub` on the slave), instead of confirming it on a terminal",
     )
     failback_mode = cli.Flag(
         ["--failback"],
@@ -77,7 +88,9 @@ class Sync(Command):
 
     def _main(self, remote, config, logger) -> int:
         if self.init:
-            sentence = sync.init_key(remote, self.password_from_env, progress=logger.debug)
+            sentence = sync.init_key(remote, self.password_from_env, progress=logger.debug,
+                                     fingerprint=self.host_key_fingerprint,
+                                     confirm=_ask if sys.stdin.isatty() else None)
             print(sentence[0].upper() + sentence[1:])
             logger.info("xivo-sync -i: %s", sentence)
             return 0
@@ -106,6 +119,12 @@ class Sync(Command):
             lambda: sync.failback(remote, config.sync.failback_directories, progress=logger.debug),
             show,
         )
+
+
+def _ask(sentence: str) -> bool:
+    print(sentence[0].upper() + sentence[1:] + ".")
+    return input("Is this the slave's key? Compare it with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` "
+                 "run there [y/N] ").strip().lower() in ("y", "yes")
 
 
 @contextlib.contextmanager
