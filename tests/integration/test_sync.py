@@ -572,3 +572,30 @@ def test_init_restricts_an_unrestricted_key_already_installed(keyed_master, sshd
     assert again.returncode == 0, again.stderr
     assert "already accepts it: nothing to do" in again.stdout
     assert xivo_sync().returncode == 0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("answer", ["n", "y"])
+def test_init_on_a_terminal_shows_the_fingerprint_and_asks(master, sshd, answer):  # noqa: F811
+    needs_password(sshd)
+    controller, terminal = os.openpty()
+    try:
+        process = subprocess.Popen([sys.executable, str(COMMAND), "-i", "--password-from-env"],
+                                   env=dict(os.environ, SSHPASS=sshd.password), stdin=terminal,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.write(controller, f"{answer}\n".encode())
+        out, err = process.communicate(timeout=120)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert f"The slave's ED25519 host key fingerprint is {sshd.host_key_fingerprint}." in out
+    assert "Is this the slave's key?" in out
+    pinned = master / "var/lib/xivo-ha/known_hosts"
+    if answer == "n":
+        assert process.returncode == 1
+        assert "not confirmed: nothing changed" in err
+        assert not pinned.exists() and not sshd.authorized_keys.exists()
+    else:
+        assert process.returncode == 0, err
+        assert pinned.read_text().startswith(f"[127.0.0.1]:{sshd.port} ssh-ed25519 ")
+        assert sshd.authorized_keys.read_text().startswith('from="127.0.0.1",restrict ssh-ed25519 ')
