@@ -18,11 +18,16 @@ Node paths are resolved under ``$XIVO_HA_ROOT``; on the slave they are under
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
+import pwd
 import re
 import shlex
+import secrets
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,8 +44,18 @@ RSYNC_PARTIAL_VANISHED = 24
 VOICEMAIL_SPOOL = "/var/spool/asterisk/voicemail"
 MESSAGE = re.compile(r"^msg(\d{4})\.([A-Za-z0-9]+)$")
 SSH_CONFIG = "/root/.ssh/config"
-KNOWN_HOSTS = "/root/.ssh/known_hosts"
+# The slave's host key as accepted by ``xivo-sync -i``: ours alone, checked strictly.
+KNOWN_HOSTS = paths.STATE_DIR + "/known_hosts"
+FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 OUT_FORMAT = "%i %n%L"
+# Never synchronised, in either direction: a directory equal to, inside or above one
+# of these would carry one node's role, key or state over the other's.
+HA_STATE = (paths.HA_CONF, paths.ROOT_SSH, paths.STATE_DIR, paths.CRON_DIR, "/etc/xivo-ha")
+# What failback gives to the files and directories it creates on the master,
+# whatever they were on the slave: the asterisk user's, group-readable, no other bits.
+FAILBACK_OWNER = "asterisk"
+FAILBACK_FILE_MODE = 0o640
+FAILBACK_DIR_MODE = 0o750
 
 Progress = Callable[[str], None]
 
@@ -60,9 +75,23 @@ def _safe(value: str, what: str) -> str:
 
 def _absolute(value: str, what: str) -> str:
     _safe(value, what)
-    if not value.startswith("/") or "/../" in f"{value}/":
-        raise UsageError(f"{what} {value!r} must be an absolute path without '..'")
+    if not value.startswith("/") or "/../" in f"{value}/" or "/./" in f"{value}/":
+        raise UsageError(f"{what} {value!r} must be an absolute path without '..' or '.'")
     return value
+
+
+def _within(path: str, base: str) -> bool:
+    path, base = path.rstrip("/") or "/", base.rstrip("/") or "/"
+    return path == base or path.startswith(base.rstrip("/") + "/")
+
+
+def check_directory(value: str, what: str) -> str:
+    """A directory to copy between the nodes: absolute, and clear of our own state."""
+    _absolute(value, what)
+    for state in HA_STATE:
+        if _within(value, state) or _within(state, value):
+            raise UsageError(f"{what} {value!r} contains or overlaps {state}, which must stay each node's own")
+    return value.rstrip("/") or "/"
 
 
 # ---------------------------------------------------------------------------
@@ -117,7 +146,7 @@ class Remote:
         return [
             "-F", _safe(str(config), "the ssh config path") if config.is_file() else "none",
             "-p", str(self.port),
-            "-o", "StrictHostKeyChecking=accept-new",
+            "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={paths.node(KNOWN_HOSTS)}",
             "-o", f"ConnectTimeout={self.connect_timeout}",
             "-o", "ServerAliveInterval=15",
@@ -143,7 +172,7 @@ class Remote:
 
 def _known_hosts_dir() -> None:
     directory = paths.node(KNOWN_HOSTS).parent
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.mkdir(mode=0o750, parents=True, exist_ok=True)
 
 
 def key_works(remote: Remote) -> bool:
@@ -162,22 +191,89 @@ PUBLIC_KEY = re.compile(r"^(ssh-rsa|ssh-ed25519|ecdsa-sha2-nistp(256|384|521)) [
 
 
 def _remote_install_script(authorized_keys: str, public_key: str) -> str:
-    """Append ``public_key`` to ``authorized_keys`` unless it is already there.
+    """Install ``public_key`` in ``authorized_keys`` as ``from="<master>",restrict <key>``.
 
-    Fixed shell text; the two values are checked and quoted.  A file that does not
-    end with a newline gets one first, as ssh-copy-id does.
+    ``<master>`` is the address the slave sees this connection come from
+    (``$SSH_CLIENT``).  Any other line holding the same key (an older, unrestricted
+    one) is dropped; the other lines are kept as they are.  Fixed shell text; the
+    two values are checked and quoted.
     """
     if not PUBLIC_KEY.match(public_key):
         raise OperationFailed(f"not an OpenSSH public key line: {public_key[:40]!r}...")
     directory = authorized_keys.rsplit("/", 1)[0]
+    blob = public_key.split()[1]
     return (
         "set -e; umask 077; "
         f"d={shlex.quote(directory)}; f={shlex.quote(authorized_keys)}; key={shlex.quote(public_key)}; "
+        f"blob={shlex.quote(blob)}; "
+        'ip=${SSH_CLIENT%% *}; case "$ip" in ""|*[!0-9A-Fa-f.:]*) echo "no client address" >&2; exit 1;; esac; '
+        'line="from=\\"$ip\\",restrict $key"; '
         'mkdir -p "$d"; touch "$f"; '
-        'if grep -qxF -- "$key" "$f"; then echo present; else '
-        'if [ -s "$f" ] && [ -n "$(tail -c1 "$f")" ]; then echo >> "$f"; fi; '
-        "printf '%s\\n' \"$key\" >> \"$f\"; echo added; fi"
+        'if grep -qxF -- "$line" "$f"; then echo present; else '
+        '{ grep -vF -- "$blob" "$f" || true; printf \'%s\\n\' "$line"; } > "$f.xivo-ha-new"; '
+        'mv "$f.xivo-ha-new" "$f"; echo added; fi'
     )
+
+
+@dataclass(frozen=True)
+class HostKey:
+    line: str  # known_hosts line, as ssh-keyscan prints it
+    fingerprint: str  # SHA256:...
+    kind: str  # ED25519, RSA...
+
+
+def scan_host_keys(remote: Remote) -> list[HostKey]:
+    """The slave's host keys as its sshd offers them now (ssh-keyscan, then ssh-keygen -lf)."""
+    result = system.run(["ssh-keyscan", "-T", str(remote.connect_timeout), "-p", str(remote.port),
+                         "-t", "ed25519,ecdsa,rsa", remote.host], timeout=remote.connect_timeout + 15)
+    keys = []
+    for line in result.stdout.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        shown = system.run(["ssh-keygen", "-lf", "-"], stdin=line + "\n", timeout=30)
+        fields = shown.stdout.split()
+        if shown.ok and len(fields) >= 2 and FINGERPRINT.match(fields[1]):
+            keys.append(HostKey(line, fields[1], fields[-1].strip("()")))
+    if not keys:
+        raise OperationFailed(f"could not read the host key of {remote.host} port {remote.port}: "
+                              f"{result.output() or 'no answer'}")
+    return keys
+
+
+def choose_host_key(keys: Sequence[HostKey], expected: str | None) -> tuple[HostKey | None, str]:
+    """The key to trust and a sentence: the one matching ``expected``, else the preferred one to show."""
+    if expected is None:
+        preferred = next((k for k in keys if k.kind == "ED25519"), keys[0])
+        return None, f"the slave's {preferred.kind} host key fingerprint is {preferred.fingerprint}"
+    for key in keys:
+        if key.fingerprint == expected:
+            return key, f"the slave's {key.kind} host key matches {expected}"
+    offered = ", ".join(f"{k.kind} {k.fingerprint}" for k in keys)
+    return None, f"the slave offers {offered}, not {expected}: refusing (another machine, or a new host key?)"
+
+
+def trust_host_key(remote: Remote, expected: str | None, confirm: Callable[[str], bool] | None) -> str:
+    """Pin the slave's host key in :data:`KNOWN_HOSTS`: the matching one, or one confirmed on a terminal."""
+    keys = scan_host_keys(remote)
+    chosen, sentence = choose_host_key(keys, expected)
+    if chosen is None and expected is not None:
+        raise OperationFailed(sentence)
+    if chosen is None:
+        chosen = next((k for k in keys if k.kind == "ED25519"), keys[0])
+        if confirm is None or not confirm(sentence):
+            raise OperationFailed(f"{sentence}; not confirmed: nothing changed")
+    system.write_atomic(paths.node(KNOWN_HOSTS), chosen.line + "\n", 0o644)
+    return sentence
+
+
+def check_fingerprint(value: str | None, interactive: bool) -> None:
+    """``--host-key-fingerprint`` or a terminal to confirm on: one of them is needed."""
+    if value is not None and not FINGERPRINT.match(value):
+        raise UsageError(f"--host-key-fingerprint {value!r} is not a SHA256:... fingerprint "
+                         "(as `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` prints on the slave)")
+    if value is None and not interactive:
+        raise UsageError("no terminal to confirm the slave's host key: pass --host-key-fingerprint SHA256:... "
+                         "(run `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the slave)")
 
 
 def authorized_keys_path(remote: Remote) -> str:
@@ -193,7 +289,7 @@ def ensure_key(remote: Remote, progress: Progress = _quiet) -> bool:
     if not key.exists():
         progress(f"creating the SSH key {key}")
         system.run(
-            ["ssh-keygen", "-q", "-t", "rsa", "-b", "4096", "-N", "", "-C", KEY_COMMENT, "-f", str(key)],
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", KEY_COMMENT, "-f", str(key)],
             timeout=120, check=True,
         )
         created = True
@@ -206,20 +302,29 @@ def ensure_key(remote: Remote, progress: Progress = _quiet) -> bool:
     return created
 
 
-def init_key(remote: Remote, password_from_env: bool = False, progress: Progress = _quiet) -> str:
-    """``xivo-sync -i``: a sentence saying what was done."""
+def init_key(remote: Remote, password_from_env: bool = False, progress: Progress = _quiet,
+             fingerprint: str | None = None, confirm: Callable[[str], bool] | None = None) -> str:
+    """``xivo-sync -i``: a sentence saying what was done.
+
+    The slave's host key is pinned first (``fingerprint``, or ``confirm`` asked),
+    so the root password is only ever sent to the machine the administrator named.
+    """
     if password_from_env and not os.environ.get("SSHPASS"):
         raise UsageError("--password-from-env needs the slave's password in the environment variable SSHPASS")
+    check_fingerprint(fingerprint, confirm is not None)
+    _known_hosts_dir()
+    progress(trust_host_key(remote, fingerprint, confirm))
     created = ensure_key(remote, progress)
-    if not created and key_works(remote):
-        return f"the key {remote.key} already exists and {remote.login} already accepts it: nothing to do"
+    works = not created and key_works(remote)
     public_key = remote.public_key.read_text(encoding="utf-8").strip()
     if not public_key or "\n" in public_key:
         raise OperationFailed(f"{remote.public_key} does not hold exactly one public key")
     authorized = authorized_keys_path(remote)
     _safe(authorized, "the remote authorized_keys path")
     argv = ["ssh", *remote.common_options()]
-    if password_from_env:
+    if works:
+        argv = ["ssh", *remote.key_options()]
+    elif password_from_env:
         argv = ["sshpass", "-e", *argv, "-o", "PreferredAuthentications=password,keyboard-interactive",
                 "-o", "PubkeyAuthentication=no"]
     argv += [remote.login, _remote_install_script(authorized, public_key)]
@@ -237,6 +342,8 @@ def init_key(remote: Remote, password_from_env: bool = False, progress: Progress
             f"the key was added to {remote.login}:{authorized} but the slave still refuses it: check "
             f"that sshd on the slave permits root login with keys and the modes of /root/.ssh"
         )
+    if works and result.stdout.strip().endswith("present"):
+        return f"the key {remote.key} already exists and {remote.login} already accepts it: nothing to do"
     what = "created and authorized" if created else "authorized"
     return f"the key {remote.key} was {what} on {remote.login}"
 
@@ -255,8 +362,8 @@ class PushPlan:
 def plan_push(directories: Iterable[str], is_dir: Callable[[str], bool]) -> PushPlan:
     sources, missing = [], []
     for directory in directories:
-        _absolute(directory, "[sync] directories entry")
-        (sources if is_dir(directory) else missing).append(directory.rstrip("/") or "/")
+        directory = check_directory(directory, "[sync] directories entry")
+        (sources if is_dir(directory) else missing).append(directory)
     return PushPlan(tuple(sources), tuple(missing))
 
 
@@ -319,7 +426,7 @@ def push(remote: Remote, directories: Sequence[str], progress: Progress = _quiet
                            missing=plan.missing, warnings=tuple(warnings))
     destination = remote.remote_path("/")
     argv = [
-        "rsync", "-aR", "--delete-after", f"--timeout={remote.io_timeout}", f"--out-format={OUT_FORMAT}",
+        "rsync", "-aR", "--no-implied-dirs", "--delete-after", f"--timeout={remote.io_timeout}", f"--out-format={OUT_FORMAT}",
         "-e", remote.rsync_shell(),
         *(local_anchored(source) for source in plan.sources),
         f"{remote.login}:{_safe(destination.rstrip('/') + '/', 'the remote destination')}",
@@ -469,14 +576,23 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _walk_files(base: Path) -> dict[str, Path]:
-    """Regular files under ``base``, by path relative to ``base``."""
+def _walk_files(base: Path, skipped: list[str] | None = None) -> dict[str, Path]:
+    """Regular files under ``base``, by path relative to ``base``.
+
+    Anything else (symbolic link, fifo, socket, device) is left out and, when
+    ``skipped`` is given, named there.
+    """
     found = {}
-    for directory, _dirs, files in os.walk(base):
-        for name in files:
+    for directory, dirs, files in os.walk(base):
+        for name in [*dirs, *files]:
             full = Path(directory) / name
-            if full.is_file() and not full.is_symlink():
-                found[str(full.relative_to(base))] = full
+            if name in dirs and not full.is_symlink():
+                continue
+            if full.is_symlink() or not full.is_file():
+                if skipped is not None:
+                    skipped.append(str(full.relative_to(base)))
+                continue
+            found[str(full.relative_to(base))] = full
     return found
 
 
@@ -488,8 +604,8 @@ def _state(path: Path) -> FileState | None:
     return FileState(int(info.st_mtime), info.st_size)
 
 
-def gather(staging: Path, root: Path) -> MergeInput:
-    staged_files = _walk_files(staging)
+def gather(staging: Path, root: Path, skipped: list[str] | None = None) -> MergeInput:
+    staged_files = _walk_files(staging, skipped)
     staged = {rel: _state(path) for rel, path in staged_files.items()}
     master = {rel: st for rel in staged_files if (st := _state(root / rel)) is not None}
     digests: dict[str, str] = {}
@@ -520,42 +636,101 @@ def gather(staging: Path, root: Path) -> MergeInput:
     )
 
 
-def _make_parents(target: Path, root: Path, staging: Path) -> None:
-    """Create the missing parents of ``target`` like their counterparts in the staging area."""
-    missing = []
-    current = target.parent
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for directory in reversed(missing):
-        relative = directory.relative_to(root)
-        model = staging / relative
-        directory.mkdir()
-        if model.is_dir():
-            info = model.stat()
-            os.chmod(directory, info.st_mode & 0o7777)
+def failback_owner() -> tuple[int, int]:
+    """The asterisk user's uid and gid; root's where there is no such user."""
+    try:
+        entry = pwd.getpwnam(FAILBACK_OWNER)
+    except KeyError:
+        return 0, 0
+    return entry.pw_uid, entry.pw_gid
+
+
+def _open_directory(base: Path, parts: Sequence[str], owner: tuple[int, int]) -> int:
+    """A descriptor of ``base/parts...``, creating the missing directories.
+
+    ``base`` (a configured failback directory, root's choice) may be reached
+    through links; below it every component is opened without following a link, so
+    a link planted there by the asterisk user is refused, never followed.
+    """
+    if not base.is_dir():
+        base.mkdir(FAILBACK_DIR_MODE, parents=True)
+        os.chown(base, *owner)
+        os.chmod(base, FAILBACK_DIR_MODE)
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts:
             try:
-                os.chown(directory, info.st_uid, info.st_gid)
-            except PermissionError:
-                pass
+                os.mkdir(part, FAILBACK_DIR_MODE, dir_fd=fd)
+                created = True
+            except FileExistsError:
+                created = False
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                raise OperationFailed(f"{base}/{'/'.join(parts)}: {part!r} is not a directory "
+                                      f"({exc.strerror}): not followed") from None
+            os.close(fd)
+            fd = child
+            if created:
+                os.fchown(fd, *owner)
+                os.fchmod(fd, FAILBACK_DIR_MODE)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
-def _place(source: Path, target: Path) -> None:
-    """Move ``source`` to ``target`` (same file system) or copy it with its owner, modes and times."""
+def _place(source: Path, base: Path, relative: str, owner: tuple[int, int]) -> None:
+    """Write the content of the staged ``source`` as ``base/relative``: ours, 0640.
+
+    The copy is created under a random name with ``O_EXCL|O_NOFOLLOW`` in the
+    target's own directory, then renamed over the target (a link there is replaced,
+    not followed).  Owner, group, mode are :func:`failback_owner` and
+    :data:`FAILBACK_FILE_MODE`; only the content and the times come from the slave.
+    """
+    *parents, name = relative.split("/")
+    directory = _open_directory(base, parents, owner)
     try:
-        os.replace(source, target)
-        return
+        src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            info = os.fstat(src)
+            if not stat.S_ISREG(info.st_mode):
+                raise OperationFailed(f"{source} is not a regular file")
+            temporary = f".{name}.{secrets.token_hex(8)}.xivo-ha"
+            out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          0o600, dir_fd=directory)
+            try:
+                try:
+                    while chunk := os.read(src, 1 << 20):
+                        os.write(out, chunk)
+                    os.fchown(out, *owner)
+                    os.fchmod(out, FAILBACK_FILE_MODE)
+                    os.utime(out, ns=(info.st_atime_ns, info.st_mtime_ns))
+                    os.fsync(out)
+                finally:
+                    os.close(out)
+                os.rename(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary, dir_fd=directory)
+                raise
+        finally:
+            os.close(src)
     except OSError as exc:
-        if exc.errno != 18:  # EXDEV: the staging area is on another file system
-            raise
-    temporary = target.with_name(f".{target.name}.xivo-ha")
-    shutil.copy2(source, temporary)
-    info = source.stat()
-    try:
-        os.chown(temporary, info.st_uid, info.st_gid)
-    except PermissionError:
-        pass
-    os.replace(temporary, target)
+        if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+            raise OperationFailed(f"{base}/{relative} exists and is not a file: left alone") from None
+        raise OperationFailed(f"cannot write {base}/{relative}: {exc.strerror}") from None
+    finally:
+        os.close(directory)
+
+
+def _failback_base(root: Path, directories: Sequence[str], target: str) -> tuple[Path, str]:
+    """The configured directory holding ``target`` (resolved) and the rest of the path below it."""
+    for directory in sorted(directories, key=len, reverse=True):
+        prefix = directory.strip("/") + "/"
+        if target.startswith(prefix):
+            return root / directory.lstrip("/"), target[len(prefix):]
+    raise OperationFailed(f"/{target} is outside the failback directories")
 
 
 @dataclass(frozen=True)
@@ -571,8 +746,7 @@ def failback(remote: Remote, directories: Sequence[str], progress: Progress = _q
         raise OperationFailed(
             f"no SSH key {remote.key}: create it and authorize it on the slave with `xivo-sync -i`"
         )
-    for directory in directories:
-        _absolute(directory, "[sync] failback_directories entry")
+    directories = [check_directory(d, "[sync] failback_directories entry") for d in directories]
     root = paths.root()
     state_dir = paths.node(paths.STATE_DIR)
     state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -584,7 +758,7 @@ def failback(remote: Remote, directories: Sequence[str], progress: Progress = _q
         os.chmod(staging, 0o700)
         sources = [f"{remote.login}:{_safe(remote.anchored_remote(d), 'a remote path')}" for d in directories]
         argv = [
-            "rsync", "-aR", "--ignore-missing-args", f"--timeout={remote.io_timeout}",
+            "rsync", "-rltDR", "--no-implied-dirs", "--ignore-missing-args", f"--timeout={remote.io_timeout}",
             f"--compare-dest={_safe(str(root).rstrip('/') + '/', 'the node root')}",
             "-e", remote.rsync_shell(), *sources, str(staging) + "/",
         ]
@@ -597,15 +771,23 @@ def failback(remote: Remote, directories: Sequence[str], progress: Progress = _q
             raise OperationFailed(f"rsync from {remote.login} failed: {_rsync_failure(result)}")
         missing = tuple(d for d in directories if not (staging / d.lstrip("/")).is_dir())
         warnings.extend(f"{d} does not exist on the slave: skipped" for d in missing)
-        actions = plan_merge(gather(staging, root))
+        skipped: list[str] = []
+        actions = plan_merge(gather(staging, root, skipped))
+        warnings.extend(f"/{name} on the slave is not a regular file: skipped" for name in skipped)
+        owner = failback_owner()
+        refused: list[Action] = []
         for action in actions:
             if action.kind == "keep":
                 continue
-            target = root / action.target
-            _make_parents(target, root, staging)
-            _place(staging / action.source, target)
+            base, below = _failback_base(root, directories, action.target)
+            try:
+                _place(staging / action.source, base, below, owner)
+            except OperationFailed as exc:
+                warnings.append(f"{exc}: /{action.target} skipped")
+                refused.append(action)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    actions = [a for a in actions if a not in refused]
     copied = [a for a in actions if a.kind != "keep"]
     renamed = [a for a in copied if a.source != a.target]
     kept = [a for a in actions if a.kind == "keep"]

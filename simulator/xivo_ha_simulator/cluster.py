@@ -7,7 +7,7 @@ documentation tells an administrator to:
 
 1. ``xivo-ha enable slave <master>`` on the slave, ``xivo-ha enable master
    <slave>`` on the master;
-2. ``xivo-sync -i --password-from-env`` on the master: the slave's root
+2. ``xivo-sync -i --password-from-env --host-key-fingerprint <the slave's>`` on the master: the slave's root
    password goes to ssh through Debian's ``sshpass`` (the one prompt an
    administrator answers by hand);
 3. a first ``xivo-master-slave-db-replication <slave>`` and ``xivo-sync``;
@@ -234,6 +234,11 @@ class Cluster:
         return run(cmd, timeout=timeout, stdin=stdin, check=check,
                    what=what or f"{node}: {' '.join(argv)}")
 
+    def host_key_fingerprint(self, node: str) -> str:
+        """``SHA256:...`` of the node's ed25519 ssh host key, read inside the node."""
+        shown = self.exec(node, ["ssh-keygen", "-lf", "/etc/ssh/ssh_host_ed25519_key.pub"])
+        return shown.stdout.split()[1]
+
     def running(self, node: str) -> bool:
         result = run(["docker", "inspect", "-f", "{{.State.Running}}", self.container(node)],
                      check=False, timeout=30)
@@ -325,8 +330,9 @@ class Cluster:
              lambda: self.exec(MASTER, ["xivo-ha", "enable", "master", slave], timeout=120))
         token = f"; xivo-ha simulator {time.time():.6f}\n"
         step("a configuration file on the master for xivo-sync", lambda: self.write_file(MASTER, SEED_FILE, token))
-        step("xivo-sync -i (the slave's root password through sshpass)",
-             lambda: self.exec(MASTER, ["xivo-sync", "-i", "--password-from-env"], env={"SSHPASS": SSH_PASSWORD},
+        step("xivo-sync -i (the slave's host key fingerprint, its root password through sshpass)",
+             lambda: self.exec(MASTER, ["xivo-sync", "-i", "--password-from-env", "--host-key-fingerprint",
+                                        self.host_key_fingerprint(SLAVE)], env={"SSHPASS": SSH_PASSWORD},
                                timeout=120))
         step(f"xivo-master-slave-db-replication {slave}",
              lambda: self.exec(MASTER, ["xivo-master-slave-db-replication", slave], timeout=300))

@@ -134,6 +134,18 @@ class SshServer:
         self.password = password
         return self
 
+    @property
+    def host_key_fingerprint(self) -> str:
+        """``SHA256:...``, as ``ssh-keygen -lf`` prints it on the slave."""
+        shown = _run(["ssh-keygen", "-lf", str(self.dir / "host_ed25519_key.pub")])
+        return shown.stdout.split()[1]
+
+    def pin_host_key(self, known_hosts: Path) -> None:
+        """What ``xivo-sync -i`` leaves on the master: this sshd's host key, trusted."""
+        kind, blob = (self.dir / "host_ed25519_key.pub").read_text().split()[:2]
+        known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        known_hosts.write_text(f"[127.0.0.1]:{self.port} {kind} {blob}\n")
+
     def authorize(self, public_key: str) -> None:
         """What an administrator would have done by hand on the slave."""
         self.authorized_keys.parent.mkdir(parents=True, exist_ok=True)

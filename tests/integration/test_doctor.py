@@ -143,6 +143,7 @@ def _build_pair(tmp_path, sshd, master_db, slave_db, master_services, slave_serv
     key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "XiVO HA", "-f", str(key)], check=True)
     sshd.authorize(key.with_name("xivo_id_rsa.pub").read_text())
+    sshd.pin_host_key(master.path("/var/lib/xivo-ha/known_hosts"))
     ok(master.run(LOOPBACK, command="xivo-master-slave-db-replication"))
     ok(master.run(command="xivo-sync"))
     assert slave.path("/etc/asterisk/extensions_extra.d/custom.conf").is_file()

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from sshd_fixture import sshd  # noqa: F401  (fixture)
-from xivo_ha import role, sync
+from xivo_ha import role, sync, system
 from xivo_ha.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,6 +155,7 @@ def keyed_master(master, sshd):  # noqa: F811
     """A master whose key the slave already accepts (xivo-sync -i was run earlier)."""
     key = make_key(master)
     sshd.authorize(key.with_name("xivo_id_rsa.pub").read_text())
+    sshd.pin_host_key(master / "var/lib/xivo-ha/known_hosts")
     return master
 
 
@@ -180,7 +183,8 @@ def needs_password(sshd):  # noqa: F811
 @pytest.mark.integration
 def test_init_creates_the_key_and_authorizes_it_once(master, sshd):  # noqa: F811
     needs_password(sshd)
-    result = xivo_sync("-i", "--password-from-env", env_extra={"SSHPASS": sshd.password})
+    result = xivo_sync("-i", "--password-from-env", "--host-key-fingerprint", sshd.host_key_fingerprint,
+                       env_extra={"SSHPASS": sshd.password})
     assert result.returncode == 0, result.stderr
     assert "was created and authorized on root@127.0.0.1" in result.stdout
     key = master / "root/.ssh/xivo_id_rsa"
@@ -189,14 +193,17 @@ def test_init_creates_the_key_and_authorizes_it_once(master, sshd):  # noqa: F81
     assert oct(public.stat().st_mode & 0o777) == "0o644"
     assert oct(key.parent.stat().st_mode & 0o777) == "0o700"
     line = public.read_text().strip()
-    assert line.startswith("ssh-rsa ") and line.endswith(" XiVO HA")
-    assert sshd.authorized_keys.read_text().splitlines() == [line]
+    assert line.startswith("ssh-ed25519 ") and line.endswith(" XiVO HA")
+    assert sshd.authorized_keys.read_text().splitlines() == [f'from="127.0.0.1",restrict {line}']
+    known = (master / "var/lib/xivo-ha/known_hosts").read_text()
+    assert known.startswith(f"[127.0.0.1]:{sshd.port} ssh-ed25519 ")
     private_before = key.read_bytes()
 
-    again = xivo_sync("-i", "--password-from-env", env_extra={"SSHPASS": sshd.password})
+    again = xivo_sync("-i", "--password-from-env", "--host-key-fingerprint", sshd.host_key_fingerprint,
+                       env_extra={"SSHPASS": sshd.password})
     assert again.returncode == 0, again.stderr
     assert "already accepts it: nothing to do" in again.stdout
-    assert sshd.authorized_keys.read_text().splitlines() == [line]
+    assert sshd.authorized_keys.read_text().splitlines() == [f'from="127.0.0.1",restrict {line}']
     assert key.read_bytes() == private_before
     # And the key is what the hourly sync uses.
     write(master / "etc/asterisk/extensions_extra.d/custom.conf", "[custom]\n")
@@ -210,18 +217,21 @@ def test_init_appends_like_ssh_copy_id_and_reuses_an_existing_key(master, sshd):
     key = make_key(master)
     public_line = key.with_name("xivo_id_rsa.pub").read_text().strip()
     write(sshd.authorized_keys, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtheradminkey admin@laptop")  # no newline
-    result = xivo_sync("-i", "--password-from-env", env_extra={"SSHPASS": sshd.password})
+    result = xivo_sync("-i", "--password-from-env", "--host-key-fingerprint", sshd.host_key_fingerprint,
+                       env_extra={"SSHPASS": sshd.password})
     assert result.returncode == 0, result.stderr
     assert "was authorized on" in result.stdout
     assert sshd.authorized_keys.read_text() == (
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtheradminkey admin@laptop\n" + public_line + "\n")
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtheradminkey admin@laptop\n"
+        f'from="127.0.0.1",restrict {public_line}\n')
     assert key.with_name("xivo_id_rsa.pub").read_text().strip() == public_line
 
 
 @pytest.mark.integration
 def test_init_with_a_wrong_password_fails_cleanly(master, sshd):  # noqa: F811
     needs_password(sshd)
-    result = xivo_sync("-i", "--password-from-env", env_extra={"SSHPASS": "not-the-password"})
+    result = xivo_sync("-i", "--password-from-env", "--host-key-fingerprint", sshd.host_key_fingerprint,
+                       env_extra={"SSHPASS": "not-the-password"})
     assert result.returncode == 1
     assert "could not install the key on root@127.0.0.1" in result.stderr
     assert not sshd.authorized_keys.exists()
@@ -285,6 +295,7 @@ def test_push_without_a_key_says_how_to_make_one(master, sshd):  # noqa: F811
 @pytest.mark.integration
 def test_push_with_a_key_the_slave_refuses_fails(master, sshd):  # noqa: F811
     make_key(master)
+    sshd.pin_host_key(master / "var/lib/xivo-ha/known_hosts")
     write(master / "etc/asterisk/extensions_extra.d/custom.conf", "x\n")
     result = xivo_sync()
     assert result.returncode == 1
@@ -370,3 +381,221 @@ def test_failback_when_the_slave_cannot_be_reached(keyed_master, sshd):  # noqa:
     assert result.returncode == 1
     assert result.stderr.startswith("Failback copy failed: rsync from root@127.0.0.1 failed")
     assert job(keyed_master, "failback")["result"] == "failed"
+
+
+# ---------------------------------------------------------------------------
+# Hardening: what the slave sends cannot choose where, how or as whom it lands
+# ---------------------------------------------------------------------------
+
+MONITOR = "var/spool/asterisk/monitor"
+
+
+@pytest.mark.integration
+def test_failback_never_follows_a_planted_link_and_takes_regular_files_only(keyed_master, sshd):  # noqa: F811
+    master, slave = keyed_master, sshd.slave_root
+    secret = write(master / "etc/shadow-like", "root only\n")
+    os.chmod(secret, 0o600)
+    # On the master, the asterisk user planted links where a copy could be written.
+    (master / MONITOR).mkdir(parents=True)
+    os.symlink(secret, master / MONITOR / ".call-1.wav.xivo-ha")
+    os.symlink(secret, master / MONITOR / "call-2.wav")
+    os.symlink(master / "etc", master / MONITOR / "sub")
+    # On the slave: a regular file, a link, a fifo, and a file under a name that is a link on the master.
+    write(slave / MONITOR / "call-1.wav", "recording 1")
+    write(slave / MONITOR / "call-2.wav", "recording 2", mtime=int(time.time()) + 3600)  # newer than the link
+    write(slave / MONITOR / "sub/shadow-like", "overwritten through a link", mtime=int(time.time()) + 3600)
+    os.symlink("/etc/passwd", slave / MONITOR / "link.wav")
+    os.mkfifo(slave / MONITOR / "fifo.wav")
+
+    result = xivo_sync("--failback")
+    assert secret.read_text() == "root only\n"
+    assert oct(secret.stat().st_mode & 0o7777) == "0o600"
+    assert (master / MONITOR / "call-1.wav").read_text() == "recording 1"
+    # The link at the target name was replaced by the file, its target untouched.
+    assert not (master / MONITOR / "call-2.wav").is_symlink()
+    assert (master / MONITOR / "call-2.wav").read_text() == "recording 2"
+    assert not (master / MONITOR / "link.wav").exists() and not (master / MONITOR / "link.wav").is_symlink()
+    assert not (master / MONITOR / "fifo.wav").exists()
+    assert f"warning: /{MONITOR}/link.wav on the slave is not a regular file: skipped" in result.stderr
+    assert f"warning: /{MONITOR}/fifo.wav on the slave is not a regular file: skipped" in result.stderr
+    # The planted directory link was refused, not followed; the rest went on.
+    assert result.returncode == 0, result.stderr
+    assert "'sub' is not a directory" in result.stderr and f"not followed: /{MONITOR}/sub/shadow-like skipped" \
+        in result.stderr
+    assert "Brought back 2 files" in result.stdout
+    assert [p.name for p in (master / MONITOR).iterdir() if p.name.endswith(".xivo-ha")] == [".call-1.wav.xivo-ha"]
+
+
+@pytest.mark.integration
+def test_failback_sets_owner_and_modes_itself(keyed_master, sshd):  # noqa: F811
+    master, slave = keyed_master, sshd.slave_root
+    setuid = write(slave / MONITOR / "setuid.wav", "s")
+    os.chmod(setuid, 0o4755)
+    open_file = write(slave / VM / "INBOX/msg0000.txt", "[message]\n")
+    os.chmod(open_file, 0o666)
+    os.chmod(slave / VM / "INBOX", 0o3777)
+    os.chown(open_file, 12345, 12345)
+
+    result = xivo_sync("--failback")
+    assert result.returncode == 0, result.stderr
+    uid, gid = sync.failback_owner()
+    for name in (f"{MONITOR}/setuid.wav", f"{VM}/INBOX/msg0000.txt"):
+        info = (master / name).lstat()
+        assert (oct(info.st_mode & 0o7777), info.st_uid, info.st_gid) == ("0o640", uid, gid), name
+    for name in (f"{VM}/INBOX", VM, "var/spool/asterisk/voicemail/default"):
+        info = (master / name).lstat()
+        assert (oct(info.st_mode & 0o7777), info.st_uid, info.st_gid) == ("0o750", uid, gid), name
+
+
+@pytest.mark.integration
+def test_push_keeps_the_slave_s_own_implied_parents(keyed_master, sshd):  # noqa: F811
+    master, slave = keyed_master, sshd.slave_root
+    write(master / "etc/asterisk/extensions_extra.d/a.conf", "a")
+    os.chmod(master / "etc", 0o700)
+    os.chmod(master / "etc/asterisk", 0o700)
+    (slave / "etc/asterisk").mkdir(parents=True)
+    os.chmod(slave / "etc", 0o755)
+    os.chown(slave / "etc/asterisk", 12345, 12345)
+    os.chmod(slave / "etc/asterisk", 0o775)
+
+    result = xivo_sync()
+    assert result.returncode == 0, result.stderr
+    assert (slave / "etc/asterisk/extensions_extra.d/a.conf").read_text() == "a"
+    assert oct((slave / "etc").stat().st_mode & 0o7777) == "0o755"
+    info = (slave / "etc/asterisk").stat()
+    assert (oct(info.st_mode & 0o7777), info.st_uid) == ("0o775", 12345)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("setting, value", [
+    ("DIRECTORIES", "/"), ("DIRECTORIES", "/etc"), ("DIRECTORIES", "/etc/xivo"),
+    ("DIRECTORIES", "/root"), ("DIRECTORIES", "/var/lib/xivo-ha/x"), ("DIRECTORIES", "/var/lib"),
+    ("FAILBACK_DIRECTORIES", "/etc/cron.d"), ("FAILBACK_DIRECTORIES", "/"),
+])
+def test_directories_overlapping_ha_state_are_refused(keyed_master, sshd, setting, value):  # noqa: F811
+    master, slave = keyed_master, sshd.slave_root
+    before = files_under(slave)
+    result = xivo_sync(*([] if setting == "DIRECTORIES" else ["--failback"]),
+                       env_extra={f"XIVO_HA_SYNC_{setting}": value})
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "contains or overlaps" in result.stderr
+    assert files_under(slave) == before
+
+
+@pytest.mark.integration
+def test_a_second_run_is_refused_while_one_holds_the_lock(keyed_master, sshd):  # noqa: F811
+    write(keyed_master / "etc/asterisk/extensions_extra.d/a.conf", "a")
+    with system.exclusive_lock(keyed_master / "var/lib/xivo-ha/sync.lock", "test"):
+        for args in ((), ("--failback",)):
+            result = xivo_sync(*args)
+            assert result.returncode == 1, result.stderr
+            assert "another xivo-sync is running" in result.stderr
+    assert not (sshd.slave_root / "etc/asterisk/extensions_extra.d/a.conf").exists()
+    assert xivo_sync().returncode == 0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_during_failback_removes_the_staging_copy(keyed_master, sshd, signame):  # noqa: F811
+    master, slave = keyed_master, sshd.slave_root
+    big = slave / MONITOR / "big.wav"
+    big.parent.mkdir(parents=True)
+    with open(big, "wb") as handle:
+        handle.write(os.urandom(1 << 20) * 200)
+    state_dir = master / "var/lib/xivo-ha"
+    process = subprocess.Popen([sys.executable, str(COMMAND), "--failback"], env=dict(os.environ),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(state_dir.glob(".failback-*/var")):
+        time.sleep(0.005)
+    assert any(state_dir.glob(".failback-*")), "the staging copy never appeared"
+    os.killpg(process.pid, getattr(signal, signame))
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err
+    assert f"interrupted by {signame}" in err
+    assert list(state_dir.glob(".failback-*")) == []
+    assert not (master / MONITOR / "big.wav").exists()
+    assert job(master, "failback")["result"] == "failed"
+
+
+# ---------------------------------------------------------------------------
+# Hardening: ssh trust
+# ---------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_init_without_a_terminal_or_a_fingerprint_changes_nothing(master, sshd):  # noqa: F811
+    result = xivo_sync("-i", "--password-from-env", env_extra={"SSHPASS": "secret"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "--host-key-fingerprint SHA256:" in result.stderr and "ssh-keygen -lf" in result.stderr
+    assert not (master / "root/.ssh/xivo_id_rsa").exists()
+    assert not (master / "var/lib/xivo-ha/known_hosts").exists()
+    bad = xivo_sync("-i", "--host-key-fingerprint", "MD5:aa:bb", "--password-from-env",
+                    env_extra={"SSHPASS": "secret"})
+    assert bad.returncode == 2 and "is not a SHA256:... fingerprint" in bad.stderr
+
+
+@pytest.mark.integration
+def test_init_with_another_fingerprint_sends_no_password(master, sshd):  # noqa: F811
+    other = "SHA256:" + "A" * 43
+    result = xivo_sync("-i", "--password-from-env", "--host-key-fingerprint", other,
+                       env_extra={"SSHPASS": "secret"})
+    assert result.returncode == 1
+    assert f"the slave offers ED25519 {sshd.host_key_fingerprint}, not {other}: refusing" in result.stderr
+    assert not (master / "var/lib/xivo-ha/known_hosts").exists()
+    assert not sshd.authorized_keys.exists()
+    assert "password" not in sshd.log().lower()
+
+
+@pytest.mark.integration
+def test_ssh_refuses_a_host_key_that_was_not_pinned(keyed_master, sshd):  # noqa: F811
+    (keyed_master / "var/lib/xivo-ha/known_hosts").write_text("")
+    write(keyed_master / "etc/asterisk/extensions_extra.d/custom.conf", "x\n")
+    result = xivo_sync()
+    assert result.returncode == 1
+    assert "Host key verification failed" in result.stderr
+    assert not (sshd.slave_root / "etc/asterisk/extensions_extra.d/custom.conf").exists()
+    assert (keyed_master / "var/lib/xivo-ha/known_hosts").read_text() == ""
+
+
+@pytest.mark.integration
+def test_init_restricts_an_unrestricted_key_already_installed(keyed_master, sshd):  # noqa: F811
+    public = (keyed_master / "root/.ssh/xivo_id_rsa.pub").read_text().strip()
+    write(sshd.authorized_keys, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtheradminkey admin@laptop\n" + public + "\n")
+    result = xivo_sync("-i", "--host-key-fingerprint", sshd.host_key_fingerprint)
+    assert result.returncode == 0, result.stderr
+    assert sshd.authorized_keys.read_text().splitlines() == [
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtheradminkey admin@laptop", f'from="127.0.0.1",restrict {public}']
+    again = xivo_sync("-i", "--host-key-fingerprint", sshd.host_key_fingerprint)
+    assert again.returncode == 0, again.stderr
+    assert "already accepts it: nothing to do" in again.stdout
+    assert xivo_sync().returncode == 0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("answer", ["n", "y"])
+def test_init_on_a_terminal_shows_the_fingerprint_and_asks(master, sshd, answer):  # noqa: F811
+    needs_password(sshd)
+    controller, terminal = os.openpty()
+    try:
+        process = subprocess.Popen([sys.executable, str(COMMAND), "-i", "--password-from-env"],
+                                   env=dict(os.environ, SSHPASS=sshd.password), stdin=terminal,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.write(controller, f"{answer}\n".encode())
+        out, err = process.communicate(timeout=120)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert f"The slave's ED25519 host key fingerprint is {sshd.host_key_fingerprint}." in out
+    assert "Is this the slave's key?" in out
+    pinned = master / "var/lib/xivo-ha/known_hosts"
+    if answer == "n":
+        assert process.returncode == 1
+        assert "not confirmed: nothing changed" in err
+        assert not pinned.exists() and not sshd.authorized_keys.exists()
+    else:
+        assert process.returncode == 0, err
+        assert pinned.read_text().startswith(f"[127.0.0.1]:{sshd.port} ssh-ed25519 ")
+        assert sshd.authorized_keys.read_text().startswith('from="127.0.0.1",restrict ssh-ed25519 ')

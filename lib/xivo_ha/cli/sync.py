@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import sys
 import time
 
 from plumbum import cli
 
 from . import Command, run
-from .. import notify, paths, role, runstate, settings, sync
+from .. import notify, paths, role, runstate, settings, sync, system
 from ..errors import OperationFailed
+
+LOCK = "sync.lock"
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Sync(Command):
@@ -21,8 +27,13 @@ class Sync(Command):
     from the slave, files outside those directories are never touched.  A directory
     missing on the master is skipped with a warning.
 
-    -i creates the key (when absent) and adds it to the slave's
-    /root/.ssh/authorized_keys; ssh asks for the slave's root password once.
+    -i first pins the slave's ssh host key in /var/lib/xivo-ha/known_hosts: it
+    shows its fingerprint and asks for confirmation on a terminal, or takes
+    --host-key-fingerprint SHA256:... (on the slave: ssh-keygen -lf
+    /etc/ssh/ssh_host_ed25519_key.pub); every later ssh checks it strictly.  It then
+    creates the ed25519 key (when absent) and installs it in the slave's
+    /root/.ssh/authorized_keys as from="<master>",restrict; ssh asks for the
+    slave's root password once.
 
     --failback, run on the master once it is back in charge, brings back what the
     slave recorded meanwhile ([sync] failback_directories: voicemail, recordings).
@@ -30,6 +41,10 @@ class Sync(Command):
     Voicemail messages are copied whole; one whose number is taken on the master
     by another message gets the next free number (nothing is lost), and one
     already on the master is not copied twice.  Every copied file is listed.
+
+    One run at a time: every form takes /var/lib/xivo-ha/sync.lock (a second run
+    fails at once, exit 1).  SIGTERM, SIGINT or SIGHUP stop the run like a failure:
+    the failback staging copy is removed.
 
     Exit 0 done, 1 failed (the reason is on stderr, in syslog, and mailed to root
     when an MTA is installed), 2 bad input.
@@ -40,6 +55,11 @@ class Sync(Command):
     init = cli.Flag(
         ["-i", "--init"],
         help="Create /root/.ssh/xivo_id_rsa if needed and authorize it on the slave (asks its root password)",
+    )
+    host_key_fingerprint = cli.SwitchAttr(
+        ["--host-key-fingerprint"], str, requires=["-i"],
+        help="With -i: the slave's host key fingerprint (SHA256:..., from `ssh-keygen -lf "
+             "/etc/ssh/ssh_host_ed25519_key.pub` on the slave), instead of confirming it on a terminal",
     )
     failback_mode = cli.Flag(
         ["--failback"],
@@ -63,8 +83,14 @@ class Sync(Command):
                 f"{paths.node(paths.HA_CONF)}): xivo-sync runs on the master, after `xivo-ha enable master`"
             )
         remote = sync.Remote.from_settings(config, current.remote_address)
+        with system.exclusive_lock(paths.state(LOCK), "xivo-sync"), _signals_fail():
+            return self._main(remote, config, logger)
+
+    def _main(self, remote, config, logger) -> int:
         if self.init:
-            sentence = sync.init_key(remote, self.password_from_env, progress=logger.debug)
+            sentence = sync.init_key(remote, self.password_from_env, progress=logger.debug,
+                                     fingerprint=self.host_key_fingerprint,
+                                     confirm=_ask if sys.stdin.isatty() else None)
             print(sentence[0].upper() + sentence[1:])
             logger.info("xivo-sync -i: %s", sentence)
             return 0
@@ -93,6 +119,27 @@ class Sync(Command):
             lambda: sync.failback(remote, config.sync.failback_directories, progress=logger.debug),
             show,
         )
+
+
+def _ask(sentence: str) -> bool:
+    print(sentence[0].upper() + sentence[1:] + ".")
+    return input("Is this the slave's key? Compare it with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` "
+                 "run there [y/N] ").strip().lower() in ("y", "yes")
+
+
+@contextlib.contextmanager
+def _signals_fail():
+    """Turn SIGTERM, SIGINT and SIGHUP into a failure, so every cleanup runs."""
+
+    def fail(number, _frame):
+        raise OperationFailed(f"interrupted by {signal.Signals(number).name}")
+
+    previous = {number: signal.signal(number, fail) for number in SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _job(job, logger, failure, advice, work, show=lambda outcome: None) -> int:
