@@ -8,7 +8,7 @@ from typing import Optional
 from plumbum import cli
 
 from . import Command, run
-from .. import failover, paths, probes, role, services, settings, system
+from .. import failover, metrics, paths, probes, role, services, settings, system
 from ..errors import EXIT_FAILED, OperationFailed, UsageError
 
 LOCK_FILE = "check-master-status.lock"
@@ -188,4 +188,4 @@ def observe(master, config, policy, manager, still_slave) -> Optional[failover.O
 
 
 def main(argv=None) -> int:
-    return run(CheckMasterStatus, argv)
+    return metrics.after(run(CheckMasterStatus, argv))

@@ -7,7 +7,7 @@ import time
 from plumbum import cli
 
 from . import Command, run
-from .. import notify, paths, replication, role, runstate, settings, system
+from .. import metrics, notify, paths, replication, role, runstate, settings, system
 from ..errors import OperationFailed
 
 JOB = "replication"
@@ -107,4 +107,4 @@ class Replication(Command):
 
 
 def main(argv=None) -> int:
-    return run(Replication, argv)
+    return metrics.after(run(Replication, argv))

@@ -7,7 +7,7 @@ import time
 from plumbum import cli
 
 from . import Command, run
-from .. import notify, paths, role, runstate, settings, sync
+from .. import metrics, notify, paths, role, runstate, settings, sync
 from ..errors import OperationFailed
 
 
@@ -114,4 +114,4 @@ def _job(job, logger, failure, advice, work, show=lambda outcome: None) -> int:
 
 
 def main(argv=None) -> int:
-    return run(Sync, argv)
+    return metrics.after(run(Sync, argv))
