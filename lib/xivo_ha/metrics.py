@@ -21,7 +21,7 @@ from dataclasses import asdict
 from typing import Any, Mapping
 
 from . import __version__, maintenance, paths, role, runstate, system
-from .errors import XivoHaError
+from .errors import EXIT_USAGE, XivoHaError
 from .role import Role
 
 COUNTERS_FILE = "metrics.json"
@@ -159,6 +159,10 @@ def write() -> None:
 
 
 def after(code: int) -> int:
-    """Write the textfile at the end of a job run and hand back its exit code."""
-    write()
+    """Write the textfile at the end of a job run and hand back its exit code.
+
+    Not after a usage error (exit 2): bad input changes nothing.
+    """
+    if code != EXIT_USAGE:
+        write()
     return code
