@@ -395,6 +395,8 @@ def check_ha_key(facts: Facts, node: str = LOCAL) -> Check | None:
         return fail(check_id, f"the HA key {path} does not log in to the slave: {key.get('detail') or 'ssh failed'}",
                     "run `xivo-sync -i` on the master to install the key on the slave (and check port "
                     f"{key.get('port', 22)} is open)", node)
+    if "usable" not in key:
+        return ok(check_id, f"HA key {path} is 0600 (login to the slave not tried)", node)
     return ok(check_id, f"HA key {path} is 0600 and logs in to the slave", node)
 
 
@@ -672,8 +674,11 @@ def render_text(checks: Iterable[Check], peer: str = "") -> list[str]:
 # --- observe: this node's facts --------------------------------------------------------
 
 
-def observe(settings: Any) -> dict:
-    """This node's facts, as a JSON-able dictionary (what `xivo-ha doctor --facts` prints)."""
+def observe(settings: Any, contact_peer: bool = True) -> dict:
+    """This node's facts, as a JSON-able dictionary (what `xivo-ha doctor --facts` prints).
+
+    ``contact_peer=False`` skips the ssh login with the HA key (`xivo-ha check` without --peer).
+    """
     facts: dict[str, Any] = {"format": FACTS_FORMAT, "version": __version__,
                              "hostname": socket.gethostname(), "now": time.time()}
     config = None
@@ -701,7 +706,7 @@ def observe(settings: Any) -> dict:
         return facts
     facts["database"] = _database(settings)
     facts["provd_plugins"] = _provd_plugins()
-    facts["ha_key"] = _ha_key(settings, config)
+    facts["ha_key"] = _ha_key(settings, config, contact_peer)
     facts["jobs"] = {}
     for job in ("replication", "sync"):
         entry = runstate.read(job)
@@ -842,7 +847,7 @@ def ssh_command(settings: Any, peer: str, remote: list[str]) -> list[str]:
     return sync.Remote.from_settings(settings, peer).ssh("--", shlex.join(remote))
 
 
-def _ha_key(settings: Any, config: role.HaConfig) -> dict:
+def _ha_key(settings: Any, config: role.HaConfig, contact_peer: bool = True) -> dict:
     path = paths.node(settings.sync.key)
     facts: dict[str, Any] = {"path": settings.sync.key, "port": settings.sync.ssh_port}
     try:
@@ -852,7 +857,7 @@ def _ha_key(settings: Any, config: role.HaConfig) -> dict:
         return facts
     facts["exists"] = True
     facts["mode"] = stat.S_IMODE(info.st_mode) if stat.S_ISREG(info.st_mode) else None
-    if config.role is Role.MASTER:
+    if config.role is Role.MASTER and contact_peer:
         try:
             argv = ssh_command(settings, config.remote_address, ["true"])
             result = system.run(argv, timeout=settings.sync.connect_timeout + 10)

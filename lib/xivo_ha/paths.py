@@ -29,6 +29,7 @@ ROOT_SSH = "/root/.ssh"
 CC_CUSTOM_ENV = "/etc/docker/xivo/custom.env"
 CC_LOG_DIR = "/var/log/xivo-db-replication"
 CC_SENTINEL = "/var/lib/xivo/xc_enabled"
+PROMETHEUS_TEXTFILE = "/var/lib/prometheus/node-exporter/xivo_ha.prom"
 
 
 def root() -> Path:

@@ -8,7 +8,7 @@ from typing import Optional
 from plumbum import cli
 
 from . import Command, run
-from .. import failover, paths, probes, role, services, settings, system
+from .. import events, failover, metrics, paths, probes, role, services, settings, system
 from ..errors import EXIT_FAILED, OperationFailed, UsageError
 
 LOCK_FILE = "check-master-status.lock"
@@ -164,8 +164,10 @@ class CheckMasterStatus(Command):
             # and tries again.  One line, to syslog and stderr.
             failover.save_state(decision.state)
             logger.error("%s [%s], but it failed: %s", decision.reason, observed.describe(), exc)
+            events.after_check(config, decision, exc)
             return FAILED
         failover.save_state(decision.state)
+        events.after_check(config, decision)
         if decision.transition:
             level = logger.warning if decision.action is not failover.Action.NOTHING else logger.info
             level("%s [%s]", decision.reason, observed.describe())
@@ -197,4 +199,4 @@ def observe(master, config, policy, manager, still_slave) -> Optional[failover.O
 
 
 def main(argv=None) -> int:
-    return run(CheckMasterStatus, argv)
+    return metrics.after(run(CheckMasterStatus, argv))

@@ -18,7 +18,7 @@ class XivoHa(Command):
 
     PROGNAME = "xivo-ha"
     USAGE = ("    xivo-ha [SWITCHES] enable master|slave <peer_ip> | disable | status | cron regenerate\n"
-             "    xivo-ha [SWITCHES] doctor | maintenance on|off|status | cc enable|disable\n")
+             "    xivo-ha [SWITCHES] doctor | check | support-bundle | maintenance on|off|status | cc enable|disable\n")
 
     def main(self, *args):
         if args:
@@ -178,10 +178,14 @@ Maintenance.subcommand("on", MaintenanceOn)
 Maintenance.subcommand("off", MaintenanceOff)
 Maintenance.subcommand("status", MaintenanceStatus)
 
+from .bundle import SupportBundle  # noqa: E402
 from .cc import Cc, CcDisable, CcEnable  # noqa: E402
+from .check import Check  # noqa: E402
 from .doctor import Doctor  # noqa: E402
 
 XivoHa.subcommand("doctor", Doctor)
+XivoHa.subcommand("check", Check)
+XivoHa.subcommand("support-bundle", SupportBundle)
 
 XivoHa.subcommand("cc", Cc)
 Cc.subcommand("enable", CcEnable)

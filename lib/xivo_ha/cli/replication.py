@@ -7,7 +7,7 @@ import time
 from plumbum import cli
 
 from . import Command, run
-from .. import database, notify, paths, replication, role, runstate, settings, system
+from .. import database, metrics, notify, paths, replication, role, runstate, settings, system
 from ..errors import OperationFailed
 
 JOB = "replication"
@@ -138,4 +138,4 @@ class Replication(Command):
 
 
 def main(argv=None) -> int:
-    return run(Replication, argv)
+    return metrics.after(run(Replication, argv))

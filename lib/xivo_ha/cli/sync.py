@@ -10,7 +10,7 @@ import time
 from plumbum import cli
 
 from . import Command, run
-from .. import notify, paths, role, runstate, settings, sync, system
+from .. import metrics, notify, paths, role, runstate, settings, sync, system
 from ..errors import OperationFailed
 
 LOCK = "sync.lock"
@@ -161,4 +161,4 @@ def _job(job, logger, failure, advice, work, show=lambda outcome: None) -> int:
 
 
 def main(argv=None) -> int:
-    return run(Sync, argv)
+    return metrics.after(run(Sync, argv))
