@@ -8,6 +8,7 @@ reads.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -298,6 +299,26 @@ def test_a_failed_start_exits_1_and_is_retried(slave):
     assert result.returncode == 1
     assert "starting them again" in result.stderr
     assert "broken start" in slave.services.journal()
+
+
+def test_a_failover_waits_for_a_manual_start_or_stop_in_progress(slave):
+    """xivo-manage-slave-services holds the services lock: the check starts nothing and retries."""
+    lock_path = slave.root / "var/lib/xivo-ha/services.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        slave.lab.master_link(False)
+        result = slave.check()
+        assert result.returncode == 1
+        assert "another start or stop of the services is running" in result.stderr
+        assert slave.running() == [False, False]
+        assert "watch start" not in slave.services.journal()
+    finally:
+        os.close(fd)
+    result = slave.check()
+    assert result.returncode == 0, result.stderr
+    assert slave.running() == [True, True]
 
 
 # --- input and guards ---------------------------------------------------------------

@@ -156,9 +156,11 @@ class CheckMasterStatus(Command):
             logger.debug("%s [%s]", decision.reason, observed.describe())
         try:
             if decision.action is failover.Action.START:
-                manager.start(progress=logger.debug)
+                with services.lock():
+                    manager.start(progress=logger.debug)
             elif decision.action is failover.Action.STOP:
-                manager.stop(progress=logger.debug)
+                with services.lock():
+                    manager.stop(progress=logger.debug)
         except OperationFailed as exc:
             # Remember the intent anyway: the next check sees the services' actual state
             # and tries again.  One line, to syslog and stderr.
