@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping, Optional
 
-from . import __version__, apply, cron, database, maintenance, paths, pgaccess, role, runstate, system
+from . import __version__, apply, cron, database, maintenance, paths, pgaccess, role, runstate, sync, system
 from .errors import OperationFailed, XivoHaError
 from .role import Role
 
@@ -400,6 +400,21 @@ def check_ha_key(facts: Facts, node: str = LOCAL) -> Check | None:
     return ok(check_id, f"HA key {path} is 0600 and logs in to the slave", node)
 
 
+def check_ha_key_restricted(facts: Facts, node: str = LOCAL) -> Check | None:
+    """On the slave: the master's key is installed as ``from="<master>",restrict``."""
+    options = facts.get("ha_authorized")
+    if role_of(facts) != Role.SLAVE.value or options is None:
+        return None
+    loose = [o or "(no options)" for o in options if not sync.restricted(o)]
+    if not options:
+        return warn("ha-key-restricted", "the master's HA key is not in /root/.ssh/authorized_keys",
+                    "run `xivo-sync -i` on the master", node)
+    if loose:
+        return warn("ha-key-restricted", f"the master's HA key is installed without from= and restrict: {loose[0]}",
+                    "run `xivo-sync -i` on the master: it installs the key as from=\"<master>\",restrict", node)
+    return ok("ha-key-restricted", "the master's HA key is installed as from=<master>,restrict", node)
+
+
 def check_job(facts: Facts, job: str, limits: Limits, node: str = LOCAL) -> Check | None:
     check_id = f"last-{job}"
     if role_of(facts) != Role.MASTER.value:
@@ -600,6 +615,7 @@ def node_checks(facts: Facts, limits: Limits, node: str) -> list[Check]:
             check_trunk_expiry(facts, node),
             check_provd_plugins(facts, node),
             check_ha_key(facts, node),
+            check_ha_key_restricted(facts, node),
             check_job(facts, "replication", limits, node),
             check_job(facts, "sync", limits, node),
             check_services(facts, node),
@@ -714,6 +730,7 @@ def observe(settings: Any, contact_peer: bool = True) -> dict:
     if config.role is Role.SLAVE:
         from . import failover
 
+        facts["ha_authorized"] = sync.authorized_options(system.read_text(paths.node("/root/.ssh/authorized_keys")))
         facts["failover"] = asdict(failover.load_state())
     facts["services"] = _services(settings)
     facts["probes"] = _probes(settings, config)
@@ -842,8 +859,6 @@ def ssh_command(settings: Any, peer: str, remote: list[str]) -> list[str]:
 
     ssh hands the command to the peer's shell as one string: every argument is quoted.
     """
-    from . import sync
-
     return sync.Remote.from_settings(settings, peer).ssh("--", shlex.join(remote))
 
 

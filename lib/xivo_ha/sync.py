@@ -215,6 +215,23 @@ def _remote_install_script(authorized_keys: str, public_key: str) -> str:
     )
 
 
+def authorized_options(text: str | None) -> list[str]:
+    """The options of each ``authorized_keys`` line holding an HA key (comment ``XiVO HA``)."""
+    found = []
+    for line in (text or "").splitlines():
+        fields = line.split()
+        if line.rstrip().endswith(" " + KEY_COMMENT) and not line.lstrip().startswith("#"):
+            kinds = [i for i, f in enumerate(fields) if PUBLIC_KEY.match(f"{f} AAAA {KEY_COMMENT}")]
+            found.append(" ".join(fields[:kinds[0]]) if kinds else line)
+    return found
+
+
+def restricted(options: str) -> bool:
+    """``from="..."`` and ``restrict`` among an authorized_keys line's options."""
+    parts = options.split(",")
+    return "restrict" in parts and any(part.startswith('from="') for part in parts)
+
+
 @dataclass(frozen=True)
 class HostKey:
     line: str  # known_hosts line, as ssh-keyscan prints it

@@ -142,7 +142,7 @@ def _build_pair(tmp_path, sshd, master_db, slave_db, master_services, slave_serv
     key = master.path("/root/.ssh/xivo_id_rsa")
     key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "XiVO HA", "-f", str(key)], check=True)
-    sshd.authorize(key.with_name("xivo_id_rsa.pub").read_text())
+    sshd.authorize('from="127.0.0.1",restrict ' + key.with_name("xivo_id_rsa.pub").read_text())
     sshd.pin_host_key(master.path("/var/lib/xivo-ha/known_hosts"))
     ok(master.run(LOOPBACK, command="xivo-master-slave-db-replication"))
     ok(master.run(command="xivo-sync"))
@@ -169,7 +169,7 @@ EVERY_CHECK = {
     ("tcp-ssh-master-to-slave", "pair"), ("tcp-postgresql-master-to-slave", "pair"), ("peers-agree", "pair"),
     ("same-version", "pair"), ("same-schema", "pair"), ("database-locale", "pair"), ("peer", "peer"),
     ("role-consistency", "peer"), ("maintenance", "peer"), ("database", "peer"), ("sip-expiry", "peer"),
-    ("trunk-expiry", "peer"), ("provd-plugins", "peer"), ("services", "peer"),
+    ("trunk-expiry", "peer"), ("provd-plugins", "peer"), ("services", "peer"), ("ha-key-restricted", "peer"),
 }
 
 
@@ -193,6 +193,15 @@ def test_healthy_pair_from_the_slave_warns_that_the_master_side_was_not_checked(
     for check_id in ("role-consistency", "provd-plugins", "services", "sip-expiry"):
         assert status_of(checks, check_id) == "OK"
     assert status_of(checks, "icmp-slave-to-master", "pair") == "OK"
+
+
+def test_an_unrestricted_ha_key_on_the_slave_warns(pair):
+    authorized = pair.sshd.authorized_keys
+    authorized.write_text(authorized.read_text().replace('from="127.0.0.1",restrict ', ""))
+    checks = pair.checks()
+    assert failing(checks) == {("ha-key-restricted", "peer"): "WARN"}
+    assert "without from= and restrict" in checks[("ha-key-restricted", "peer")]["finding"]
+    assert "xivo-sync -i" in checks[("ha-key-restricted", "peer")]["remedy"]
 
 
 def test_local_only_does_not_contact_the_peer(pair):
