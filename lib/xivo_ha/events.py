@@ -58,12 +58,7 @@ def hook_argv(template: list[str], event: str, node: str, detail: str) -> list[s
 
 
 def _load() -> dict:
-    try:
-        text = system.read_text(paths.state(STATE_FILE))
-        data = json.loads(text) if text else {}
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return system.read_json_object(paths.state(STATE_FILE))
 
 
 def emit(settings: Any, event: str, detail: str, logged: bool = False) -> bool:

@@ -142,12 +142,7 @@ def gather(now: float | None = None) -> dict:
 
 
 def _read_counters() -> dict:
-    try:
-        text = system.read_text(paths.state(COUNTERS_FILE))
-        data = json.loads(text) if text else {}
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return system.read_json_object(paths.state(COUNTERS_FILE))
 
 
 def write() -> None:

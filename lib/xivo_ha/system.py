@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -134,9 +135,16 @@ class Interrupted(BaseException):
 
 
 @contextlib.contextmanager
-def interruptible(signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
-    """Turn ``signals`` into :class:`Interrupted` for the block, so that it can clean up."""
+def interruptible(signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
+                  as_failure: bool = False) -> Iterator[None]:
+    """Turn ``signals`` into :class:`Interrupted` for the block, so that it can clean up.
+
+    ``as_failure``: raise :class:`OperationFailed` instead ("interrupted by SIGTERM"), for
+    jobs whose failures are recorded and reported like any other.
+    """
     def handler(signum, _frame):
+        if as_failure:
+            raise OperationFailed(f"interrupted by {signal.Signals(signum).name}")
         raise Interrupted(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in signals}
@@ -170,6 +178,16 @@ def read_text(path: Path) -> str | None:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+
+
+def read_json_object(path: Path) -> dict:
+    """A state file's JSON object; ``{}`` when it is missing, unreadable or not an object."""
+    try:
+        text = read_text(path)
+        data = json.loads(text) if text else {}
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
 import time
 
@@ -14,7 +12,6 @@ from .. import metrics, notify, paths, role, runstate, settings, sync, system
 from ..errors import OperationFailed
 
 LOCK = "sync.lock"
-SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Sync(Command):
@@ -83,7 +80,7 @@ class Sync(Command):
                 f"{paths.node(paths.HA_CONF)}): xivo-sync runs on the master, after `xivo-ha enable master`"
             )
         remote = sync.Remote.from_settings(config, current.remote_address)
-        with system.exclusive_lock(paths.state(LOCK), "xivo-sync"), _signals_fail():
+        with system.exclusive_lock(paths.state(LOCK), "xivo-sync"), system.interruptible(as_failure=True):
             return self._main(remote, config, logger)
 
     def _main(self, remote, config, logger) -> int:
@@ -125,21 +122,6 @@ def _ask(sentence: str) -> bool:
     print(sentence[0].upper() + sentence[1:] + ".")
     return input("Is this the slave's key? Compare it with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` "
                  "run there [y/N] ").strip().lower() in ("y", "yes")
-
-
-@contextlib.contextmanager
-def _signals_fail():
-    """Turn SIGTERM, SIGINT and SIGHUP into a failure, so every cleanup runs."""
-
-    def fail(number, _frame):
-        raise OperationFailed(f"interrupted by {signal.Signals(number).name}")
-
-    previous = {number: signal.signal(number, fail) for number in SIGNALS}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 def _job(job, logger, failure, advice, work, show=lambda outcome: None) -> int:
