@@ -81,12 +81,6 @@ def registrar_with_backup(data: dict, address: str | None) -> dict | None:
     return new
 
 
-def with_backup(document: ProvdDocument, address: str | None) -> str | None:
-    """New text of a registrar document with ``address`` as backup; None if unchanged."""
-    new = registrar_with_backup(document.data, address)
-    return None if new is None else dump(new)
-
-
 def dump(data: dict) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
