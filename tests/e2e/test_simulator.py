@@ -5,7 +5,9 @@ One cluster (docker-compose project xivo-ha-sim-e2e, brought up once with the
 real toolkit) serves every test; each run resets it.  Time scale 10, 50 phones:
 
 * power-off, then failback: every phone moves to the slave and back within the
-  bound -- PASS;
+  bound -- PASS; the slave mails root once for the failover and once for the
+  failback, `xivo-ha check` is CRITICAL while it serves and OK after, and its
+  metrics textfile counts the failover;
 * registrar-crash without the SIP probe: the master still pings, the slave never
   starts its services, the phones stay down -- FAIL, every phone over the bound
   (XiVO's documented limitation, measured);
@@ -16,6 +18,8 @@ real toolkit) serves every test; each run resets it.  Time scale 10, 50 phones:
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +40,9 @@ from simulator_fixtures import (  # noqa: F401  (fixtures)
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
+
+MAILBOX = "/var/mail/root"
+TEXTFILE = "/var/lib/prometheus/node-exporter/xivo_ha.prom"
 
 
 def simulate(report_dir: Path, scenario: str, *extra: str) -> tuple[int, dict]:
@@ -69,8 +76,47 @@ def test_cluster_is_configured_by_the_toolkit(sim_cluster):
     assert f"* * * * * root /usr/sbin/xivo-check-master-status {info.master} >/dev/null" in cron
 
 
+def slave_metrics(cluster) -> dict[str, float]:
+    """The slave's textfile samples without labels, e.g. ``{"xivo_ha_serving": 1.0}``."""
+    text = cluster.exec("slave", ["cat", TEXTFILE], check=False).stdout
+    return {name: float(value) for name, _, value in
+            (line.partition(" ") for line in text.splitlines() if line and not line.startswith("#"))
+            if "{" not in name}
+
+
+class WhileServing:
+    """Watches the slave during a run; the first time it serves: `xivo-ha check` and the textfile."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.check = None
+        self.metrics: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        deadline = time.monotonic() + 1500
+        while self.check is None and not self._stop.is_set() and time.monotonic() < deadline:
+            if self.cluster.slave_state().get("mode") == "serving":
+                self.check = self.cluster.exec("slave", ["xivo-ha", "check"], check=False, timeout=120)
+                self.metrics = slave_metrics(self.cluster)
+            self._stop.wait(1.0)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(150)
+
+
 def test_power_off_fails_over_then_back(sim_cluster, tmp_path):
-    code, report = simulate(tmp_path, "power-off", "--failback-after", "30")
+    sim_cluster.reset()
+    sim_cluster.exec("slave", ["rm", "-f", MAILBOX])
+    before = slave_metrics(sim_cluster)
+    with WhileServing(sim_cluster) as serving:
+        code, report = simulate(tmp_path, "power-off", "--failback-after", "30")
     sim = report["simulation"]
     assert report["verdict"] == "PASS" and code == 0, report["reasons"]
     assert report["registered_at_fault"] == {"master": PHONES}
@@ -81,6 +127,21 @@ def test_power_off_fails_over_then_back(sim_cluster, tmp_path):
     assert sim["counts_at_end"].get("master") == PHONES
     for name in ("report.json", "junit.xml", "timeline.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+    # What the administrator sees on the slave: one mail per change, the monitoring check, metrics.
+    mailbox = sim_cluster.exec("slave", ["cat", MAILBOX], check=False).stdout
+    subjects = sorted(line.rsplit(": ", 1)[-1] for line in mailbox.splitlines() if line.startswith("Subject: "))
+    assert subjects == ["failback", "failover"], mailbox
+    assert serving.check is not None, "the slave was never seen serving"
+    assert serving.check.returncode == 2, serving.check.stdout
+    assert serving.check.stdout.startswith("XIVO-HA CRITICAL - this slave serves the phones (failover)")
+    assert serving.metrics["xivo_ha_serving"] == 1
+    after = sim_cluster.exec("slave", ["xivo-ha", "check"], check=False, timeout=120)
+    assert after.returncode == 0, after.stdout
+    metrics = slave_metrics(sim_cluster)
+    assert metrics["xivo_ha_serving"] == 0
+    assert metrics["xivo_ha_failovers_total"] == before.get("xivo_ha_failovers_total", 0) + 1
+    assert metrics["xivo_ha_failbacks_total"] == before.get("xivo_ha_failbacks_total", 0) + 1
 
 
 def test_registrar_crash_without_sip_probe_never_fails_over(sim_cluster, tmp_path):
