@@ -1,19 +1,16 @@
-"""Telling the administrator that a periodic job failed: syslog, and a mail to root.
+"""Mail to root through the local MTA, for :mod:`events`.
 
 XiVO's cron jobs mail root when they fail; cron itself mails only what a job prints
-on stdout/stderr, and our cron lines discard stdout.  So a failure is logged (syslog,
-ident ``xivo-ha``, facility daemon, and stderr) and mailed to ``root`` with the
-local MTA when one is installed (``sendmail``, else ``mail``).  No MTA: the syslog
-line is all there is, and that is not an error.
+on stdout/stderr, and our cron lines discard stdout.  So the events (failover, a job
+that fails, ...) are mailed to ``root`` with the local MTA when one is installed
+(``sendmail``, else ``mail``).  No MTA: the syslog line is all there is, and that is
+not an error.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
-import socket
-import time
 
 from . import system
 
@@ -41,10 +38,6 @@ def mailer() -> tuple[str, str] | None:
     return None
 
 
-def _subject(what: str) -> str:
-    return f"[xivo-ha] {socket.gethostname()}: {what}"
-
-
 def send_mail(subject: str, body: str) -> bool:
     """Mail ``body`` to root; False when no mail program exists.  Raises OperationFailed."""
     program = mailer()
@@ -60,28 +53,3 @@ def send_mail(subject: str, body: str) -> bool:
     else:
         system.run([path, "-s", subject, MAIL_TO], stdin=body + "\n", timeout=MAIL_TIMEOUT, check=True)
     return True
-
-
-def failure(logger: logging.Logger, what: str, message: str, advice: str = "") -> None:
-    """Log ``message`` as an error and mail it to root.
-
-    ``what`` is the short subject (e.g. "slave replication failed"); ``advice`` is
-    added to the mail body.  A mail that cannot be sent is logged, never raised: the
-    original failure is what matters.
-    """
-    logger.error("%s", message)
-    body = "\n\n".join(
-        part for part in (
-            message,
-            advice,
-            f"Host: {socket.gethostname()}\nTime: {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n"
-            f"Details are in syslog (ident xivo-ha).",
-        ) if part
-    )
-    try:
-        sent = send_mail(_subject(what), body)
-    except Exception as exc:  # the mail is a courtesy: never let it hide the failure itself
-        logger.warning("could not mail root about it: %s", exc)
-        return
-    if sent:
-        logger.debug("mailed root about it")

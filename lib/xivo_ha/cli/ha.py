@@ -171,12 +171,13 @@ XivoHa.subcommand("cron", Cron)
 Cron.subcommand("regenerate", CronRegenerate)
 
 # Support tools (doctor, XiVO CC, maintenance) live in their own modules.
-from .maintenance import Maintenance, MaintenanceOff, MaintenanceOn, MaintenanceStatus  # noqa: E402
+from .maintenance import Maintenance, MaintenanceOff, MaintenanceOn, MaintenanceRemind, MaintenanceStatus  # noqa: E402
 
 XivoHa.subcommand("maintenance", Maintenance)
 Maintenance.subcommand("on", MaintenanceOn)
 Maintenance.subcommand("off", MaintenanceOff)
 Maintenance.subcommand("status", MaintenanceStatus)
+Maintenance.subcommand("remind", MaintenanceRemind)
 
 from .bundle import SupportBundle  # noqa: E402
 from .cc import Cc, CcDisable, CcEnable  # noqa: E402

@@ -7,7 +7,7 @@ import json
 from plumbum import cli
 
 from . import Command
-from .. import maintenance, settings
+from .. import events, maintenance, settings
 from ..errors import EXIT_NOT_RUNNING, OperationFailed, UsageError
 
 
@@ -25,11 +25,11 @@ class Maintenance(Command):
         "upgrade) keeps the jobs paused."
     )
 
-    USAGE = "    xivo-ha maintenance on [--reason TEXT] | off [--no-replication] | status [--json]\n"
+    USAGE = "    xivo-ha maintenance on [--reason TEXT] | off [--no-replication] | status [--json] | remind\n"
 
     def main(self, *args):
         if args:
-            raise UsageError(f"unknown maintenance command {args[0]!r}: expected on, off or status")
+            raise UsageError(f"unknown maintenance command {args[0]!r}: expected on, off, status or remind")
         if not self.nested_command:
             self.help()
             return 2
@@ -104,3 +104,18 @@ class MaintenanceStatus(Command):
                 print(f"warning: maintenance has been on for more than {maintenance.age_text(limit)}: "
                       "the HA jobs are not running; run `xivo-ha maintenance off` when the upgrade is done")
         return 0 if entry is not None else EXIT_NOT_RUNNING
+
+
+class MaintenanceRemind(Command):
+    """Mail root once when maintenance has been on longer than [doctor] maintenance_warn_age"""
+
+    DESCRIPTION_MORE = (
+        "Run every hour by /etc/cron.d/xivo-ha (the HA cron jobs themselves are paused while "
+        "maintenance is on): one syslog line, one mail to root and the [notify] hook per maintenance "
+        "period, however often it runs. Prints what it found; exit 0."
+    )
+
+    def main(self):
+        self.log()
+        print(events.maintenance_reminder(settings.load()))
+        return 0

@@ -7,7 +7,7 @@ import time
 from plumbum import cli
 
 from . import Command, run
-from .. import database, metrics, notify, paths, replication, role, runstate, settings, system
+from .. import database, events, metrics, paths, replication, role, runstate, settings, system
 from ..errors import OperationFailed
 
 JOB = "replication"
@@ -40,7 +40,8 @@ class Replication(Command):
     cancelled after [replication] timeout seconds.
 
     Prints one summary line.  On failure: exit 1, "Slave replication failed:
-    <reason>" on stderr and in syslog, and a mail to root when an MTA is installed.
+    <reason>" on stderr; the first failure is also in syslog and mailed to root
+    when an MTA is installed, and so is the next run that works again.
     A table locked too long or another run postpones it: exit 1, "Slave replication
     postponed: <reason>" on stdout and in syslog, recorded as busy, no mail.
     Exit 2 on bad input (nothing done).
@@ -112,8 +113,8 @@ class Replication(Command):
                 logger.error("%s", message)
                 return 1
             runstate.record(JOB, "failed", time.monotonic() - started, str(exc))
-            notify.failure(
-                logger, "slave replication failed", message,
+            events.job_failed(
+                config, JOB, message,
                 advice=f"Run `{self.PROGNAME} --verbose {slave}` on the master to retry and see each step.",
             )
             return 1
@@ -125,6 +126,7 @@ class Replication(Command):
                         time.monotonic() - started, outcome.sentence)
         print(outcome.sentence[0].upper() + outcome.sentence[1:])
         logger.info("%s", outcome.sentence)
+        events.job_succeeded(config, JOB, outcome.sentence)
         return 0
 
     @staticmethod

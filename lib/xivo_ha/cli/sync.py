@@ -8,7 +8,7 @@ import time
 from plumbum import cli
 
 from . import Command, run
-from .. import metrics, notify, paths, role, runstate, settings, sync, system
+from .. import events, metrics, paths, role, runstate, settings, sync, system
 from ..errors import OperationFailed
 
 LOCK = "sync.lock"
@@ -43,8 +43,9 @@ class Sync(Command):
     fails at once, exit 1).  SIGTERM, SIGINT or SIGHUP stop the run like a failure:
     the failback staging copy is removed.
 
-    Exit 0 done, 1 failed (the reason is on stderr, in syslog, and mailed to root
-    when an MTA is installed), 2 bad input.
+    Exit 0 done, 1 failed (the reason is on stderr; the first failure is also in
+    syslog and mailed to root when an MTA is installed, and so is the next run that
+    works again), 2 bad input.
     """
 
     PROGNAME = "xivo-sync"
@@ -97,7 +98,7 @@ class Sync(Command):
 
     def _push(self, remote, config, logger) -> int:
         return _job(
-            "sync", logger, "file synchronization failed",
+            "sync", config, logger, "file synchronization failed",
             "Run `xivo-sync --verbose` on the master to retry and see each step.",
             lambda: sync.push(remote, config.sync.directories, progress=logger.debug),
         )
@@ -111,7 +112,7 @@ class Sync(Command):
                     print(action.describe())
 
         return _job(
-            "failback", logger, "failback copy failed",
+            "failback", config, logger, "failback copy failed",
             "Nothing was deleted; rerun `xivo-sync --failback --verbose` on the master.",
             lambda: sync.failback(remote, config.sync.failback_directories, progress=logger.debug),
             show,
@@ -124,14 +125,14 @@ def _ask(sentence: str) -> bool:
                  "run there [y/N] ").strip().lower() in ("y", "yes")
 
 
-def _job(job, logger, failure, advice, work, show=lambda outcome: None) -> int:
-    """Run one sync job: record its result, warn, print its sentence, mail root on failure."""
+def _job(job, config, logger, failure, advice, work, show=lambda outcome: None) -> int:
+    """Run one sync job: record its result, warn, print its sentence, tell root of a change."""
     started = time.monotonic()
     try:
         outcome = work()
     except OperationFailed as exc:
         runstate.record(job, "failed", time.monotonic() - started, str(exc))
-        notify.failure(logger, failure, f"{failure[0].upper()}{failure[1:]}: {exc}", advice=advice)
+        events.job_failed(config, job, f"{failure[0].upper()}{failure[1:]}: {exc}", advice=advice)
         return 1
     for warning in outcome.warnings:
         logger.warning("warning: %s", warning)
@@ -139,6 +140,7 @@ def _job(job, logger, failure, advice, work, show=lambda outcome: None) -> int:
     runstate.record(job, "success", time.monotonic() - started, outcome.sentence)
     print(outcome.sentence[0].upper() + outcome.sentence[1:])
     logger.info("%s", outcome.sentence)
+    events.job_succeeded(config, job, outcome.sentence)
     return 0
 
 
