@@ -145,5 +145,15 @@ def test_unreadable_settings_are_unknown(pair):
     assert perf == {}
 
 
-def test_bad_command_line_exits_2(pair):
-    assert pair.master.run("check", "--bogus").returncode == 2
+@pytest.mark.parametrize("args", [("--bogus",), ("extra",), ("--peer", "--peer=x")])
+def test_bad_command_line_is_unknown(pair, args):
+    # the monitoring-plugins convention: UNKNOWN (3), one status line, no help text
+    result = pair.master.run("check", *args)
+    state, text, perf = parse(result.stdout, result.returncode)
+    assert state == "UNKNOWN" and text.startswith("usage: ") and "xivo-ha check --help" in text
+    assert perf == {} and result.stderr == ""
+
+
+def test_help_is_not_a_status(pair):
+    result = pair.master.run("check", "--help")
+    assert result.returncode == 0 and "Monitoring plugin" in result.stdout

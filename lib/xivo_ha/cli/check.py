@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from plumbum import cli
+from plumbum.cli.application import ShowHelp, ShowHelpAll, ShowVersion
+from plumbum.cli.switches import SwitchError
 
 from . import Command
 from .. import check, settings
 from ..errors import XivoHaError
+
+META = (ShowHelp, ShowHelpAll, ShowVersion)
 
 
 class Check(Command):
@@ -16,14 +20,41 @@ class Check(Command):
         "Runs doctor's checks of this node (no ssh unless --peer): a FAIL is CRITICAL, a WARN is WARNING, "
         "and a slave that serves the phones (failover) is CRITICAL.  Performance data: replication_age, "
         "replication_duration, sync_age, last_check_age (seconds), consecutive_failures, serving (0/1); "
-        "U when unknown on this node.  Settings that cannot be read give UNKNOWN (3); a wrong command "
-        "line exits 2 with one line on stderr.  Installed as /usr/lib/nagios/plugins/check_xivo_ha."
+        "U when unknown on this node.  Settings that cannot be read, and a wrong command line, give "
+        "UNKNOWN (3) as the monitoring-plugins conventions want, with one status line.  Installed as "
+        "/usr/lib/nagios/plugins/check_xivo_ha."
     )
+
+    usage_error = ""
 
     peer = cli.Flag(["--peer"], help="Also fetch the peer's facts over ssh with the HA key (slower; "
                                      "from the master)")
 
+    # A wrong command line is UNKNOWN (exit 3, one status line), not plumbum's exit 2 with help.
+    def _parse_args(self, argv):
+        try:
+            return super()._parse_args(argv)
+        except SwitchError as exc:
+            if isinstance(exc, META):
+                raise
+            self.usage_error = str(exc)
+            return {}, []
+
+    def _validate_args(self, swfuncs, tailargs):
+        if self.usage_error:
+            return [], []
+        try:
+            return super()._validate_args(swfuncs, tailargs)
+        except SwitchError as exc:
+            if isinstance(exc, META):
+                raise
+            self.usage_error = str(exc)
+            return [], []
+
     def main(self):
+        if self.usage_error:
+            print(check.unknown(f"usage: {self.usage_error} (see `xivo-ha check --help`)").line())
+            return check.UNKNOWN
         try:
             verdict = check.run(settings.load(), with_peer=self.peer)
         except XivoHaError as exc:
