@@ -4,7 +4,8 @@ Collected (each entry is named in ``manifest.json``, with what was *not* collect
 why): doctor's facts and checks of this node and, when it answers over the HA key, of
 the peer; ``status --json``; ha.conf; our settings file; the HA cron files; the
 failover state, maintenance record and job records; our syslog/journal lines of the
-last N days; the versions of the packages that matter.
+last N days (each syslog line by its own timestamp, not only by its file's date); the
+versions of the packages that matter.
 
 Every text goes through :func:`redact`: passwords in DSNs and URIs, values of keys
 named like ``password`` or ``secret``, and PEM private keys.  Nothing is read from
@@ -21,6 +22,7 @@ import socket
 import tarfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +40,10 @@ STATE_FILES = ("failover.json", "maintenance.json", "metrics.json") + tuple(f"{j
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
                           re.DOTALL)
 _URI_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
+# Syslog timestamps: RFC 3339 (bookworm's rsyslog) and the traditional "Mmm dd hh:mm:ss".
+_ISO_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)\s")
+_BSD_TIME = re.compile(r"([A-Z][a-z]{2}) +(\d{1,2}) (\d\d):(\d\d):(\d\d)\s")
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _KEY_VALUE = re.compile(r"""(\b\w*(?:password|passwd|secret)\w*["']?\s*[=:]\s*["']?)([^\s"',;&]+)""",
                         re.IGNORECASE)
 
@@ -117,11 +123,50 @@ def _journal(days: int) -> tuple[str | None, str]:
     return result.stdout, f"journalctl -D {directory} -t {LOG_IDENT} --since -{days}d"
 
 
+def line_time(line: str, now: float) -> float | None:
+    """When a syslog line was written, or None when it starts with no timestamp (pure).
+
+    RFC 3339 times carry their zone (without one: local time).  Traditional times are
+    local and have no year: the latest year that does not put the line in the future.
+    """
+    match = _ISO_TIME.match(line)
+    if match:
+        try:
+            return datetime.fromisoformat(match.group(1).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    match = _BSD_TIME.match(line)
+    if not match or match.group(1) not in MONTHS:
+        return None
+    month, day, hour, minute, second = MONTHS.index(match.group(1)) + 1, *map(int, match.groups()[1:])
+    year = datetime.fromtimestamp(now).year
+    for candidate in (year, year - 1):
+        try:
+            when = datetime(candidate, month, day, hour, minute, second).timestamp()
+        except ValueError:  # Feb 29 of a year without one
+            continue
+        if when <= now + 86400:
+            return when
+    return None
+
+
+def recent_lines(text: str, since: float, now: float) -> list[str]:
+    """The lines of ``text`` written at ``since`` or later; lines without a timestamp are kept (pure)."""
+    kept = []
+    for line in text.splitlines():
+        when = line_time(line, now)
+        if when is None or when >= since:
+            kept.append(line)
+    return kept
+
+
 def _syslog(days: int, now: float) -> tuple[str | None, str]:
     """Our lines of /var/log/syslog* and /var/log/xivo-ha.log* written in the last ``days``."""
     directory = paths.node(SYSLOG_DIR)
     names = sorted(directory.glob("syslog*")) + sorted(directory.glob(Path(paths.LOG_FILE).name + "*"))
-    recent = [p for p in names if p.is_file() and now - p.stat().st_mtime <= days * 86400]
+    since = now - days * 86400
+    # a file last written before the period holds no line of it
+    recent = [p for p in names if p.is_file() and p.stat().st_mtime >= since]
     if not recent:
         return None, f"no syslog file of the last {days} days in {SYSLOG_DIR}"
     lines = []
@@ -129,7 +174,7 @@ def _syslog(days: int, now: float) -> tuple[str | None, str]:
         raw = path.read_bytes()
         text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8", "replace")
         mine = path.name.startswith(Path(paths.LOG_FILE).name)
-        lines += [f"{path.name}: {line}" for line in text.splitlines() if mine or LOG_IDENT in line]
+        lines += [f"{path.name}: {line}" for line in recent_lines(text, since, now) if mine or LOG_IDENT in line]
     return "\n".join(lines) + ("\n" if lines else ""), ", ".join(p.name for p in recent)
 
 

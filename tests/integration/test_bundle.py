@@ -8,11 +8,13 @@ import json
 import os
 import tarfile
 import time
+from datetime import datetime
 
 import pytest
 
 from sshd_fixture import sshd  # noqa: F401  (fixture)
 from test_doctor import LOOPBACK, ok, pair  # noqa: F401  (fixture)
+from xivo_ha.bundle import MONTHS
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +37,21 @@ def every_byte(directory) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file())
 
 
+def days_ago(days: float) -> float:
+    return time.time() - days * 86400
+
+
+def bsd(when: float) -> str:
+    """rsyslog's traditional timestamp (local time, no year)."""
+    tm = time.localtime(when)
+    return f"{MONTHS[tm.tm_mon - 1]} {tm.tm_mday:2d} {time.strftime('%H:%M:%S', tm)}"
+
+
+def iso(when: float) -> str:
+    """Bookworm rsyslog's RFC 3339 timestamp."""
+    return datetime.fromtimestamp(when).astimezone().isoformat(timespec="microseconds")
+
+
 @pytest.fixture
 def secret_master(pair):
     """The master's settings file holds a DSN with a password and a secret; a log has both too."""
@@ -45,13 +62,18 @@ def secret_master(pair):
     pair.master.env.pop("XIVO_HA_DATABASE_DSN")
     syslog = pair.master.path("/var/log/syslog")
     syslog.parent.mkdir(parents=True, exist_ok=True)
-    syslog.write_text(f"Dec  1 10:00:00 xivo xivo-ha[42]: connecting with password={SECRET}\n"
-                      "Dec  1 10:00:01 xivo cron[7]: unrelated line\n"
-                      f"-----BEGIN OPENSSH PRIVATE KEY-----\n{KEY_BODY}\n-----END OPENSSH PRIVATE KEY-----\n")
+    # A file written lately may still begin with lines older than the period (weekly
+    # rotation, --days 7): each line is judged by its own timestamp, in either format.
+    syslog.write_text(f"{bsd(days_ago(12))} xivo xivo-ha[39]: rotated late, too old as well\n"
+                      f"{iso(days_ago(20))} xivo xivo-ha[38]: an RFC 3339 line too old as well\n"
+                      f"{bsd(days_ago(1))} xivo xivo-ha[42]: connecting with password={SECRET}\n"
+                      f"{bsd(days_ago(1))} xivo cron[7]: unrelated line\n"
+                      f"-----BEGIN OPENSSH PRIVATE KEY-----\n{KEY_BODY}\n-----END OPENSSH PRIVATE KEY-----\n"
+                      f"{iso(days_ago(0.1))} xivo xivo-ha[43]: an RFC 3339 line of today\n")
     rotated = pair.master.path("/var/log/syslog.2.gz")
-    rotated.write_bytes(gzip.compress(b"Nov 28 10:00:00 xivo xivo-ha[41]: last replication succeeded\n"))
+    rotated.write_bytes(gzip.compress(f"{bsd(days_ago(4))} xivo xivo-ha[41]: last replication succeeded\n".encode()))
     old = pair.master.path("/var/log/syslog.9.gz")
-    old.write_bytes(gzip.compress(b"Sep  1 10:00:00 xivo xivo-ha[40]: too old to be included\n"))
+    old.write_bytes(gzip.compress(f"{bsd(days_ago(40))} xivo xivo-ha[40]: too old to be included\n".encode()))
     ten_days_ago = time.time() - 10 * 86400
     os.utime(old, (ten_days_ago, ten_days_ago))
     return pair
@@ -86,6 +108,7 @@ def test_bundle_holds_its_manifest_and_no_secret(secret_master, tmp_path):
     logs = (top / "logs/syslog.txt").read_text()
     assert "last replication succeeded" in logs and "connecting with password=REDACTED" in logs
     assert "unrelated line" not in logs and "too old" not in logs
+    assert "an RFC 3339 line of today" in logs
     settings_text = (top / "etc/xivo-ha/xivo-ha.conf").read_text()
     assert "password=REDACTED" in settings_text and "webhook_secret = REDACTED" in settings_text
     assert "asterisk:REDACTED@10.0.0.1" in settings_text
