@@ -227,6 +227,7 @@ def test_files_are_at_xivo_and_debian_paths(node):
         "/usr/share/xivo-ha/templates/cron-slave.j2",
         SETTINGS,
         "/etc/logrotate.d/xivo-ha",
+        "/etc/cron.d/xivo-ha",
         "/usr/share/bash-completion/completions/xivo-ha",
         *(f"/usr/share/man/man8/{Path(command).name}.8.gz" for command in COMMANDS),
     }
@@ -237,6 +238,7 @@ def test_files_are_at_xivo_and_debian_paths(node):
 
     conffiles = node.run("dpkg-query", "-W", "-f=${Conffiles}", "xivo-ha").stdout.split()
     assert SETTINGS in conffiles and "/etc/logrotate.d/xivo-ha" in conffiles
+    assert "/etc/cron.d/xivo-ha" in conffiles  # the hourly maintenance reminder
 
     for command in COMMANDS:
         assert node.read(command).startswith("#!/usr/bin/python3\n"), command
@@ -344,7 +346,7 @@ def test_remove_then_purge(node, debs):
     node.apt_get("install", f"{DEB_DIR}/{debs['xivo-ha'].name}")
     assert len(diversions(node)) == len(DIVERTED)
     node.apt_get("purge", "xivo-ha")
-    for gone in ("/var/lib/xivo-ha", "/etc/xivo-ha", "/var/log/xivo-ha.log"):
+    for gone in ("/var/lib/xivo-ha", "/etc/xivo-ha", "/var/log/xivo-ha.log", "/etc/cron.d/xivo-ha"):
         assert not node.exists(gone), gone
     assert node.read(HA_CONF) == ha_conf, "XiVO's ha.conf is never touched"
     assert_xivo_scripts_back(node, originals)
