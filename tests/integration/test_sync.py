@@ -743,3 +743,27 @@ def test_the_forced_command_reads_the_slave_s_own_directories(confined_master, s
     assert "not one of this slave's [sync] directories" in result.stderr
     assert (slave / "etc/asterisk/extensions_extra.d/a.conf").read_text() == "a"
     assert not (slave / "var/lib/asterisk/agi-bin").exists()
+
+
+@pytest.mark.integration
+def test_a_failback_directory_reached_through_a_link_is_not_read(confined_master, sshd):  # noqa: F811
+    """The asterisk user owns /var/spool/asterisk: a link there would have rsync read root's files."""
+    master, slave = confined_master, sshd.slave_root
+    write(slave / "root/private/monitor/ssh_host_ed25519_key", "the slave's private host key\n")
+    (slave / "var/spool").mkdir(parents=True)
+    os.symlink(slave / "root/private", slave / "var/spool/asterisk")
+    result = xivo_sync("--failback")
+    assert result.returncode == 1
+    assert "'asterisk' is a link or not a directory: not followed" in result.stderr
+    assert not (master / "var/spool").exists()
+    assert not list(master.rglob("ssh_host_ed25519_key"))
+
+
+@pytest.mark.integration
+def test_init_adds_the_forced_command_to_an_older_restricted_line(keyed_master, sshd):  # noqa: F811
+    public = (keyed_master / "root/.ssh/xivo_id_rsa.pub").read_text().strip()
+    write(sshd.authorized_keys, f'from="127.0.0.1",restrict {public}\n')
+    result = xivo_sync("-i", "--host-key-fingerprint", sshd.host_key_fingerprint)
+    assert result.returncode == 0, result.stderr
+    assert sshd.authorized_keys.read_text().splitlines() == [f'{forced(sshd)},from="127.0.0.1",restrict {public}']
+    assert with_key(keyed_master, sshd, "id").returncode == 1
