@@ -4,6 +4,10 @@ The server is Debian's /usr/sbin/sshd (``-D -e -f <config>``) with its own host 
 a free loopback port.  ``AuthorizedKeysFile`` points into the slave's temporary root
 (``<slave_root>/root/.ssh/authorized_keys``), which is where ``xivo-sync -i`` appends
 the key when ``[sync] remote_root`` is that directory; rsync writes there too.
+Sessions get the slave's environment (``XIVO_HA_ROOT`` = the slave root, by
+``SetEnv``), and the package's ``bin/peer-command`` is installed as the slave's
+``/usr/lib/xivo-ha/peer-command``: the forced command of the key ``xivo-sync -i``
+installs is the real program.
 
 Password logins (the ``xivo-sync -i`` step) need a root password, and the machine's
 own must not be touched: sshd runs in a private mount namespace (``unshare -m``) in
