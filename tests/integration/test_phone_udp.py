@@ -18,6 +18,17 @@ import time
 import pytest
 
 from xivo_ha_simulator import report, sip
+from xivo_ha_simulator.events import (
+    EXPIRED,
+    INTERVAL_TOO_BRIEF,
+    PROBE_FAILED,
+    PROBE_OK,
+    REGISTER_FAILED,
+    REGISTERED,
+    STOPPED,
+    SWITCHED,
+    Event,
+)
 from xivo_ha_simulator.phone import (
     NEXT_REFRESH,
     PROBE,
@@ -131,7 +142,7 @@ def kinds(phone: Phone) -> list[tuple[str, str | None]]:
     return [(e.kind, e.node) for e in phone.events]
 
 
-def events_of(phone: Phone, kind: str, node: str | None = None) -> list[report.Event]:
+def events_of(phone: Phone, kind: str, node: str | None = None) -> list[Event]:
     return [e for e in phone.events if e.kind == kind and (node is None or e.node == node)]
 
 
@@ -145,11 +156,11 @@ async def test_registers_with_the_scaled_expiry_and_keeps_the_granted_one():
         await until(lambda: len(master.requests()) >= 4)
         first = master.requests()[0]
         assert first.expires == 2
-        registered = events_of(phone, report.REGISTERED, "master")
+        registered = events_of(phone, REGISTERED, "master")
         assert registered[0].info == {"granted": 1, "requested": 2}
         assert phone.node is phone.primary and phone.granted == 1
         # Refreshes come before the granted second runs out: it never lapsed.
-        assert not events_of(phone, report.EXPIRED)
+        assert not events_of(phone, EXPIRED)
         cseqs = [m.cseq[0] for m in master.requests()]
         assert cseqs == sorted(cseqs) and len(set(cseqs)) == len(cseqs)
         assert len({m.call_id for m in master.requests()}) == 1
@@ -190,9 +201,9 @@ async def test_timeout_on_the_primary_registers_to_the_backup():
         await until(lambda: phone.node is not None)
         assert phone.node is phone.backup
         assert kinds(phone)[1:] == [("register_failed", "master"), ("registered", "slave")]
-        assert events_of(phone, report.REGISTER_FAILED)[0].info == {"reason": "timeout"}
+        assert events_of(phone, REGISTER_FAILED)[0].info == {"reason": "timeout"}
         assert len(master.requests()) > 1 and len({m.via_branch for m in master.requests()}) == 1
-        assert not events_of(phone, report.SWITCHED)  # it never was on the primary
+        assert not events_of(phone, SWITCHED)  # it never was on the primary
     finally:
         phone.stop()
         master.close()
@@ -211,9 +222,9 @@ async def test_primary_going_silent_is_a_failover_with_a_switch():
         sequence = [k for k in kinds(phone) if k[0] != "expired"]
         assert sequence == [("started", None), ("registered", "master"), ("register_failed", "master"),
                             ("registered", "slave"), ("switched", "slave")]
-        switch = events_of(phone, report.SWITCHED)[0]
+        switch = events_of(phone, SWITCHED)[0]
         assert switch.info == {"from": "master", "to": "slave"}
-        failed = events_of(phone, report.REGISTER_FAILED, "master")[0]
+        failed = events_of(phone, REGISTER_FAILED, "master")[0]
         assert report.node_at(phone.events, failed.t) is None  # down from the failed refresh
     finally:
         phone.stop()
@@ -232,7 +243,7 @@ async def test_error_answer_fails_over_at_once(code, reason):
         phone.start()
         await until(lambda: phone.node is not None)
         assert phone.node is phone.backup
-        assert events_of(phone, report.REGISTER_FAILED, "master")[0].info == {"reason": reason}
+        assert events_of(phone, REGISTER_FAILED, "master")[0].info == {"reason": reason}
         assert len(master.requests()) == 1  # a final answer ends the transaction: no retransmission
     finally:
         phone.stop()
@@ -249,12 +260,12 @@ async def test_423_retries_with_min_expires_and_keeps_it():
         phone.start()
         await until(lambda: phone.node is not None)
         assert [m.expires for m in master.requests()] == [2, 3]
-        too_brief = events_of(phone, report.INTERVAL_TOO_BRIEF, "master")[0]
+        too_brief = events_of(phone, INTERVAL_TOO_BRIEF, "master")[0]
         assert too_brief.info == {"requested": 2, "min_expires": 3}
-        assert events_of(phone, report.REGISTERED)[0].info == {"granted": 3, "requested": 3}
+        assert events_of(phone, REGISTERED)[0].info == {"granted": 3, "requested": 3}
         await until(lambda: len(master.requests()) >= 3)  # the refresh
         assert master.requests()[2].expires == 3
-        assert len(events_of(phone, report.INTERVAL_TOO_BRIEF)) == 1
+        assert len(events_of(phone, INTERVAL_TOO_BRIEF)) == 1
     finally:
         phone.stop()
         master.close()
@@ -269,7 +280,7 @@ async def test_423_without_a_usable_min_expires_is_a_failure():
         phone.start()
         await until(lambda: phone.node is not None)
         assert phone.node is phone.backup
-        assert events_of(phone, report.REGISTER_FAILED, "master")[0].info["reason"].startswith("423")
+        assert events_of(phone, REGISTER_FAILED, "master")[0].info["reason"].startswith("423")
     finally:
         phone.stop()
         master.close()
@@ -285,15 +296,15 @@ async def test_failback_on_next_refresh():
         await until(lambda: phone.node is phone.primary)
         master.mode = "silent"
         await until(lambda: phone.node is phone.backup)
-        switched_at = events_of(phone, report.SWITCHED)[0].t
+        switched_at = events_of(phone, SWITCHED)[0].t
         # The next refresh tries the primary first and, as it is still silent, falls back.
-        await until(lambda: any(e.t > switched_at for e in events_of(phone, report.REGISTER_FAILED, "master"))
-                    and any(e.t > switched_at for e in events_of(phone, report.REGISTERED, "slave")[1:]))
-        retry = next(e for e in events_of(phone, report.REGISTER_FAILED, "master") if e.t > switched_at)
+        await until(lambda: any(e.t > switched_at for e in events_of(phone, REGISTER_FAILED, "master"))
+                    and any(e.t > switched_at for e in events_of(phone, REGISTERED, "slave")[1:]))
+        retry = next(e for e in events_of(phone, REGISTER_FAILED, "master") if e.t > switched_at)
         assert report.node_at(phone.events, retry.t) == "slave"  # still served by the backup meanwhile
         master.mode = "ok"
         await until(lambda: phone.node is phone.primary)
-        last_switch = events_of(phone, report.SWITCHED)[-1]
+        last_switch = events_of(phone, SWITCHED)[-1]
         assert last_switch.info == {"from": "slave", "to": "master"}
         assert not master.requests("OPTIONS")  # this policy never probes
     finally:
@@ -311,21 +322,21 @@ async def test_failback_by_probing_the_primary_with_options():
         await until(lambda: phone.node is phone.primary)
         master.mode = "silent"
         await until(lambda: phone.node is phone.backup)
-        switched_at = events_of(phone, report.SWITCHED)[0].t
-        await until(lambda: len(events_of(phone, report.PROBE_FAILED)) >= 2
-                    and len(events_of(phone, report.REGISTERED, "slave")) >= 3)
+        switched_at = events_of(phone, SWITCHED)[0].t
+        await until(lambda: len(events_of(phone, PROBE_FAILED)) >= 2
+                    and len(events_of(phone, REGISTERED, "slave")) >= 3)
         # While the primary is down only OPTIONS go to it; refreshes stay on the backup.
         assert not master.requests("REGISTER", since=switched_at + 0.001)
         assert master.requests("OPTIONS", since=switched_at)
         master.mode = "ok"
         await until(lambda: phone.node is phone.primary)
-        probe_ok = events_of(phone, report.PROBE_OK, "master")[-1]
-        back = events_of(phone, report.REGISTERED, "master")[-1]
+        probe_ok = events_of(phone, PROBE_OK, "master")[-1]
+        back = events_of(phone, REGISTERED, "master")[-1]
         assert probe_ok.t <= back.t
-        assert events_of(phone, report.SWITCHED)[-1].info == {"from": "slave", "to": "master"}
+        assert events_of(phone, SWITCHED)[-1].info == {"from": "slave", "to": "master"}
         # Back home: probing stops.
         probes_then = len(master.requests("OPTIONS"))
-        await until(lambda: len(events_of(phone, report.REGISTERED, "master")) >= 3)
+        await until(lambda: len(events_of(phone, REGISTERED, "master")) >= 3)
         assert len(master.requests("OPTIONS")) == probes_then
     finally:
         phone.stop()
@@ -342,7 +353,7 @@ async def test_registration_lapses_when_refreshes_go_unanswered():
         phone.start()
         await until(lambda: phone.node is not None)
         master.mode = "silent"
-        await until(lambda: events_of(phone, report.REGISTER_FAILED))
+        await until(lambda: events_of(phone, REGISTER_FAILED))
         assert kinds(phone)[1:4] == [("registered", "master"), ("expired", "master"), ("register_failed", "master")]
         assert phone.node is None
     finally:
@@ -357,7 +368,7 @@ async def test_both_registrars_down_then_retry_from_the_primary():
     phone = await new_phone(master, slave, retry_interval=25)  # retry after 0.5 s
     try:
         phone.start()
-        await until(lambda: len(events_of(phone, report.REGISTER_FAILED)) >= 2)
+        await until(lambda: len(events_of(phone, REGISTER_FAILED)) >= 2)
         assert kinds(phone)[1:3] == [("register_failed", "master"), ("register_failed", "slave")]
         master.mode = "ok"
         await until(lambda: phone.node is not None)
@@ -453,8 +464,8 @@ async def test_fleet_counts_phones_per_registrar():
     assert fleet.counts() == {"master": 0, "slave": 0, "none": 30}
     events = fleet.events()
     assert sorted(events) == [str(2000 + i) for i in range(30)]
-    assert all(evs[-1].kind == report.STOPPED for evs in events.values())
-    assert sum(1 for evs in events.values() if any(e.kind == report.SWITCHED for e in evs)) == 30
+    assert all(evs[-1].kind == STOPPED for evs in events.values())
+    assert sum(1 for evs in events.values() if any(e.kind == SWITCHED for e in evs)) == 30
 
 
 def test_fleet_thread_serves_a_synchronous_driver():
@@ -476,5 +487,5 @@ def test_fleet_thread_serves_a_synchronous_driver():
         thread.join(10)
         loop.close()
     events = runner.events()  # still readable once stopped
-    assert all(evs[-1].kind == report.STOPPED for evs in events.values())
-    assert all(any(e.kind == report.REGISTERED for e in evs) for evs in events.values())
+    assert all(evs[-1].kind == STOPPED for evs in events.values())
+    assert all(any(e.kind == REGISTERED for e in evs) for evs in events.values())
