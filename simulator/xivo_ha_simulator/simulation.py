@@ -274,7 +274,8 @@ class Simulation:
             if now > hard_end:
                 self.say("observation time is up")
                 break
-            while schedule and t1 is None and schedule[0][0] <= now and (restore_at is None or schedule[0][0] < restore_at):
+            while (schedule and t1 is None and schedule[0][0] <= now
+                   and (restore_at is None or schedule[0][0] < restore_at)):
                 _, step = schedule.pop(0)
                 progress.done()
                 self.apply(cluster, [step], "fault")
