@@ -10,7 +10,7 @@ import pytest
 
 from xivo_ha_simulator import report
 from xivo_ha_simulator.constants import SERVED
-from xivo_ha_simulator.report import Event
+from xivo_ha_simulator.events import Event
 
 FAULT = 100.0
 FAILBACK = 200.0

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
-from xivo_ha_simulator import report
+from xivo_ha import failover
+from xivo_ha_simulator import constants, report
 from xivo_ha_simulator.cluster import BringUp, Checker, Cluster
-from xivo_ha_simulator.constants import SERVED
 from xivo_ha_simulator.events import Event
 from xivo_ha_simulator.simulation import Observation, Options, Outcome, SlaveChecks, Simulation
 
@@ -48,7 +48,7 @@ def run_outcome(tmp_path, scenario: str, slave: report.SlaveActivity, restored: 
 
 def test_a_served_run_writes_one_verdict_everywhere(tmp_path):
     simulation, outcome = run_outcome(tmp_path, "packet-loss", report.SlaveActivity(0, 0), restored=130)
-    assert simulation.fault.expect == SERVED and outcome.passed
+    assert simulation.fault.expect == constants.SERVED and outcome.passed
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     sim = data["simulation"]
     assert data["verdict"] == sim["verdict"] == "PASS"
@@ -83,3 +83,9 @@ def test_an_outage_run_reports_the_slave_in_its_reasons_and_table(tmp_path):
     table = simulation.table(outcome)
     assert "slave: started its services once, stopped them once" in table
     assert table.splitlines()[-1] == f"verdict: {outcome.verdict}"
+
+
+def test_the_failover_strings_mirror_the_node_package():
+    # The simulator reads the node's failover.json without importing xivo_ha.
+    assert (constants.STANDBY, constants.SERVING) == (failover.STANDBY, failover.SERVING)
+    assert constants.MASTER_UP == failover.UP
