@@ -37,6 +37,10 @@ from . import failover, maintenance, notify, paths, system
 from .errors import XivoHaError
 
 STATE_FILE = "events.json"
+LOCK_FILE = "events.lock"
+# The lock is held for one read and one write of events.json: a few tries, 50 ms apart.
+LOCK_TRIES = 60
+LOCK_PAUSE = 0.05
 TOPICS = {
     "failover": "mode", "failback": "mode",
     "start-failed": "services", "stop-failed": "services", "services-ok": "services",
@@ -110,6 +114,32 @@ def _load() -> dict:
     return system.read_json_object(paths.state(STATE_FILE))
 
 
+def _record(event: str, period: str) -> bool:
+    """Set the topic's state when ``event`` changes it; True when it did.
+
+    Under the events lock: replication and sync run at the same minute, and each must
+    keep the other's state.  Still busy after the tries, it is written without the lock.
+    """
+    for _ in range(LOCK_TRIES):
+        try:
+            with system.exclusive_lock(paths.state(LOCK_FILE), "event update"):
+                return _update(event, period)
+        except system.LockBusy:
+            time.sleep(LOCK_PAUSE)
+    logging.getLogger("xivo-ha").warning("%s stayed locked: updating %s without it",
+                                         paths.state(LOCK_FILE), paths.state(STATE_FILE))
+    return _update(event, period)
+
+
+def _update(event: str, period: str) -> bool:
+    last = _load()
+    if not changed(last, event, period):
+        return False
+    system.write_atomic(paths.state(STATE_FILE),
+                        json.dumps({**last, TOPICS[event]: state_of(event, period)}) + "\n", 0o644)
+    return True
+
+
 def emit(settings: Any, event: str, detail: str, logged: bool = False, advice: str = "",
          period: str = "") -> bool:
     """Tell ``event`` when it changes its topic's state; True when it was told.
@@ -118,11 +148,8 @@ def emit(settings: Any, event: str, detail: str, logged: bool = False, advice: s
     here (at the event's level).  ``advice`` replaces the event's usual advice in the mail.
     """
     logger = logging.getLogger("xivo-ha")
-    last = _load()
-    if not changed(last, event, period):
+    if not _record(event, period):
         return False
-    system.write_atomic(paths.state(STATE_FILE),
-                        json.dumps({**last, TOPICS[event]: state_of(event, period)}) + "\n", 0o644)
     if not logged:
         logger.log(LEVELS.get(event, logging.WARNING), "%s", detail)
     node = socket.gethostname()

@@ -245,3 +245,27 @@ def test_the_package_runs_the_reminder_every_hour():
     minute, hour, *_, user = jobs[0].split(" ", 6)[:6]
     assert (hour, user) == ("*", "root") and 0 <= int(minute) < 60
     assert jobs[0].endswith("/usr/bin/xivo-ha maintenance remind >/dev/null 2>&1")
+
+
+EMIT = """
+import sys, time
+from xivo_ha import events, settings
+config = settings.load()
+start = float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+events.emit(config, sys.argv[1], "told by a test")
+"""
+
+
+def test_jobs_told_at_the_same_time_keep_each_other_s_state(node_root):
+    # replication and sync both run at :00 on the master: neither may lose the other's state
+    events = ["replication-failed", "sync-failed", "failback-copy-failed", "start-failed"]
+    state = node_root / "var/lib/xivo-ha/events.json"
+    env = dict(os.environ, PATH="/usr/bin:/bin")
+    for _ in range(8):
+        state.unlink(missing_ok=True)
+        start = f"{time.time() + 1.5:.3f}"
+        runs = [subprocess.Popen([sys.executable, "-c", EMIT, event, start], env=env) for event in events]
+        assert [run.wait(timeout=60) for run in runs] == [0] * len(events)
+        assert sorted(json.loads(state.read_text()).values()) == sorted(events)
