@@ -19,6 +19,12 @@ small state machine driven by responses and timers:
   ``retry_interval`` and starts again from the primary.
 * **423 Interval Too Brief**: retry at once with the Min-Expires asked for,
   and keep using it on that node.
+* **401/407**: with line credentials (those of its provisioning file), answer
+  the digest challenge (MD5, qop=auth) with the next CSeq, and keep the nonce
+  for the following REGISTERs to that node (nc counting up), as desk phones
+  do.  A fresh challenge to an answer computed from a fresh nonce means the
+  credentials are refused: a failure of that node.  The address of record is
+  then the line's user name (usersip ``name``), as on a XiVO line.
 * **Fail back**, by policy:
   ``next-refresh`` - every refresh tries the primary first, then the backup
   (the common phone default); ``probe`` - while on the backup, refresh there,
@@ -74,6 +80,15 @@ FAILBACK_POLICIES = (NEXT_REFRESH, PROBE)
 T1 = 0.5
 T2 = 4.0
 MAX_423_RETRIES = 3
+MAX_AUTH_ANSWERS = 2  # challenges answered per node and attempt (a stale nonce, then a fresh one)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A SIP line's credentials, as provisioning hands them to the phone."""
+
+    username: str
+    password: str
 
 
 @dataclass(frozen=True)
@@ -158,11 +173,13 @@ class _Transaction:
     """
 
     __slots__ = ("phone", "node", "method", "branch", "data", "interval", "proceeding",
-                 "deadline", "timer", "on_done", "requested")
+                 "deadline", "timer", "on_done", "requested", "nonce")
 
     def __init__(self, phone: "Phone", node: Registrar, method: str, branch: str, data: bytes,
-                 on_done: Callable[["_Transaction", "sip.SIP | None"], None], requested: int | None = None):
+                 on_done: Callable[["_Transaction", "sip.SIP | None"], None], requested: int | None = None,
+                 nonce: str | None = None):
         self.phone = phone
+        self.nonce = nonce  # the nonce its Authorization answered, if any
         self.node = node
         self.method = method
         self.branch = branch
@@ -214,12 +231,23 @@ def mac_of(number: int) -> str:
     return "00163e" + f"{number:06x}"
 
 
-def provisioned_pair(server: str, number: int, timeout: float = 5.0,
-                     port: int = PROVISIONING_PORT) -> tuple[str, str | None]:
-    """(registrar, backup registrar) of line 1 in the phone's own provisioning file.
+@dataclass(frozen=True)
+class ProvisionedLine:
+    """Line 1 of a phone's provisioning file: its registrars and credentials."""
+
+    registrar: str
+    backup: str | None
+    credentials: Credentials | None
+
+
+def provisioned_line(server: str, number: int, timeout: float = 5.0,
+                     port: int = PROVISIONING_PORT) -> ProvisionedLine:
+    """Line 1 of the phone's own provisioning file.
 
     As a phone does at boot: GET ``http://<server>:8667/<mac>.cfg``; raises
-    ``OSError`` when the file cannot be fetched or names no registrar.
+    ``OSError`` when the file cannot be fetched or names no registrar.  The
+    credentials are ``sip_line1_auth_username`` (else ``username``) and
+    ``password``; None when the file has no user name.
     """
     url = f"http://{server}:{port}/{mac_of(number)}.cfg"
     try:
@@ -231,7 +259,16 @@ def provisioned_pair(server: str, number: int, timeout: float = 5.0,
     registrar = values.get("sip_line1_registrar_ip")
     if not registrar:
         raise OSError(f"{url} names no registrar for line 1")
-    return registrar, values.get("sip_line1_backup_registrar_ip") or None
+    username = values.get("sip_line1_auth_username") or values.get("sip_line1_username")
+    credentials = Credentials(username, values.get("sip_line1_password", "")) if username else None
+    return ProvisionedLine(registrar, values.get("sip_line1_backup_registrar_ip") or None, credentials)
+
+
+def provisioned_pair(server: str, number: int, timeout: float = 5.0,
+                     port: int = PROVISIONING_PORT) -> tuple[str, str | None]:
+    """(registrar, backup registrar) of line 1 in the phone's own provisioning file."""
+    line = provisioned_line(server, number, timeout, port)
+    return line.registrar, line.backup
 
 
 class Phone(asyncio.DatagramProtocol):
@@ -247,8 +284,11 @@ class Phone(asyncio.DatagramProtocol):
         local_port: int = 0,
         stats: FleetStats | None = None,
         on_node_change: Callable[[str | None, str | None], None] | None = None,
+        credentials: Credentials | None = None,
     ):
-        self.user = user
+        self.user = user  # the phone's label in events (its number)
+        self.credentials = credentials
+        self.aor_user = credentials.username if credentials else user
         self.primary = primary
         self.backup = backup
         self.config = config
@@ -272,6 +312,10 @@ class Phone(asyncio.DatagramProtocol):
         self._attempt: list[Registrar] = []  # nodes left to try in the current attempt
         self._attempt_active = False
         self._423_count = 0
+        self._challenges: dict[str, tuple[str, sip.Challenge]] = {}  # node -> (header, challenge)
+        self._nc: dict[str, int] = {}  # node -> nonce count of its challenge
+        self._auth_answers = 0  # challenges answered in this attempt, on this node
+        self._fresh_nonce = False  # the challenge in use came in this attempt
         self._refresh_due = False
         self._refresh_timer: asyncio.TimerHandle | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
@@ -301,7 +345,7 @@ class Phone(asyncio.DatagramProtocol):
 
     @property
     def contact_uri(self) -> str:
-        return sip.sip_uri(self.user, self.local_host, self.local_port)
+        return sip.sip_uri(self.aor_user, self.local_host, self.local_port)
 
     @property
     def running(self) -> bool:
@@ -408,9 +452,9 @@ class Phone(asyncio.DatagramProtocol):
             tx.on_done(tx, response)
 
     def _new_transaction(self, node: Registrar, method: str, msg: sip.SIP, branch: str,
-                         on_done, requested: int | None = None) -> None:
+                         on_done, requested: int | None = None, nonce: str | None = None) -> None:
         data = bytes(msg)
-        self._transactions[branch] = _Transaction(self, node, method, branch, data, on_done, requested)
+        self._transactions[branch] = _Transaction(self, node, method, branch, data, on_done, requested, nonce)
         self._send(data, node.address)
 
     # ------------------------------------------------------------------ registration
@@ -428,6 +472,8 @@ class Phone(asyncio.DatagramProtocol):
         self._attempt_active = True
         self._refresh_due = False
         self._423_count = 0
+        self._auth_answers = 0
+        self._fresh_nonce = False
         self._send_register(self._attempt.pop(0))
 
     def _requested_for(self, node: Registrar) -> int:
@@ -437,10 +483,11 @@ class Phone(asyncio.DatagramProtocol):
         self.cseq += 1
         requested = self._requested_for(node)
         branch = sip.new_branch()
+        extra, nonce = self._authorization(node, "REGISTER", sip.sip_uri(None, node.host, node.port))
         msg = sip.register(
             registrar_host=node.host,
             registrar_port=node.port,
-            user=self.user,
+            user=self.aor_user,
             domain=self.domain,
             local_host=self.local_host,
             local_port=self.local_port,
@@ -451,11 +498,43 @@ class Phone(asyncio.DatagramProtocol):
             contact_expires=requested if self.config.contact_expires else None,
             branch=branch,
             user_agent=self.config.user_agent,
+            extra_headers=extra,
             reuse=self._out,
         )
         self._out = msg
         self.stats.register_sent += 1
-        self._new_transaction(node, "REGISTER", msg, branch, self._register_done, requested)
+        self._new_transaction(node, "REGISTER", msg, branch, self._register_done, requested, nonce)
+
+    def _authorization(self, node: Registrar, method: str, uri: str) -> tuple[list, str | None]:
+        """The (Proxy-)Authorization header for ``node``'s last challenge, and its nonce."""
+        kept = self._challenges.get(node.name)
+        if kept is None or self.credentials is None:
+            return [], None
+        header, challenge = kept
+        nc = self._nc[node.name] = self._nc.get(node.name, 0) + 1
+        value = sip.authorization(challenge, username=self.credentials.username,
+                                  password=self.credentials.password, method=method, uri=uri, nc=nc)
+        name = "Proxy-Authorization" if header == "Proxy-Authenticate" else "Authorization"
+        return [(name, value)], challenge.nonce
+
+    def _take_challenge(self, node: Registrar, tx: _Transaction, response: sip.SIP) -> str | None:
+        """Keep the challenge of a 401/407 to answer it; None if answered, else why not."""
+        if self.credentials is None:
+            return "no credentials"
+        header = "WWW-Authenticate" if response.status_code == 401 else "Proxy-Authenticate"
+        try:
+            challenge = sip.parse_challenge(response.get_header(header) or "")
+        except sip.SipParseError as exc:
+            return str(exc)
+        if tx.nonce is not None and self._fresh_nonce and not challenge.stale:
+            return "credentials refused"
+        if self._auth_answers >= MAX_AUTH_ANSWERS:
+            return "challenged again"
+        self._auth_answers += 1
+        self._fresh_nonce = True
+        self._challenges[node.name] = (header, challenge)
+        self._nc[node.name] = 0
+        return None
 
     def _register_done(self, tx: _Transaction, response: sip.SIP | None) -> None:
         node = tx.node
@@ -477,6 +556,13 @@ class Phone(asyncio.DatagramProtocol):
                 self._send_register(node)
                 return
             reason = f"423 {response.reason} (Min-Expires {wanted})"
+        elif code in (401, 407):
+            why = self._take_challenge(node, tx, response)
+            if why is None:
+                self._send_register(node)
+                return
+            self._challenges.pop(node.name, None)
+            reason = f"{code} {response.reason} ({why})"
         elif response is None:
             reason = "timeout"
         else:
@@ -516,6 +602,8 @@ class Phone(asyncio.DatagramProtocol):
                 self._expiry_timer = None
         if self._attempt:
             self._423_count = 0
+            self._auth_answers = 0
+            self._fresh_nonce = False
             self._send_register(self._attempt.pop(0))
             return
         self._attempt_active = False
@@ -575,7 +663,7 @@ class Phone(asyncio.DatagramProtocol):
         msg = sip.options(
             target_host=self.primary.host,
             target_port=self.primary.port,
-            user=self.user,
+            user=self.aor_user,
             domain=self.domain,
             local_host=self.local_host,
             local_port=self.local_port,
@@ -614,7 +702,7 @@ class Fleet:
 
     Phone *i* is user ``first_user + i``, bound on ``local_hosts[i % len]``
     at port ``base_port + i // len(local_hosts)`` (``base_port`` 0: ephemeral
-    ports).
+    ports), with the line credentials ``credentials(number)`` (None: none).
     """
 
     def __init__(
@@ -626,6 +714,7 @@ class Fleet:
         local_hosts: Sequence[str] = ("127.0.0.1",),
         base_port: int = 0,
         first_user: int = 10000,
+        credentials: Callable[[int], Credentials | None] | None = None,
     ):
         if count < 0:
             raise ValueError("count must not be negative")
@@ -647,6 +736,7 @@ class Fleet:
                 local_port=(base_port + i // len(hosts)) if base_port else 0,
                 stats=self.stats,
                 on_node_change=self._node_changed,
+                credentials=credentials(first_user + i) if credentials else None,
             )
             for i in range(count)
         ]
