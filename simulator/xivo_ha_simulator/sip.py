@@ -544,6 +544,28 @@ def uri_key(uri: str) -> str:
     return uri.lower()
 
 
+def uri_user(uri: str) -> str | None:
+    """The user part of ``sip:user@host:port;params``, None without one."""
+    rest = uri.strip().strip("<>").partition(":")[2]
+    user, at, _ = rest.partition("@")
+    return user.partition(";")[0] if at else None
+
+
+def uri_hostport(uri: str) -> tuple[str, int] | None:
+    """(host, port) a request to ``uri`` goes to (port 5060 when absent); None if it has no host."""
+    rest = uri.strip().strip("<>").partition(":")[2]
+    hostport = rest.rpartition("@")[2]
+    for stop in (";", "?"):
+        hostport = hostport.partition(stop)[0]
+    if hostport.startswith("["):
+        host, _, tail = hostport[1:].partition("]")
+        port = _int_or_none(tail[1:]) if tail.startswith(":") else None
+    else:
+        host, _, port_text = hostport.partition(":")
+        port = _int_or_none(port_text) if port_text else None
+    return (host, port or SIP_PORT) if host else None
+
+
 # --------------------------------------------------------------------------- parse
 
 
