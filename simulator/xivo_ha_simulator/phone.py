@@ -1036,8 +1036,9 @@ class Fleet:
         nodes = [self.primary.name] + ([self.backup.name] if self.backup else [])
         parts = [f"{name} {c.get(name, 0)}" for name in nodes] + [f"none {c.get(NONE, 0)}"]
         s = self.stats
+        calls = (f"  | calls connected {s.calls_connected} failed {s.calls_failed}" if s.calls_placed else "")
         return (f"{'  '.join(parts)}  | REGISTER ok {s.register_ok} failed {s.register_failed}"
-                f" timeouts {s.timeouts} retransmissions {s.retransmissions}")
+                f" timeouts {s.timeouts} retransmissions {s.retransmissions}" + calls)
 
     async def stop(self) -> None:
         for phone in self.phones:

@@ -22,7 +22,7 @@ from typing import TextIO
 from . import faults
 from . import report as rep
 from .cluster import MASTER, PROJECT, SLAVE, BringUp, Checker, Cluster, ClusterError
-from .constants import DEFAULT_BOUND, OUTAGE, SERVED
+from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE, OUTAGE, SERVED
 from .events import NONE
 from .phone import Credentials, Fleet, FleetThread, PhoneConfig, Registrar, provisioned_line
 
@@ -40,6 +40,7 @@ class Options:
     sip_probe: bool = False
     failback_policy: str = "next-refresh"
     failures_before_failover: int | None = None
+    call_rate: float = DEFAULT_CALL_RATE
     bound: float = DEFAULT_BOUND
     reuse: bool = False
     project: str = PROJECT
@@ -196,7 +197,8 @@ class Simulation:
 
     def fleet(self, info: BringUp) -> tuple[FleetThread, PhoneConfig]:
         """The phones, provisioned from the master, on a thread of their own (not started)."""
-        config = PhoneConfig(expires=REAL_EXPIRES, time_scale=self.k, failback=self.o.failback_policy)
+        config = PhoneConfig(expires=REAL_EXPIRES, time_scale=self.k, failback=self.o.failback_policy,
+                             call_rate=self.o.call_rate)
         primary, backup, credentials = self.provisioned(info, provisioned_line)
         fleet = Fleet(Registrar(MASTER, primary), Registrar(SLAVE, backup), self.o.phones, config,
                       local_hosts=(info.gateway,), first_user=FIRST_USER, credentials=credentials.get)
