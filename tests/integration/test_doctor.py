@@ -458,7 +458,8 @@ def test_two_schema_version_rows_doctor_and_replication_agree(pair):
     pair.slave.db.execute("INSERT INTO alembic_version (version_num) VALUES ('0123456789ab')")
     checks = pair.checks()
     assert failing(checks) == {("same-schema", "pair"): "FAIL"}
-    assert "schema 2c1b3ad2b9d7 here, 0123456789ab,2c1b3ad2b9d7 on the peer" in checks[("same-schema", "pair")]["finding"]
+    finding = checks[("same-schema", "pair")]["finding"]
+    assert "schema 2c1b3ad2b9d7 here, 0123456789ab,2c1b3ad2b9d7 on the peer" in finding
     refused = pair.master.run(LOOPBACK, command="xivo-master-slave-db-replication")
     assert refused.returncode == 1
     assert "(alembic_version: master 2c1b3ad2b9d7, slave 0123456789ab,2c1b3ad2b9d7)" in refused.stderr
