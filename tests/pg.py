@@ -27,9 +27,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _as_postgres(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+def _as_postgres(argv: list[str], netns: str | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``argv`` as the postgres OS user (when root), inside network namespace ``netns`` if given."""
     if os.geteuid() == 0:
         argv = ["runuser", "-u", "postgres", "--", *argv]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
     return subprocess.run(argv, check=True, capture_output=True, text=True, **kwargs)
 
 
@@ -40,7 +43,7 @@ class Database:
 
     @property
     def dsn(self) -> str:
-        return f"host=127.0.0.1 port={self.server.port} user=postgres dbname={self.name}"
+        return f"host={self.server.host} port={self.server.port} user=postgres dbname={self.name}"
 
     def connect(self) -> psycopg.Connection:
         return psycopg.connect(self.dsn, autocommit=True)
@@ -83,14 +86,18 @@ host    replication     all             ::1/128                 scram-sha-256
 class PgServer:
     """A PostgreSQL cluster in a temp dir, on 127.0.0.1:<free port>, trust auth.
 
+    With ``netns``, it runs in that network namespace (a test host's own database, on that
+    host's loopback) and this process reaches it on the Unix socket in ``dir``.
+
     ``stock_auth()`` switches it to Debian's stock authentication afterwards: then only
     the `postgres` OS user gets in, on the Unix socket in ``dir`` (``socket_dsn``).
     """
 
-    def __init__(self, locale: str = "C.UTF-8"):
+    def __init__(self, locale: str = "C.UTF-8", netns: str | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="xivo-ha-pg-"))
         self.port = free_port()
         self.locale = locale
+        self.netns = netns
         os.chmod(self.dir, 0o755)
         if os.geteuid() == 0:
             pw = pwd.getpwnam("postgres")
@@ -100,12 +107,18 @@ class PgServer:
     def data(self) -> Path:
         return self.dir / "data"
 
+    @property
+    def host(self) -> str:
+        """Where this process reaches the server: TCP on 127.0.0.1, or the Unix socket when the
+        server listens on the loopback of another network namespace (``netns``)."""
+        return str(self.dir) if self.netns else "127.0.0.1"
+
     def start(self) -> "PgServer":
         _as_postgres([str(PG_BIN / "initdb"), "-D", str(self.data), "-E", "UTF8",
                       f"--locale={self.locale}", "-A", "trust", "-U", "postgres"])
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
         _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options,
-                      "-l", str(self.dir / "log"), "-w", "-t", "60", "start"])
+                      "-l", str(self.dir / "log"), "-w", "-t", "60", "start"], netns=self.netns)
         self.admin("postgres").execute(f"CREATE DATABASE {TEMPLATE}")
         subprocess.run(["psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", "-d",
                         self.admin(TEMPLATE).dsn, "-f", str(SCHEMA)],

@@ -59,8 +59,8 @@ def line_credentials(number: int) -> Credentials:
 class LineDatabase:
     """A node's ``asterisk`` database on a throw-away cluster, read by Kamailio with a password."""
 
-    def __init__(self, lines: range = DEFAULT_LINES):
-        self.server = PgServer().start()
+    def __init__(self, lines: range = DEFAULT_LINES, netns: str | None = None):
+        self.server = PgServer(netns=netns).start()
         self.name = "asterisk"
         try:
             self.server.create_database(self.name)

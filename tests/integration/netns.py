@@ -209,7 +209,6 @@ def witness_lab():
 # through XIVO_HA_SERVICES_* environment variables.
 
 REPO = Path(__file__).resolve().parents[2]
-KAMAILIO_TEMPLATE = REPO / "simulator" / "node" / "kamailio.cfg.j2"
 
 INIT_SCRIPT = r"""#!/bin/sh
 # LSB-style init script for tests: <service> start|stop|status
@@ -303,19 +302,20 @@ class SlaveServices:
         """A service whose daemon is a long sleep: a real process with a pid file."""
         self._install(name, ["/bin/sleep", "3600"])
 
-    def add_kamailio(self, name: str = "kamailio", port: int | None = None, listen_address: str = "127.0.0.1") -> int:
-        """A service running a real Kamailio (the simulator's registrar), by default on a loopback port."""
-        import jinja2
+    def add_kamailio(self, name: str, database, port: int | None = None, listen_address: str = "127.0.0.1") -> int:
+        """A service running a real Kamailio (the simulator's registrar), by default on a loopback port.
+
+        ``database``: the node's asterisk database it reads lines from (a
+        ``kamailio_fixture.LineDatabase``, in the namespace the service runs in).
+        """
+        from kamailio_fixture import render_kamailio_cfg
 
         port = port or (free_udp_port() if listen_address == "127.0.0.1" else 5060)
         workdir = self.base / "kamailio" / name
         workdir.mkdir(parents=True, exist_ok=True)
-        template = jinja2.Template(KAMAILIO_TEMPLATE.read_text())
         config = workdir / "kamailio.cfg"
-        config.write_text(
-            template.render(listen_address=listen_address, port=port, min_expires=180, max_expires=300,
-                            default_expires=240, children=1)
-        )
+        config.write_text(render_kamailio_cfg(listen_address, port, min_expires=180, max_expires=300,
+                                              default_expires=240, children=1, db_url=database.url))
         self._install(name, ["/usr/sbin/kamailio", "-f", str(config), "-DD", "-E", "-Y", str(workdir),
                              "-w", str(workdir), "-m", "16", "-M", "4"])
         self.kamailio_ports[name] = port

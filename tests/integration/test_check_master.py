@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from kamailio_fixture import LineDatabase
 from netns import REPO, Lab, SlaveServices, lab, pid_alive, slave_services, witness_lab  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -126,9 +127,13 @@ def syslog(tmp_path):
 
 @pytest.fixture
 def slave(lab, node_root, slave_services, syslog):
-    slave_services.add_sleeper("watch")
-    slave_services.add_kamailio("kamailio")
-    return Slave(lab, node_root, slave_services, ["watch", "kamailio"], syslog)
+    database = LineDatabase(range(1001, 1011), netns=lab.slave_ns)  # the slave's own asterisk database
+    try:
+        slave_services.add_sleeper("watch")
+        slave_services.add_kamailio("kamailio", database)
+        yield Slave(lab, node_root, slave_services, ["watch", "kamailio"], syslog)
+    finally:
+        database.stop()
 
 
 # --- failover and failback ------------------------------------------------------------
@@ -509,7 +514,8 @@ def wait_for_registrar(lab: Lab, attempts: int = 50) -> None:
 
 def test_registrar_answering_keeps_the_slave_standby(slave, tmp_path):
     master_services = SlaveServices(tmp_path / "master-services")
-    master_services.add_kamailio("registrar", listen_address=slave.lab.master_address)
+    database = LineDatabase(range(1001, 1011), netns=slave.lab.master_ns)
+    master_services.add_kamailio("registrar", database, listen_address=slave.lab.master_address)
     started = subprocess.run(
         slave.lab.in_master([str(master_services.base / "etc/init.d/registrar"), "start"]),
         capture_output=True, text=True, timeout=60,
@@ -524,3 +530,4 @@ def test_registrar_answering_keeps_the_slave_standby(slave, tmp_path):
         assert slave.running() == [False, False]
     finally:
         master_services.cleanup()
+        database.stop()

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from kamailio_fixture import LineDatabase
 from netns import REPO, SlaveServices, pid_alive, slave_services  # noqa: F401  (fixture)
 from xivo_ha import probes
 
@@ -35,9 +36,13 @@ def answers_sip(port: int, attempts: int = 50) -> bool:
 
 @pytest.fixture
 def two_services(slave_services):
-    slave_services.add_sleeper("watch")
-    port = slave_services.add_kamailio("kamailio")
-    return slave_services, ["watch", "kamailio"], port
+    database = LineDatabase(range(1001, 1011))  # the node's own asterisk database
+    try:
+        slave_services.add_sleeper("watch")
+        port = slave_services.add_kamailio("kamailio", database)
+        yield slave_services, ["watch", "kamailio"], port
+    finally:
+        database.stop()
 
 
 def test_start_enables_then_starts_in_order(node_root, two_services):
