@@ -36,7 +36,6 @@ from .role import Role
 OK = "OK"
 WARN = "WARN"
 FAIL = "FAIL"
-STATUSES = (OK, WARN, FAIL)
 
 LOCAL = "local"
 PEER = "peer"

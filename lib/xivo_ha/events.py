@@ -18,12 +18,12 @@ is logged, never raised.
 from __future__ import annotations
 
 import json
-import logging
 import socket
 from typing import Any
 
 from . import failover, notify, paths, system
 from .errors import XivoHaError
+from .log import LOGGER
 
 STATE_FILE = "events.json"
 TOPICS = {
@@ -66,7 +66,7 @@ def emit(settings: Any, event: str, detail: str, logged: bool = False) -> bool:
 
     ``logged``: the caller already wrote the syslog line; otherwise one is written here.
     """
-    logger = logging.getLogger("xivo-ha")
+    logger = LOGGER
     last = _load()
     if not changed(last, event):
         return False

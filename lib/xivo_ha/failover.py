@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import enum
 import json
-import logging
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
 from . import paths, system
+from .log import LOGGER
 from .probes import Observation
 
 STATE_FILE = "failover.json"
@@ -431,7 +431,7 @@ def load_state(path: Optional[Path] = None) -> State:
         return state_from_json(text)
     except (OSError, ValueError) as exc:
         why = f"{path} is unreadable ({exc})"
-        logging.getLogger("xivo-ha").warning("%s: the failover state is unknown", why)
+        LOGGER.warning("%s: the failover state is unknown", why)
         return State(mode=UNKNOWN, reason=why)
 
 

@@ -14,7 +14,6 @@ text exposition format.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from dataclasses import asdict
@@ -22,6 +21,7 @@ from typing import Any, Mapping
 
 from . import __version__, maintenance, paths, role, runstate, system
 from .errors import EXIT_USAGE, XivoHaError
+from .log import LOGGER
 from .role import Role
 
 COUNTERS_FILE = "metrics.json"
@@ -150,7 +150,7 @@ def write() -> None:
     try:
         system.write_atomic(paths.node(paths.PROMETHEUS_TEXTFILE), render(gather()), 0o644)
     except (OSError, XivoHaError) as exc:
-        logging.getLogger("xivo-ha").warning("could not write %s: %s", paths.PROMETHEUS_TEXTFILE, exc)
+        LOGGER.warning("could not write %s: %s", paths.PROMETHEUS_TEXTFILE, exc)
 
 
 def after(code: int) -> int:

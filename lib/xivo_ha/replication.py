@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from . import database, paths, system
 from .errors import OperationFailed
+from .log import Progress, quiet
 
 if TYPE_CHECKING:
     import psycopg
@@ -68,13 +69,6 @@ SESSION_SETTINGS = (
     ("bytea_output", "hex"),
     ("lc_monetary", "C"),
 )
-
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
-
 
 # ---------------------------------------------------------------------------
 # What a database looks like (observed), and the pure decisions over it
@@ -688,7 +682,7 @@ def _read_copy(conn, statement: bytes, emit: Callable[[bytes], None]) -> None:
 
 
 def copy_tables(
-    master, slave, tables: Sequence[Table], progress: Progress = _quiet, then: Callable[[], Any] | None = None
+    master, slave, tables: Sequence[Table], progress: Progress = quiet, then: Callable[[], Any] | None = None
 ) -> tuple[dict[str, int], Any]:
     """Stream each table from the master's transaction into the slave's (COPY, text format).
 
@@ -934,7 +928,7 @@ def replicate(
     *,
     force: bool = False,
     dry_run: bool = False,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     limits: "database.Limits | None" = None,
     sessions_must_be_ours: bool = False,
 ) -> Outcome:

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from . import paths, system
 from .errors import OperationFailed, UsageError
+from .log import Progress, quiet
 
 RUNNING = "running"
 STOPPED = "stopped"
@@ -38,19 +39,12 @@ EXIT_NONE_RUNNING = 3
 PLACEHOLDER = "{service}"
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._+:-]*$")
 
-Progress = Callable[[str], None]
-
-
 SERVICES_LOCK = "services.lock"
 
 
 def lock():
     """The lock held while the slave's services are started, stopped or restarted."""
     return system.exclusive_lock(paths.state(SERVICES_LOCK), "start or stop of the services")
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -154,7 +148,7 @@ class Manager:
         if failures:
             raise OperationFailed("; ".join(failures))
 
-    def start(self, progress: Progress = _quiet) -> None:
+    def start(self, progress: Progress = quiet) -> None:
         """Enable at boot, then start, each service in order."""
         plan = []
         for service in self.services:
@@ -162,7 +156,7 @@ class Manager:
             plan.append(("start", self.start_command, service))
         self._steps(plan, progress)
 
-    def stop(self, progress: Progress = _quiet) -> None:
+    def stop(self, progress: Progress = quiet) -> None:
         """Stop, then disable at boot, each service in reverse order."""
         plan = []
         for service in reversed(self.services):

@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from . import paths, system
 from .errors import OperationFailed, UsageError
+from .log import Progress, quiet
 
 KEY_COMMENT = "XiVO HA"
 SAFE = re.compile(r"^[A-Za-z0-9_./@%+=:,-]+$")
@@ -56,12 +57,6 @@ HA_STATE = (paths.HA_CONF, paths.ROOT_SSH, paths.STATE_DIR, paths.CRON_DIR, "/et
 FAILBACK_OWNER = "asterisk"
 FAILBACK_FILE_MODE = 0o640
 FAILBACK_DIR_MODE = 0o750
-
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def _safe(value: str, what: str) -> str:
@@ -298,7 +293,7 @@ def authorized_keys_path(remote: Remote) -> str:
     return remote.remote_path(f"{home}/.ssh/authorized_keys")
 
 
-def ensure_key(remote: Remote, progress: Progress = _quiet) -> bool:
+def ensure_key(remote: Remote, progress: Progress = quiet) -> bool:
     """Create the key pair when absent (True when created); fix the modes either way."""
     key, public = remote.key, remote.public_key
     key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -319,7 +314,7 @@ def ensure_key(remote: Remote, progress: Progress = _quiet) -> bool:
     return created
 
 
-def init_key(remote: Remote, password_from_env: bool = False, progress: Progress = _quiet,
+def init_key(remote: Remote, password_from_env: bool = False, progress: Progress = quiet,
              fingerprint: str | None = None, confirm: Callable[[str], bool] | None = None) -> str:
     """``xivo-sync -i``: a sentence saying what was done.
 
@@ -431,7 +426,7 @@ def _rsync_failure(result: system.Result) -> str:
     return f"rsync exit {result.returncode}: " + (" / ".join(lines[-3:]) if lines else "no output")
 
 
-def push(remote: Remote, directories: Sequence[str], progress: Progress = _quiet) -> SyncOutcome:
+def push(remote: Remote, directories: Sequence[str], progress: Progress = quiet) -> SyncOutcome:
     if not remote.key.exists():
         raise OperationFailed(
             f"no SSH key {remote.key}: create it and authorize it on the slave with `xivo-sync -i`"
@@ -758,7 +753,7 @@ class FailbackOutcome:
     warnings: tuple[str, ...] = ()
 
 
-def failback(remote: Remote, directories: Sequence[str], progress: Progress = _quiet) -> FailbackOutcome:
+def failback(remote: Remote, directories: Sequence[str], progress: Progress = quiet) -> FailbackOutcome:
     if not remote.key.exists():
         raise OperationFailed(
             f"no SSH key {remote.key}: create it and authorize it on the slave with `xivo-sync -i`"

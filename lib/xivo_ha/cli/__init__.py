@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 from typing import Type
@@ -9,18 +11,46 @@ from typing import Type
 from plumbum import cli
 
 from .. import __version__, log
-from ..errors import XivoHaError
+from ..errors import EXIT_USAGE, UsageError, XivoHaError
 
 
 class Command(cli.Application):
-    """Base for every xivo-ha command: version, verbose switch, errors as one line."""
+    """Base for every xivo-ha command: version, verbose switch, logging, errors as one line.
+
+    Logging (stderr, syslog, the log file) is set up once per process when the first
+    command object is made; ``-v`` on a command or on its group shows debug lines.
+    """
 
     VERSION = __version__
 
-    verbose = cli.Flag(["-V", "--verbose"], help="Also print progress and debug details on stderr")
+    def __init__(self, executable):
+        super().__init__(executable)
+        log.setup()
 
-    def log(self):
-        return log.setup(self.verbose)
+    @cli.switch(["-v", "--verbose"], help="Also print progress and debug details on stderr")
+    def verbose(self):
+        log.setup(verbose=True)
+
+    def log(self) -> logging.Logger:
+        return log.LOGGER
+
+
+class Group(Command):
+    """A command made of sub-commands: without one, help on stderr and exit 2.
+
+    ``UNKNOWN`` is the error for an unknown sub-command, ``{!r}`` standing for it.
+    """
+
+    UNKNOWN = "unknown command {!r}"
+
+    def main(self, *args):
+        if args:
+            raise UsageError(self.UNKNOWN.format(args[0]))
+        if not self.nested_command:
+            with contextlib.redirect_stdout(sys.stderr):
+                self.help()
+            return EXIT_USAGE
+        return None
 
 
 def run(app: Type[cli.Application], argv: list[str] | None = None) -> int:
