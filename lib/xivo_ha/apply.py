@@ -88,7 +88,7 @@ def observe(settings: Settings, target: HaConfig) -> Observed:
     current = role.read()
     files = {path: FileState.read(path) for path in role_files().values()}
     for key in ("hba_file", "conf_file"):
-        path = paths.node(settings.postgresql[key])
+        path = paths.node(getattr(settings.postgresql, key))
         state = FileState.read(path)
         if target.role is Role.SLAVE and state.content is None:
             raise OperationFailed(
@@ -129,7 +129,7 @@ def plan(target: HaConfig, settings: Settings, observed: Observed, start: bool =
     master_ip = target.remote_address if target.role is Role.SLAVE else None
     for key, edit in (("hba_file", lambda text: pgaccess.edit_hba(text, master_ip)),
                       ("conf_file", lambda text: pgaccess.edit_conf(text, master_ip is not None))):
-        path = paths.node(settings.postgresql[key])
+        path = paths.node(getattr(settings.postgresql, key))
         current = observed.files[path]
         if current.content is not None:
             wanted(pg_step, path, edit(current.content), current.mode)

@@ -276,7 +276,7 @@ def _turn_off(settings: Settings, say: Progress, replicate: bool) -> OffOutcome:
         return outcome
     failures = []
     for key in ("replication_command", "sync_command"):
-        argv = [part.replace("{slave}", config.remote_address) for part in settings.maintenance[key]]
+        argv = [part.replace("{slave}", config.remote_address) for part in getattr(settings.maintenance, key)]
         command_line = " ".join(argv)
         say(f"running {command_line}")
         try:
