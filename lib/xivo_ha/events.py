@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Any
 
 from . import failover, notify, paths, system
 from .errors import XivoHaError
 from .log import LOGGER
+from .settings import Settings
 
 STATE_FILE = "events.json"
 TOPICS = {
@@ -61,7 +61,7 @@ def _load() -> dict:
     return system.read_json_object(paths.state(STATE_FILE))
 
 
-def emit(settings: Any, event: str, detail: str, logged: bool = False) -> bool:
+def emit(settings: Settings, event: str, detail: str, logged: bool = False) -> bool:
     """Tell ``event`` when it changes its topic's state; True when it was told.
 
     ``logged``: the caller already wrote the syslog line; otherwise one is written here.
@@ -90,7 +90,7 @@ def emit(settings: Any, event: str, detail: str, logged: bool = False) -> bool:
     return True
 
 
-def after_check(settings: Any, decision: failover.Decision, error: Exception | None = None) -> None:
+def after_check(settings: Settings, decision: failover.Decision, error: Exception | None = None) -> None:
     """Tell what one xivo-check-master-status round changed (its lines are already logged)."""
     mode = "failover" if decision.state.mode == failover.SERVING else "failback"
     emit(settings, mode, decision.reason, logged=True)

@@ -34,6 +34,7 @@ from typing import Any, Optional
 from . import paths, system
 from .log import LOGGER
 from .probes import Observation
+from .settings import Settings
 
 STATE_FILE = "failover.json"
 
@@ -71,7 +72,7 @@ class Policy:
     witness: str = ""
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "Policy":
+    def from_settings(cls, settings: Settings) -> "Policy":
         return cls(
             failures_before_failover=settings.failover.failures_before_failover,
             successes_before_failback=settings.failover.successes_before_failback,

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 from . import database, paths, system
 from .errors import OperationFailed
 from .log import Progress, quiet
+from .settings import Settings
 
 if TYPE_CHECKING:
     import psycopg
@@ -421,7 +422,7 @@ def serving_check(report: Mapping[str, Any] | None, problem: str, slave_ip: str,
     return ServingCheck(False, f"{why}; use --force to replicate anyway")
 
 
-def ask_slave(config: Any, slave_ip: str) -> tuple[dict | None, str]:
+def ask_slave(config: Settings, slave_ip: str) -> tuple[dict | None, str]:
     """The slave's ``xivo-ha status --json`` over the HA key, or None and why not."""
     from . import doctor
 

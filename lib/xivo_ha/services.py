@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from . import paths, system
 from .errors import OperationFailed, UsageError
 from .log import Progress, quiet
+from .settings import Settings
 
 RUNNING = "running"
 STOPPED = "stopped"
@@ -85,7 +86,7 @@ def validate_service(name: str) -> str:
     return name
 
 
-def _template(settings: Any, key: str) -> tuple[str, ...]:
+def _template(settings: Settings, key: str) -> tuple[str, ...]:
     value = tuple(getattr(settings.services, key))
     if not value or not value[0]:
         raise UsageError(f"[services] {key}: empty command")
@@ -109,7 +110,7 @@ class Manager:
     timeout: float = 120.0
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "Manager":
+    def from_settings(cls, settings: Settings) -> "Manager":
         names = tuple(validate_service(name) for name in settings.services.slave_services)
         if not names:
             raise UsageError("[services] slave_services is empty: name the services a failover starts")

@@ -37,6 +37,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from . import paths, system
 from .errors import OperationFailed, UsageError
 from .log import Progress, quiet
+from .settings import Settings
 
 KEY_COMMENT = "XiVO HA"
 SAFE = re.compile(r"^[A-Za-z0-9_./@%+=:,-]+$")
@@ -108,7 +109,7 @@ class Remote:
     io_timeout: int
 
     @classmethod
-    def from_settings(cls, config, host: str) -> "Remote":
+    def from_settings(cls, config: Settings, host: str) -> "Remote":
         options = config.sync
         if not USER.match(options.ssh_user):
             raise UsageError(f"[sync] ssh_user {options.ssh_user!r} is not a valid user name")

@@ -45,7 +45,7 @@ class _RoleChange(Command):
         with role.change_lock():
             return self._change(target, config)
 
-    def _change(self, target: HaConfig, config) -> int:
+    def _change(self, target: HaConfig, config: settings.Settings) -> int:
         maintenance.refuse_role_change()
         before = role.read()
         if target.role is Role.DISABLED:
