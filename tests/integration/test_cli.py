@@ -119,3 +119,20 @@ def test_v_shows_debug_lines_on_stderr(node):
     verbose = ok(node.run("-v", "stop", command="xivo-manage-slave-services"))
     assert "stopped and disabled at boot" in verbose.stderr
     assert ok(node.run("stop", "--verbose", command="xivo-manage-slave-services")).stderr != ""
+
+
+@pytest.mark.parametrize("args,command,message", [
+    (("status", "--bogus"), "xivo-ha", "xivo-ha: unknown switch --bogus: see `xivo-ha status --help`"),
+    (("--bogus",), "xivo-manage-slave-services",
+     "xivo-manage-slave-services: unknown switch --bogus: see `xivo-manage-slave-services --help`"),
+    ((), "xivo-check-master-status", "xivo-check-master-status: expected at least 1 positional argument, got []: "
+                                     "see `xivo-check-master-status --help`"),
+    (("--loop", "x", "10.0.0.1"), "xivo-check-master-status", "xivo-check-master-status: argument of loop "
+                                                             "expected to be 0..3600, not 'x': see"),
+])
+def test_a_wrong_command_line_is_one_line_on_stderr_and_exit_2(node, args, command, message):
+    result = node.run(*args, command=command)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(message)

@@ -9,6 +9,8 @@ import sys
 from typing import Type
 
 from plumbum import cli
+from plumbum.cli.application import ShowHelp, ShowHelpAll, ShowVersion
+from plumbum.cli.switches import SwitchError
 
 from .. import __version__, log
 from ..errors import EXIT_USAGE, UsageError, XivoHaError
@@ -33,6 +35,26 @@ class Command(cli.Application):
 
     def log(self) -> logging.Logger:
         return log.LOGGER
+
+    # plumbum prints a wrong command line on stdout, with the whole help: here it is one
+    # line on stderr, exit 2, like every other bad input.
+    def _parse_args(self, argv):
+        with self._usage_errors():
+            return super()._parse_args(argv)
+
+    def _validate_args(self, swfuncs, tailargs):
+        with self._usage_errors():
+            return super()._validate_args(swfuncs, tailargs)
+
+    @contextlib.contextmanager
+    def _usage_errors(self):
+        try:
+            yield
+        except (ShowHelp, ShowHelpAll, ShowVersion):
+            raise
+        except SwitchError as exc:
+            first = str(exc).splitlines()[0].rstrip(":") if str(exc) else "wrong command line"
+            raise UsageError(f"{first[0].lower()}{first[1:]}: see `{self.PROGNAME} --help`") from None
 
 
 class Group(Command):
