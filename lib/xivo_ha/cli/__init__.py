@@ -53,7 +53,7 @@ class Command(cli.Application):
         except (ShowHelp, ShowHelpAll, ShowVersion):
             raise
         except SwitchError as exc:
-            first = str(exc).splitlines()[0].rstrip(":") if str(exc) else "wrong command line"
+            first = (str(exc).splitlines() or [""])[0].rstrip(":") or "wrong command line"
             raise UsageError(f"{first[0].lower()}{first[1:]}: see `{self.PROGNAME} --help`") from None
 
 
