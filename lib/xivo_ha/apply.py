@@ -17,10 +17,10 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from . import cron, database, paths, pgaccess, provisioning, role, services, system
 from .errors import OperationFailed, UsageError
+from .log import Progress
 from .role import ALLOW_LOOPBACK_ENV, HaConfig, Role
 from .settings import Settings
 
@@ -88,7 +88,7 @@ def observe(settings: Settings, target: HaConfig) -> Observed:
     current = role.read()
     files = {path: FileState.read(path) for path in role_files().values()}
     for key in ("hba_file", "conf_file"):
-        path = paths.node(settings.postgresql[key])
+        path = paths.node(getattr(settings.postgresql, key))
         state = FileState.read(path)
         if target.role is Role.SLAVE and state.content is None:
             raise OperationFailed(
@@ -129,7 +129,7 @@ def plan(target: HaConfig, settings: Settings, observed: Observed, start: bool =
     master_ip = target.remote_address if target.role is Role.SLAVE else None
     for key, edit in (("hba_file", lambda text: pgaccess.edit_hba(text, master_ip)),
                       ("conf_file", lambda text: pgaccess.edit_conf(text, master_ip is not None))):
-        path = paths.node(settings.postgresql[key])
+        path = paths.node(getattr(settings.postgresql, key))
         current = observed.files[path]
         if current.content is not None:
             wanted(pg_step, path, edit(current.content), current.mode)
@@ -283,7 +283,7 @@ def describe_journal(data: dict) -> str:
             f"(at {step}); the next `xivo-ha enable` or `xivo-ha disable` undoes it first")
 
 
-def undo_interrupted(settings: Settings, say: Callable[[str], None]) -> None:
+def undo_interrupted(settings: Settings, say: Progress) -> None:
     """Finish an interrupted change by undoing it: restore the recorded previous state."""
     data = read_journal()
     if data is None:
@@ -323,7 +323,7 @@ def undo_interrupted(settings: Settings, say: Callable[[str], None]) -> None:
     system.remove(journal_path())
 
 
-def execute(steps: list[Step], settings: Settings, observed: Observed, say: Callable[[str], None],
+def execute(steps: list[Step], settings: Settings, observed: Observed, say: Progress,
             target: HaConfig | None = None) -> Outcome:
     """Apply ``steps`` in order; on failure or SIGINT/SIGTERM/SIGHUP undo what was applied
     and raise OperationFailed.  A journal records the change while it is in progress."""
@@ -472,7 +472,7 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def change_role(target: HaConfig, settings: Settings, say: Callable[[str], None], start: bool = False) -> Outcome:
+def change_role(target: HaConfig, settings: Settings, say: Progress, start: bool = False) -> Outcome:
     """Validate, observe, plan and apply a role change (``start``: see :func:`plan`)."""
     if target.role is not Role.DISABLED and target.remote_address in _own_addresses():
         raise UsageError(

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from . import __version__, cron, doctor, paths, runstate, status, system
 from .errors import OperationFailed, XivoHaError
+from .settings import Settings
 
 REDACTED = "REDACTED"
 PACKAGES = ("xivo-ha", "xivo", "xivo-config", "xivo-sync", "xivo-provd", "asterisk", "kamailio",
@@ -90,7 +91,7 @@ def _json(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
 
 
-def _doctor(contents: Contents, settings: Any) -> None:
+def _doctor(contents: Contents, settings: Settings) -> None:
     try:
         local = doctor.observe(settings)
     except (OSError, XivoHaError) as exc:
@@ -197,7 +198,7 @@ def _packages() -> str | None:
     return result.stdout + result.stderr
 
 
-def collect(settings: Any, days: int, now: float | None = None) -> Contents:
+def collect(settings: Settings, days: int, now: float | None = None) -> Contents:
     """Everything the bundle holds, each text already redacted."""
     now = time.time() if now is None else now
     contents = Contents()
@@ -238,7 +239,7 @@ def default_name(now: float) -> str:
     return f"xivo-ha-support-{socket.gethostname()}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}.tar.gz"
 
 
-def write(settings: Any, output: Path | None, days: int) -> tuple[Path, Contents]:
+def write(settings: Settings, output: Path | None, days: int) -> tuple[Path, Contents]:
     """Collect and write the archive (mode 0600) to ``output`` or ./<default name>."""
     now = time.time()
     output = Path(default_name(now)) if output is None else output

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import log, paths, role, system
+from . import paths, role, system
 from .errors import OperationFailed, UsageError
+from .log import LOGGER, Progress
 from .role import Role
 from .settings import Settings
 
@@ -44,9 +45,6 @@ LOG_OWNER = "daemon"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\.?$")
 _ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
-
-Say = Callable[[str], None]
-
 
 # --- validation (pure) -------------------------------------------------------------
 
@@ -172,7 +170,7 @@ def _daemon_ids() -> tuple[int, int]:
         raise OperationFailed(f"there is no {LOG_OWNER} user or group on this node. Nothing was changed.") from None
 
 
-def _apply_files(changes: list[tuple[str, str, Callable[[], None]]], before: list[_PathState], say: Say) -> None:
+def _apply_files(changes: list[tuple[str, str, Callable[[], None]]], before: list[_PathState], say: Progress) -> None:
     """Run each (action, done, change); on any failure restore every path in ``before`` and raise."""
     for action, done, change in changes:
         try:
@@ -194,7 +192,7 @@ def _apply_files(changes: list[tuple[str, str, Callable[[], None]]], before: lis
         say(f"  {done}")
 
 
-def enable(settings: Settings, reporting_host: str, elasticsearch: str, apply: bool, say: Say) -> list[str]:
+def enable(settings: Settings, reporting_host: str, elasticsearch: str, apply: bool, say: Progress) -> list[str]:
     """Configure DB Replic's HA mode; the steps still to run (printed or run with ``apply``)."""
     reporting_host = validate_host(reporting_host, "--reporting-db-host")
     elasticsearch = validate_host(elasticsearch, "--elasticsearch", allow_port=True)
@@ -231,13 +229,13 @@ def enable(settings: Settings, reporting_host: str, elasticsearch: str, apply: b
         (f"create {paths.CC_LOG_DIR}", f"created {paths.CC_LOG_DIR} owned {LOG_OWNER}:{LOG_OWNER}", make_log_dir),
         (f"touch {paths.CC_SENTINEL}", f"touched {paths.CC_SENTINEL}", lambda: system.touch(sentinel)),
     ], before, say)
-    log.get().info("XiVO CC DB Replic HA mode enabled (reporting DB %s, Elasticsearch %s)",
+    LOGGER.info("XiVO CC DB Replic HA mode enabled (reporting DB %s, Elasticsearch %s)",
                    reporting_host, elasticsearch)
     steps = [list(settings.cc.install_command), list(settings.cc.start_command), list(settings.cc.monitoring_command)]
     return _remaining(steps, settings, apply, say)
 
 
-def disable(settings: Settings, apply: bool, say: Say) -> list[str]:
+def disable(settings: Settings, apply: bool, say: Progress) -> list[str]:
     """Remove the HA-mode keys and the sentinel (any role: undoing is always allowed)."""
     env_path = paths.node(paths.CC_CUSTOM_ENV)
     sentinel = paths.node(paths.CC_SENTINEL)
@@ -261,11 +259,11 @@ def disable(settings: Settings, apply: bool, say: Say) -> list[str]:
     say("xivo-ha: removing DB Replic's HA slave mode")
     _apply_files(changes, before, say)
     say(f"  kept {paths.CC_LOG_DIR} and its logs")
-    log.get().info("XiVO CC DB Replic HA mode disabled")
+    LOGGER.info("XiVO CC DB Replic HA mode disabled")
     return _remaining([list(settings.cc.monitoring_command)], settings, apply, say)
 
 
-def _remaining(steps: Sequence[list[str]], settings: Settings, apply: bool, say: Say) -> list[str]:
+def _remaining(steps: Sequence[list[str]], settings: Settings, apply: bool, say: Progress) -> list[str]:
     """Run (``apply``) or list the commands; returns those left for the operator."""
     left: list[str] = []
     failures: list[str] = []

@@ -15,11 +15,12 @@ connect_timeout and ping_timeout).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable
 
 from . import doctor
 from .doctor import Facts, Limits
 from .role import Role
+from .settings import Settings
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -120,7 +121,7 @@ def decide(checks: Iterable[doctor.Check], facts: Facts, limits: Limits) -> Verd
     return Verdict(code, "; ".join(texts), perfdata(facts, limits))
 
 
-def run(settings: Any, with_peer: bool = False) -> Verdict:
+def run(settings: Settings, with_peer: bool = False) -> Verdict:
     """Observe this node (and the peer over ssh when ``with_peer``) and decide."""
     local = doctor.observe(settings, contact_peer=with_peer)
     limits = Limits.from_settings(settings)

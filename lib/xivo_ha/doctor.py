@@ -32,11 +32,11 @@ from typing import Any, Iterable, Mapping, Optional
 from . import __version__, apply, cron, database, maintenance, paths, pgaccess, role, runstate, sync, system
 from .errors import OperationFailed, XivoHaError
 from .role import Role
+from .settings import Settings
 
 OK = "OK"
 WARN = "WARN"
 FAIL = "FAIL"
-STATUSES = (OK, WARN, FAIL)
 
 LOCAL = "local"
 PEER = "peer"
@@ -90,7 +90,7 @@ class Limits:
     slave_dbname: str = "asterisk"
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "Limits":
+    def from_settings(cls, settings: Settings) -> "Limits":
         return cls(
             subnet_prefix=settings.doctor.subnet_prefix,
             job_warn_age=float(settings.doctor.job_warn_age),
@@ -692,7 +692,7 @@ def render_text(checks: Iterable[Check], peer: str = "") -> list[str]:
 # --- observe: this node's facts --------------------------------------------------------
 
 
-def observe(settings: Any, contact_peer: bool = True) -> dict:
+def observe(settings: Settings, contact_peer: bool = True) -> dict:
     """This node's facts, as a JSON-able dictionary (what `xivo-ha doctor --facts` prints).
 
     ``contact_peer=False`` skips the ssh login with the HA key (`xivo-ha check` without --peer).
@@ -781,7 +781,7 @@ def _route(peer: str) -> dict:
     return parse_route(result.stdout)
 
 
-def _pg_access(settings: Any) -> dict:
+def _pg_access(settings: Settings) -> dict:
     try:
         hba = _read_bytes(paths.node(settings.postgresql.hba_file))
         conf = _read_bytes(paths.node(settings.postgresql.conf_file))
@@ -814,7 +814,7 @@ def _maintenance() -> dict:
     return {"on": True, "since": entry.since, "reason": entry.reason, "paused_cron_files": paused}
 
 
-def _database(settings: Any) -> dict:
+def _database(settings: Settings) -> dict:
     try:
         conn = database.connect(settings.database.dsn, timeout=5, autocommit=True)
     except XivoHaError as exc:
@@ -853,7 +853,7 @@ def _provd_plugins() -> list[str] | dict:
         return {"error": f"cannot list {paths.PROVD_PLUGINS}: {exc.strerror}"}
 
 
-def ssh_command(settings: Any, peer: str, remote: list[str]) -> list[str]:
+def ssh_command(settings: Settings, peer: str, remote: list[str]) -> list[str]:
     """ssh to ``peer`` with the HA key and xivo-sync's options, running ``remote``.
 
     ssh hands the command to the peer's shell as one string: every argument is quoted.
@@ -861,7 +861,7 @@ def ssh_command(settings: Any, peer: str, remote: list[str]) -> list[str]:
     return sync.Remote.from_settings(settings, peer).ssh("--", shlex.join(remote))
 
 
-def _ha_key(settings: Any, config: role.HaConfig, contact_peer: bool = True) -> dict:
+def _ha_key(settings: Settings, config: role.HaConfig, contact_peer: bool = True) -> dict:
     path = paths.node(settings.sync.key)
     facts: dict[str, Any] = {"path": settings.sync.key, "port": settings.sync.ssh_port}
     try:
@@ -883,7 +883,7 @@ def _ha_key(settings: Any, config: role.HaConfig, contact_peer: bool = True) -> 
     return facts
 
 
-def _services(settings: Any) -> dict:
+def _services(settings: Settings) -> dict:
     from . import services
 
     try:
@@ -911,7 +911,7 @@ def tcp_connect(host: str, port: int, timeout: float) -> dict:
     return {"target": target, "alive": True, "detail": f"connected in {1000 * (time.monotonic() - started):.0f} ms"}
 
 
-def _probes(settings: Any, config: role.HaConfig) -> dict:
+def _probes(settings: Settings, config: role.HaConfig) -> dict:
     peer = config.remote_address
     if config.role is Role.MASTER:
         timeout = settings.doctor.connect_timeout
@@ -929,7 +929,7 @@ def _probes(settings: Any, config: role.HaConfig) -> dict:
 # --- the peer's facts over ssh ------------------------------------------------------------
 
 
-def fetch_peer_facts(settings: Any, local: Facts) -> tuple[dict | None, str | None]:
+def fetch_peer_facts(settings: Settings, local: Facts) -> tuple[dict | None, str | None]:
     """The peer's facts (``xivo-ha doctor --facts`` over ssh), or None and why not."""
     peer = peer_address(local)
     key = local.get("ha_key") or {}
@@ -962,7 +962,7 @@ def fetch_peer_facts(settings: Any, local: Facts) -> tuple[dict | None, str | No
     return facts, None
 
 
-def _peer_version(settings: Any, peer: str) -> str | None:
+def _peer_version(settings: Settings, peer: str) -> str | None:
     """The peer's xivo-ha version from ``xivo-ha --version`` (older peers lack --facts)."""
     try:
         argv = ssh_command(settings, peer, list(settings.doctor.peer_command) + ["--version"])
@@ -978,7 +978,7 @@ def _first(text: str) -> str:
     return text.splitlines()[0][:300] if text else "no output"
 
 
-def diagnose(settings: Any, local_only: bool = False) -> tuple[list[Check], dict, dict | None]:
+def diagnose(settings: Settings, local_only: bool = False) -> tuple[list[Check], dict, dict | None]:
     """Observe this node (and the peer unless ``local_only``) and run every check."""
     local = observe(settings)
     peer, problem = None, None

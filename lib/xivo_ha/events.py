@@ -31,10 +31,11 @@ import logging
 import socket
 import sys
 import time
-from typing import Any
 
 from . import failover, maintenance, notify, paths, system
 from .errors import XivoHaError
+from .log import LOGGER
+from .settings import Settings
 
 STATE_FILE = "events.json"
 LOCK_FILE = "events.lock"
@@ -126,8 +127,7 @@ def _record(event: str, period: str) -> bool:
                 return _update(event, period)
         except system.LockBusy:
             time.sleep(LOCK_PAUSE)
-    logging.getLogger("xivo-ha").warning("%s stayed locked: updating %s without it",
-                                         paths.state(LOCK_FILE), paths.state(STATE_FILE))
+    LOGGER.warning("%s stayed locked: updating %s without it", paths.state(LOCK_FILE), paths.state(STATE_FILE))
     return _update(event, period)
 
 
@@ -140,14 +140,14 @@ def _update(event: str, period: str) -> bool:
     return True
 
 
-def emit(settings: Any, event: str, detail: str, logged: bool = False, advice: str = "",
+def emit(settings: Settings, event: str, detail: str, logged: bool = False, advice: str = "",
          period: str = "") -> bool:
     """Tell ``event`` when it changes its topic's state; True when it was told.
 
     ``logged``: the caller already wrote the syslog line; otherwise ``detail`` is logged
     here (at the event's level).  ``advice`` replaces the event's usual advice in the mail.
     """
-    logger = logging.getLogger("xivo-ha")
+    logger = LOGGER
     if not _record(event, period):
         return False
     if not logged:
@@ -170,19 +170,19 @@ def emit(settings: Any, event: str, detail: str, logged: bool = False, advice: s
     return True
 
 
-def job_failed(settings: Any, job: str, message: str, advice: str = "") -> None:
+def job_failed(settings: Settings, job: str, message: str, advice: str = "") -> None:
     """A periodic job failed: logged as an error and mailed when it did not fail before;
     a failure that goes on is only said on stderr (for whoever ran it)."""
     if not emit(settings, JOB_EVENTS[job][0], message, advice=advice):
         print(message, file=sys.stderr)
 
 
-def job_succeeded(settings: Any, job: str, sentence: str) -> None:
+def job_succeeded(settings: Settings, job: str, sentence: str) -> None:
     """A periodic job worked: after failures, its recovery is logged and mailed."""
     emit(settings, JOB_EVENTS[job][1], f"{SUBJECTS[JOB_EVENTS[job][1]]}: {sentence}")
 
 
-def maintenance_reminder(settings: Any, now: float | None = None) -> str:
+def maintenance_reminder(settings: Settings, now: float | None = None) -> str:
     """Mail once per maintenance period left on longer than [doctor] maintenance_warn_age.
 
     Returns the sentence of what was found (maintenance off, on but not for long, told,
@@ -201,7 +201,7 @@ def maintenance_reminder(settings: Any, now: float | None = None) -> str:
     return detail + " (root was told already)"
 
 
-def after_check(settings: Any, decision: failover.Decision, error: Exception | None = None) -> None:
+def after_check(settings: Settings, decision: failover.Decision, error: Exception | None = None) -> None:
     """Tell what one xivo-check-master-status round changed (its lines are already logged)."""
     mode = "failover" if decision.state.mode == failover.SERVING else "failback"
     emit(settings, mode, decision.reason, logged=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import enum
 import json
-import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -38,7 +37,9 @@ from typing import Any, Callable, Optional
 
 from . import metrics, paths, probes, role, services, system
 from .errors import EXIT_FAILED, OperationFailed, UsageError
+from .log import LOGGER
 from .probes import Observation
+from .settings import Settings
 
 STATE_FILE = "failover.json"
 LOCK_FILE = "check-master-status.lock"
@@ -77,7 +78,7 @@ class Policy:
     witness: str = ""
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "Policy":
+    def from_settings(cls, settings: Settings) -> "Policy":
         return cls(
             failures_before_failover=settings.failover.failures_before_failover,
             successes_before_failback=settings.failover.successes_before_failback,
@@ -437,7 +438,7 @@ def load_state(path: Optional[Path] = None) -> State:
         return state_from_json(text)
     except (OSError, ValueError) as exc:
         why = f"{path} is unreadable ({exc})"
-        logging.getLogger("xivo-ha").warning("%s: the failover state is unknown", why)
+        LOGGER.warning("%s: the failover state is unknown", why)
         return State(mode=UNKNOWN, reason=why)
 
 
@@ -454,13 +455,13 @@ ENOUGH = "enough"  # this node's role or master changed: stop checking
 FAILED = "failed"
 
 
-def run_cycle(master: str, settings: Any, loop: float, interval: float, what: str) -> int:
+def run_cycle(master: str, settings: Settings, loop: float, interval: float, what: str) -> int:
     """Check ``master`` every ``interval`` seconds for ``loop`` seconds (once with 0), under
     the lock named ``what``: 0 when the checks ran (whatever they decided), 1 when a probe
     could not run or a service step failed.  Bad settings or another master than ha.conf's
     raise :class:`UsageError`; another run holding the lock means nothing is done.
     """
-    logger = logging.getLogger("xivo-ha")
+    logger = LOGGER
     policy = Policy.from_settings(settings)
     if policy.witness:
         try:
@@ -484,7 +485,7 @@ def still_slave_of(master: str, before: bool) -> bool:
     ``before`` the checks, ha.conf naming another master is a usage error (the address
     given is wrong); after probing, it means the role changed meanwhile: nothing is done.
     """
-    logger = logging.getLogger("xivo-ha")
+    logger = LOGGER
     current = role.read()
     if current.role is role.Role.SLAVE and current.remote_address == master:
         return True
@@ -534,11 +535,11 @@ def _rounds(one_round: Callable[[], str], loop: float, interval: float) -> int:
     return 0
 
 
-def _round(master: str, settings: Any, policy: Policy, manager: "services.Manager") -> str:
+def _round(master: str, settings: Settings, policy: Policy, manager: "services.Manager") -> str:
     """One observe-decide-act round: AGAIN, ENOUGH (the role changed) or FAILED."""
     from . import events  # it imports this module (Decision, SERVING): imported when needed
 
-    logger = logging.getLogger("xivo-ha")
+    logger = LOGGER
     try:
         observed = observe(master, settings, policy, manager, lambda: still_slave_of(master, before=False))
     except probes.ProbeError as exc:
@@ -568,7 +569,7 @@ def _round(master: str, settings: Any, policy: Policy, manager: "services.Manage
 
 
 def _act(decision: Decision, manager: "services.Manager") -> None:
-    logger = logging.getLogger("xivo-ha")
+    logger = LOGGER
     if decision.action is Action.START:
         with services.lock():
             manager.start(progress=logger.debug)
@@ -577,7 +578,7 @@ def _act(decision: Decision, manager: "services.Manager") -> None:
             manager.stop(progress=logger.debug)
 
 
-def observe(master: str, settings: Any, policy: Policy, manager: "services.Manager",
+def observe(master: str, settings: Settings, policy: Policy, manager: "services.Manager",
             still_slave: Callable[[], bool]) -> Optional[Observations]:
     """Probe the master: ping; then its registrar when it pings and sip_probe is on;
     then the witness when it does not ping and a witness is set.

@@ -28,10 +28,10 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
-from . import cron, log, paths, role, system
+from . import cron, paths, role, system
 from .errors import OperationFailed, UsageError
+from .log import LOGGER, Progress
 from .role import Role
 from .settings import Settings
 
@@ -39,9 +39,6 @@ STATE_FILE = "maintenance.json"
 PAUSED_PREFIX = "#xivo-ha-maintenance# "
 HEADER = "# xivo-ha maintenance mode: the jobs below are paused; resume them with `xivo-ha maintenance off`"
 MAX_REASON = 200
-
-Say = Callable[[str], None]
-
 
 @dataclass(frozen=True)
 class Maintenance:
@@ -203,13 +200,13 @@ def refuse_role_change() -> None:
 # --- the actions --------------------------------------------------------------------
 
 
-def turn_on(reason: str, say: Say, now: float | None = None) -> Maintenance:
+def turn_on(reason: str, say: Progress, now: float | None = None) -> Maintenance:
     reason = validate_reason(reason)
     with role.change_lock():
         return _turn_on(reason, say, now)
 
 
-def _turn_on(reason: str, say: Say, now: float | None) -> Maintenance:
+def _turn_on(reason: str, say: Progress, now: float | None) -> Maintenance:
     config = role.read()
     entry = read()
     if entry is not None:
@@ -240,7 +237,7 @@ def _turn_on(reason: str, say: Say, now: float | None) -> Maintenance:
         raise
     jobs = len(active_jobs(text))
     say(f"paused {jobs} job{'s' if jobs != 1 else ''} in {name}")
-    log.get().info("maintenance on (%s): paused %s%s", config.role.value, name,
+    LOGGER.info("maintenance on (%s): paused %s%s", config.role.value, name,
                    f": {reason}" if reason else "")
     return entry
 
@@ -252,13 +249,13 @@ class OffOutcome:
     failed: str = ""
 
 
-def turn_off(settings: Settings, say: Say, replicate: bool = True) -> OffOutcome:
+def turn_off(settings: Settings, say: Progress, replicate: bool = True) -> OffOutcome:
     """Resume the cron, forget the record, and on the master replicate and sync now."""
     with role.change_lock():
         return _turn_off(settings, say, replicate)
 
 
-def _turn_off(settings: Settings, say: Say, replicate: bool) -> OffOutcome:
+def _turn_off(settings: Settings, say: Progress, replicate: bool) -> OffOutcome:
     entry = read()
     config = role.read()
     outcome = OffOutcome([], [])
@@ -268,7 +265,7 @@ def _turn_off(settings: Settings, say: Say, replicate: bool) -> OffOutcome:
         outcome.resumed.append(shown(path))
         say(f"resumed the jobs in {shown(path)}")
     if system.remove(state_path()):
-        log.get().info("maintenance off: resumed %s", ", ".join(outcome.resumed) or "no cron file")
+        LOGGER.info("maintenance off: resumed %s", ", ".join(outcome.resumed) or "no cron file")
     if entry is None and not outcome.resumed:
         say("maintenance is not on: nothing to resume")
         return outcome
@@ -279,7 +276,7 @@ def _turn_off(settings: Settings, say: Say, replicate: bool) -> OffOutcome:
         return outcome
     failures = []
     for key in ("replication_command", "sync_command"):
-        argv = [part.replace("{slave}", config.remote_address) for part in settings.maintenance[key]]
+        argv = [part.replace("{slave}", config.remote_address) for part in getattr(settings.maintenance, key)]
         command_line = " ".join(argv)
         say(f"running {command_line}")
         try:
@@ -295,7 +292,7 @@ def _turn_off(settings: Settings, say: Say, replicate: bool) -> OffOutcome:
         outcome.ran.append(command_line)
     outcome.failed = "; ".join(failures)
     if outcome.failed:
-        log.get().error("maintenance off: the catch-up run failed: %s", outcome.failed)
+        LOGGER.error("maintenance off: the catch-up run failed: %s", outcome.failed)
     return outcome
 
 

@@ -15,7 +15,6 @@ text exposition format.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from dataclasses import asdict
@@ -23,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from . import __version__, maintenance, paths, role, runstate, system
 from .errors import EXIT_USAGE, XivoHaError
+from .log import LOGGER
 from .probes import Observation
 from .role import Role
 
@@ -181,7 +181,7 @@ def record_probes(observations: Sequence[Observation]) -> None:
     try:
         system.write_atomic(paths.state(PROBES_FILE), json.dumps(data, sort_keys=True) + "\n", 0o644)
     except (OSError, XivoHaError) as exc:
-        logging.getLogger("xivo-ha").warning("could not write %s: %s", paths.state(PROBES_FILE), exc)
+        LOGGER.warning("could not write %s: %s", paths.state(PROBES_FILE), exc)
 
 
 def write() -> None:
@@ -189,7 +189,7 @@ def write() -> None:
     try:
         system.write_atomic(paths.node(paths.PROMETHEUS_TEXTFILE), render(gather()), 0o644)
     except (OSError, XivoHaError) as exc:
-        logging.getLogger("xivo-ha").warning("could not write %s: %s", paths.PROMETHEUS_TEXTFILE, exc)
+        LOGGER.warning("could not write %s: %s", paths.PROMETHEUS_TEXTFILE, exc)
 
 
 def after(code: int) -> int:

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from . import paths, system
 from .errors import OperationFailed, UsageError
+from .log import Progress, quiet
+from .settings import Settings
 
 RUNNING = "running"
 STOPPED = "stopped"
@@ -38,19 +40,12 @@ EXIT_NONE_RUNNING = 3
 PLACEHOLDER = "{service}"
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._+:-]*$")
 
-Progress = Callable[[str], None]
-
-
 SERVICES_LOCK = "services.lock"
 
 
 def lock():
     """The lock held while the slave's services are started, stopped or restarted."""
     return system.exclusive_lock(paths.state(SERVICES_LOCK), "start or stop of the services")
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -91,7 +86,7 @@ def validate_service(name: str) -> str:
     return name
 
 
-def _template(settings: Any, key: str) -> tuple[str, ...]:
+def _template(settings: Settings, key: str) -> tuple[str, ...]:
     value = tuple(getattr(settings.services, key))
     if not value or not value[0]:
         raise UsageError(f"[services] {key}: empty command")
@@ -115,7 +110,7 @@ class Manager:
     timeout: float = 120.0
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "Manager":
+    def from_settings(cls, settings: Settings) -> "Manager":
         names = tuple(validate_service(name) for name in settings.services.slave_services)
         if not names:
             raise UsageError("[services] slave_services is empty: name the services a failover starts")
@@ -154,7 +149,7 @@ class Manager:
         if failures:
             raise OperationFailed("; ".join(failures))
 
-    def start(self, progress: Progress = _quiet) -> None:
+    def start(self, progress: Progress = quiet) -> None:
         """Enable at boot, then start, each service in order."""
         plan = []
         for service in self.services:
@@ -162,7 +157,7 @@ class Manager:
             plan.append(("start", self.start_command, service))
         self._steps(plan, progress)
 
-    def stop(self, progress: Progress = _quiet) -> None:
+    def stop(self, progress: Progress = quiet) -> None:
         """Stop, then disable at boot, each service in reverse order."""
         plan = []
         for service in reversed(self.services):

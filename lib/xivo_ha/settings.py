@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping, get_type_hints
 
 from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
 from validate import Validator
@@ -22,35 +22,140 @@ ENV_PREFIX = "XIVO_HA_"
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Validated settings: ``settings.section.key`` or ``settings["section"]["key"]``."""
+class Database:
+    dsn: str
+    statement_timeout: int
+    lock_timeout: int
 
-    values: Mapping[str, Mapping[str, Any]]
+
+@dataclass(frozen=True)
+class Postgresql:
+    hba_file: str
+    conf_file: str
+    reload_command: list[str]
+
+
+@dataclass(frozen=True)
+class Replication:
+    slave_port: int
+    slave_user: str
+    slave_dbname: str
+    connect_timeout: int
+    exclude_tables: list[str]
+    lock_timeout: int
+    timeout: int
+
+
+@dataclass(frozen=True)
+class Sync:
+    key: str
+    ssh_port: int
+    ssh_user: str
+    connect_timeout: int
+    directories: list[str]
+    failback_directories: list[str]
+    remote_root: str
+    timeout: int
+    io_timeout: int
+
+
+@dataclass(frozen=True)
+class Probe:
+    ping_count: int
+    ping_interval: float
+    ping_timeout: float
+    sip_probe: bool
+    sip_port: int
+    sip_timeout: float
+    witness: str
+
+
+@dataclass(frozen=True)
+class Failover:
+    failures_before_failover: int
+    successes_before_failback: int
+    failback_hold_down: int
+    loop: int
+    interval: float
+
+
+@dataclass(frozen=True)
+class Services:
+    slave_services: list[str]
+    start_command: list[str]
+    stop_command: list[str]
+    enable_command: list[str]
+    disable_command: list[str]
+    status_command: list[str]
+    restart_command: list[str]
+    command_timeout: int
+
+
+@dataclass(frozen=True)
+class Provisioning:
+    url: str
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Doctor:
+    subnet_prefix: int
+    connect_timeout: float
+    ping_timeout: float
+    job_warn_age: int
+    job_fail_age: int
+    maintenance_warn_age: int
+    peer_command: list[str]
+    peer_timeout: int
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    replication_command: list[str]
+    sync_command: list[str]
+    command_timeout: int
+
+
+@dataclass(frozen=True)
+class Cc:
+    install_command: list[str]
+    start_command: list[str]
+    monitoring_command: list[str]
+    command_timeout: int
+
+
+@dataclass(frozen=True)
+class Notify:
+    hook: list[str]
+    hook_timeout: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings, one typed dataclass per section: ``settings.section.key``."""
+
+    database: Database
+    postgresql: Postgresql
+    replication: Replication
+    sync: Sync
+    probe: Probe
+    failover: Failover
+    services: Services
+    provisioning: Provisioning
+    doctor: Doctor
+    maintenance: Maintenance
+    cc: Cc
+    notify: Notify
     source: str
 
-    def __getitem__(self, section: str) -> Mapping[str, Any]:
-        return self.values[section]
-
-    def __getattr__(self, section: str) -> "_Section":
-        try:
-            return _Section(section, self.values[section])
-        except KeyError:
-            raise AttributeError(section) from None
+    @property
+    def values(self) -> dict[str, dict[str, Any]]:
+        """Every section as a plain mapping of its keys."""
+        return {f.name: asdict(getattr(self, f.name)) for f in fields(self) if f.name != "source"}
 
 
-class _Section:
-    def __init__(self, name: str, values: Mapping[str, Any]):
-        self._name = name
-        self._values = values
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self._values[key]
-        except KeyError:
-            raise AttributeError(f"[{self._name}] {key}") from None
-
-    def __getitem__(self, key: str) -> Any:
-        return self._values[key]
+# The dataclass of each configspec section.
+SECTIONS: dict[str, type] = {name: kind for name, kind in get_type_hints(Settings).items() if name != "source"}
 
 
 def _env_overrides(spec: ConfigObj, environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -104,7 +209,8 @@ def load(path: os.PathLike | str | None = None, environ: Mapping[str, str] | Non
         raise UsageError(f"{settings_path}: unknown setting {where}{name}")
     values = {section: dict(config[section]) for section in spec.sections}
     _check_values(values, settings_path)
-    return Settings(values=values, source=str(settings_path))
+    return Settings(source=str(settings_path),
+                    **{section: SECTIONS[section](**keys) for section, keys in values.items()})
 
 
 # Settings that name a node path: absolute, so that they resolve under the root prefix.

@@ -38,6 +38,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from . import paths, system
 from .errors import OperationFailed, UsageError
+from .log import Progress, quiet
+from .settings import Settings
 
 KEY_COMMENT = "XiVO HA"
 SAFE = re.compile(r"^[A-Za-z0-9_./@%+=:,-]+$")
@@ -60,12 +62,6 @@ HA_STATE = (paths.HA_CONF, paths.ROOT_SSH, paths.STATE_DIR, paths.CRON_DIR, "/et
 FAILBACK_OWNER = "asterisk"
 FAILBACK_FILE_MODE = 0o640
 FAILBACK_DIR_MODE = 0o750
-
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def _safe(value: str, what: str) -> str:
@@ -117,7 +113,7 @@ class Remote:
     io_timeout: int
 
     @classmethod
-    def from_settings(cls, config, host: str) -> "Remote":
+    def from_settings(cls, config: Settings, host: str) -> "Remote":
         options = config.sync
         if not USER.match(options.ssh_user):
             raise UsageError(f"[sync] ssh_user {options.ssh_user!r} is not a valid user name")
@@ -306,7 +302,7 @@ def authorized_keys_path(remote: Remote) -> str:
     return remote.remote_path(f"{home}/.ssh/authorized_keys")
 
 
-def ensure_key(remote: Remote, progress: Progress = _quiet) -> bool:
+def ensure_key(remote: Remote, progress: Progress = quiet) -> bool:
     """Create the key pair when absent (True when created); fix the modes either way."""
     key, public = remote.key, remote.public_key
     key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -327,7 +323,7 @@ def ensure_key(remote: Remote, progress: Progress = _quiet) -> bool:
     return created
 
 
-def init_key(remote: Remote, password_from_env: bool = False, progress: Progress = _quiet,
+def init_key(remote: Remote, password_from_env: bool = False, progress: Progress = quiet,
              fingerprint: str | None = None, confirm: Callable[[str], bool] | None = None) -> str:
     """``xivo-sync -i``: a sentence saying what was done.
 
@@ -444,7 +440,7 @@ def _prefixed(source: str, output: str) -> list[str]:
             for line in output.splitlines() if " " in line]
 
 
-def push(remote: Remote, directories: Sequence[str], progress: Progress = _quiet) -> SyncOutcome:
+def push(remote: Remote, directories: Sequence[str], progress: Progress = quiet) -> SyncOutcome:
     if not remote.key.exists():
         raise OperationFailed(
             f"no SSH key {remote.key}: create it and authorize it on the slave with `xivo-sync -i`"
@@ -775,7 +771,7 @@ class FailbackOutcome:
     warnings: tuple[str, ...] = ()
 
 
-def failback(remote: Remote, directories: Sequence[str], progress: Progress = _quiet) -> FailbackOutcome:
+def failback(remote: Remote, directories: Sequence[str], progress: Progress = quiet) -> FailbackOutcome:
     if not remote.key.exists():
         raise OperationFailed(
             f"no SSH key {remote.key}: create it and authorize it on the slave with `xivo-sync -i`"

@@ -16,6 +16,7 @@ the switches: the run itself is :class:`simulation.Simulation`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from typing import Sequence
@@ -73,7 +74,8 @@ class Simulator(cli.Application):
             print(f"xivo-ha-simulator: unknown command {args[0]!r}: expected run or down", file=sys.stderr)
             return EXIT_USAGE
         if not self.nested_command:
-            self.help()
+            with contextlib.redirect_stdout(sys.stderr):
+                self.help()
             return EXIT_USAGE
         return None
 

@@ -351,7 +351,7 @@ def test_another_master_than_ha_conf_exits_2(slave):
 def test_not_a_slave_does_nothing(slave, role):
     slave.set_role(role, slave.lab.slave_address)
     slave.lab.master_link(False)
-    result = slave.check("-V")
+    result = slave.check("-v")
     assert result.returncode == 0
     assert f"this node is not a slave (its role is {role} in " in result.stderr
     assert slave.state() is None
@@ -362,7 +362,7 @@ def test_role_changed_while_probing_does_nothing(slave):
     """ha.conf is rewritten while a slow probe runs: the check must not act on a stale role."""
     slave.env.update({"XIVO_HA_PROBE_PING_COUNT": "5", "XIVO_HA_PROBE_PING_INTERVAL": "1"})
     slave.lab.master_link(False)
-    process = slave.start_check("-V")
+    process = slave.start_check("-v")
     slave.wait_for_lock_holder(process.pid)  # `ip netns exec` execs: same pid
     slave.set_role("master", slave.lab.slave_address)
     out, err = process.communicate(timeout=120)
@@ -377,7 +377,7 @@ def test_role_changed_while_probing_does_nothing(slave):
 def test_master_changed_while_probing_does_nothing(slave):
     slave.env.update({"XIVO_HA_PROBE_PING_COUNT": "5", "XIVO_HA_PROBE_PING_INTERVAL": "1"})
     slave.lab.master_link(False)
-    process = slave.start_check("-V")
+    process = slave.start_check("-v")
     slave.wait_for_lock_holder(process.pid)
     slave.set_role("slave", "10.231.255.2")
     _, err = process.communicate(timeout=120)
@@ -389,9 +389,9 @@ def test_master_changed_while_probing_does_nothing(slave):
 def test_overlapping_runs_act_once(slave):
     slave.env.update({"XIVO_HA_PROBE_PING_COUNT": "4", "XIVO_HA_PROBE_PING_INTERVAL": "0.5"})
     slave.lab.master_link(False)
-    first = slave.start_check("-V")
+    first = slave.start_check("-v")
     slave.wait_for_lock_holder(first.pid)
-    second = slave.check("-V")
+    second = slave.check("-v")
     assert second.returncode == 0
     assert "another xivo-check-master-status is running" in second.stderr
     assert "nothing done" in second.stderr
@@ -404,7 +404,7 @@ def test_overlapping_runs_act_once(slave):
 def test_started_together_only_one_acts(slave):
     slave.env.update({"XIVO_HA_PROBE_PING_COUNT": "3", "XIVO_HA_PROBE_PING_INTERVAL": "0.5"})
     slave.lab.master_link(False)
-    runs = [slave.start_check("-V") for _ in range(3)]
+    runs = [slave.start_check("-v") for _ in range(3)]
     outputs = [run.communicate(timeout=120) for run in runs]
     assert [run.returncode for run in runs] == [0, 0, 0]
     journal = slave.services.journal()
@@ -435,7 +435,7 @@ def test_fast_mode_detects_within_one_run(slave):
 
 def test_fast_mode_settings_and_role_reread_each_iteration(slave):
     slave.env.update({"XIVO_HA_FAILOVER_LOOP": "60", "XIVO_HA_FAILOVER_INTERVAL": "0.5"})
-    process = slave.start_check("-V")
+    process = slave.start_check("-v")
     for _ in range(200):
         if slave.state():
             break
@@ -488,7 +488,7 @@ def test_witness_reachable_master_down_fails_over(witnessed_slave):
 
 def test_witness_is_not_pinged_while_the_master_answers(witnessed_slave):
     witnessed_slave.lab.witness_link(False)
-    result = witnessed_slave.check("-V")
+    result = witnessed_slave.check("-v")
     assert result.returncode == 0
     assert "witness" not in result.stderr
 
@@ -524,7 +524,7 @@ def test_registrar_answering_keeps_the_slave_standby(slave, tmp_path):
     try:
         wait_for_registrar(slave.lab)
         slave.env.update({"XIVO_HA_PROBE_SIP_PROBE": "on", "XIVO_HA_PROBE_SIP_TIMEOUT": "5"})
-        result = slave.check("-V")
+        result = slave.check("-v")
         assert result.returncode == 0
         assert "and its registrar answers (200 OK)" in result.stderr
         assert slave.running() == [False, False]

@@ -339,7 +339,7 @@ def test_excluded_table_referring_to_a_replicated_one_keeps_its_rows(master_node
 
 
 def test_verbose_shows_progress_on_stderr(master_node):
-    result = replicate("-V", "127.0.0.1")
+    result = replicate("-v", "127.0.0.1")
     assert result.returncode == 0
     assert "copying usersip" in result.stderr
     assert "verifying row counts and content checksums" in result.stderr

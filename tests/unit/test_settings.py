@@ -84,3 +84,39 @@ def test_binary_settings_and_relative_paths_are_refused(tmp_path):
     path.write_text("[postgresql]\nhba_file = pg_hba.conf\n")
     with pytest.raises(UsageError, match=r"\[postgresql\] hba_file.*absolute"):
         settings.load(path, environ={})
+
+
+# The Python type each configspec check gives.
+CHECK_TYPES = {"string": str, "integer": int, "float": float, "boolean": bool, "string_list": list[str]}
+
+
+def test_every_configspec_key_has_its_typed_field_and_every_field_its_key():
+    import dataclasses
+    import typing
+
+    from configobj import ConfigObj
+
+    from xivo_ha import paths
+
+    spec = ConfigObj(str(paths.configspec()), list_values=False, _inspec=True)
+    assert list(settings.SECTIONS) == list(spec.sections)
+    for section, kind in settings.SECTIONS.items():
+        hints = typing.get_type_hints(kind)
+        assert [f.name for f in dataclasses.fields(kind)] == list(spec[section].scalars), section
+        for key, check in spec[section].items():
+            assert hints[key] == CHECK_TYPES[check.split("(", 1)[0]], f"[{section}] {key}"
+
+
+def test_loaded_values_have_their_field_types(tmp_path):
+    import dataclasses
+    import typing
+
+    loaded = settings.load(tmp_path / "absent.conf", environ={"XIVO_HA_NOTIFY_HOOK": "logger,-t,ha"})
+    for section, kind in settings.SECTIONS.items():
+        for key, hint in typing.get_type_hints(kind).items():
+            value = getattr(getattr(loaded, section), key)
+            expected = list if hint == list[str] else hint
+            assert type(value) is expected, f"[{section}] {key}: {value!r}"
+    assert loaded.notify.hook == ["logger", "-t", "ha"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded.probe.ping_count = 5  # type: ignore[misc]

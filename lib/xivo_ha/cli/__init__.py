@@ -2,25 +2,77 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 from typing import Type
 
 from plumbum import cli
+from plumbum.cli.application import ShowHelp, ShowHelpAll, ShowVersion
+from plumbum.cli.switches import SwitchError
 
 from .. import __version__, log
-from ..errors import XivoHaError
+from ..errors import EXIT_USAGE, UsageError, XivoHaError
 
 
 class Command(cli.Application):
-    """Base for every xivo-ha command: version, verbose switch, errors as one line."""
+    """Base for every xivo-ha command: version, verbose switch, logging, errors as one line.
+
+    Logging (stderr, syslog, the log file) is set up once per process when the first
+    command object is made; ``-v`` on a command or on its group shows debug lines.
+    """
 
     VERSION = __version__
 
-    verbose = cli.Flag(["-V", "--verbose"], help="Also print progress and debug details on stderr")
+    def __init__(self, executable):
+        super().__init__(executable)
+        log.setup()
 
-    def log(self):
-        return log.setup(self.verbose)
+    @cli.switch(["-v", "--verbose"], help="Also print progress and debug details on stderr")
+    def verbose(self):
+        log.setup(verbose=True)
+
+    def log(self) -> logging.Logger:
+        return log.LOGGER
+
+    # plumbum prints a wrong command line on stdout, with the whole help: here it is one
+    # line on stderr, exit 2, like every other bad input.
+    def _parse_args(self, argv):
+        with self._usage_errors():
+            return super()._parse_args(argv)
+
+    def _validate_args(self, swfuncs, tailargs):
+        with self._usage_errors():
+            return super()._validate_args(swfuncs, tailargs)
+
+    @contextlib.contextmanager
+    def _usage_errors(self):
+        try:
+            yield
+        except (ShowHelp, ShowHelpAll, ShowVersion):
+            raise
+        except SwitchError as exc:
+            first = (str(exc).splitlines() or [""])[0].rstrip(":") or "wrong command line"
+            raise UsageError(f"{first[0].lower()}{first[1:]}: see `{self.PROGNAME} --help`") from None
+
+
+class Group(Command):
+    """A command made of sub-commands: without one, help on stderr and exit 2.
+
+    ``UNKNOWN`` is the error for an unknown sub-command, ``{!r}`` standing for it.
+    """
+
+    UNKNOWN = "unknown command {!r}"
+
+    def main(self, *args):
+        if args:
+            raise UsageError(self.UNKNOWN.format(args[0]))
+        if not self.nested_command:
+            with contextlib.redirect_stdout(sys.stderr):
+                self.help()
+            return EXIT_USAGE
+        return None
 
 
 def run(app: Type[cli.Application], argv: list[str] | None = None) -> int:

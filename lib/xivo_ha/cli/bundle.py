@@ -29,7 +29,6 @@ class SupportBundle(Command):
     days = cli.SwitchAttr(["--days"], cli.Range(1, 366), default=7, help="How many days of log lines to include")
 
     def main(self):
-        self.log()
         target = Path(self.output) if self.output else None
         if target is not None and (target.is_dir() or not target.parent.is_dir()):
             raise UsageError(f"cannot write {self.output}: give a file in an existing directory")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from plumbum import cli
 
-from . import Command
+from . import Command, Group
 from .. import cc, settings
-from ..errors import UsageError
 
 
-class Cc(Command):
+class Cc(Group):
     """Run XiVO CC's DB Replic on the slave in HA mode (queue logs and CELs only)"""
 
     DESCRIPTION_MORE = (
@@ -22,16 +21,10 @@ class Cc(Command):
 
     USAGE = ("    xivo-ha cc enable --reporting-db-host HOST --elasticsearch HOST[:PORT] [--apply]\n"
              "    xivo-ha cc disable [--apply]\n")
-
-    def main(self, *args):
-        if args:
-            raise UsageError(f"unknown cc command {args[0]!r}: expected enable or disable")
-        if not self.nested_command:
-            self.help()
-            return 2
-        return None
+    UNKNOWN = "unknown cc command {!r}: expected enable or disable"
 
 
+@Cc.subcommand("enable")
 class CcEnable(Command):
     """Configure DB Replic's HA mode on this slave (refused on a master or a disabled node)"""
 
@@ -50,14 +43,12 @@ class CcEnable(Command):
     apply = cli.Flag(["--apply"], help="Run the remaining steps instead of printing them")
 
     def main(self):
-        self.log()
-        cc.validate_host(self.reporting_db_host, "--reporting-db-host")
-        cc.validate_host(self.elasticsearch, "--elasticsearch", allow_port=True)
         left = cc.enable(settings.load(), self.reporting_db_host, self.elasticsearch, self.apply, print)
         _print_left(left, "DB Replic")
         return 0
 
 
+@Cc.subcommand("disable")
 class CcDisable(Command):
     """Remove DB Replic's HA mode: the custom.env keys and /var/lib/xivo/xc_enabled"""
 
@@ -66,7 +57,6 @@ class CcDisable(Command):
     apply = cli.Flag(["--apply"], help="Also run the monitoring refresh ([cc] monitoring_command)")
 
     def main(self):
-        self.log()
         left = cc.disable(settings.load(), self.apply, print)
         _print_left(left, "the removal")
         return 0

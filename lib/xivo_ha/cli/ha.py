@@ -7,26 +7,32 @@ import sys
 
 from plumbum import cli
 
-from . import Command, run
-from .. import apply, cron, maintenance, provisioning, role, services, settings, status, system
+from . import Command, Group, run
+from .. import apply, cron, log, maintenance, provisioning, role, services, settings, status, system
 from ..errors import EXIT_NOT_RUNNING, OperationFailed, UsageError
 from ..role import HaConfig, Role
+from .bundle import SupportBundle
+from .cc import Cc
+from .check import Check
+from .doctor import Doctor
+from .maintenance import Maintenance
 
 
-class XivoHa(Command):
+class XivoHa(Group):
     """High availability of a XiVO cluster: a master serving phones and a slave standing by."""
 
     PROGNAME = "xivo-ha"
     USAGE = ("    xivo-ha [SWITCHES] enable master|slave <peer_ip> | disable | status | cron regenerate\n"
-             "    xivo-ha [SWITCHES] doctor | check | support-bundle | maintenance on|off|status | cc enable|disable\n")
+             "    xivo-ha [SWITCHES] doctor | check | support-bundle | maintenance on|off|status|remind | cc enable|disable\n")
+    UNKNOWN = "unknown command {!r}: see xivo-ha --help"
 
-    def main(self, *args):
-        if args:
-            raise UsageError(f"unknown command {args[0]!r}: see xivo-ha --help")
-        if not self.nested_command:
-            self.help()
-            return 2
-        return None
+
+# The support tools live in their own modules, which do not know this group.
+XivoHa.subcommand("doctor", Doctor)
+XivoHa.subcommand("check", Check)
+XivoHa.subcommand("support-bundle", SupportBundle)
+XivoHa.subcommand("maintenance", Maintenance)
+XivoHa.subcommand("cc", Cc)
 
 
 class _RoleChange(Command):
@@ -35,13 +41,13 @@ class _RoleChange(Command):
                                          "so that they learn their backup registrar now")
 
     def change(self, target: HaConfig) -> int:
-        self.log()
         config = settings.load()
         with role.change_lock():
             return self._change(target, config)
 
-    def _change(self, target: HaConfig, config) -> int:
+    def _change(self, target: HaConfig, config: settings.Settings) -> int:
         maintenance.refuse_role_change()
+        before = role.read()
         if target.role is Role.DISABLED:
             print("xivo-ha: disabling HA on this node")
         else:
@@ -51,6 +57,8 @@ class _RoleChange(Command):
             print("xivo-ha: HA is now disabled on this node")
         else:
             print(f"xivo-ha: this node is now {_describe(target)}")
+        log.LOGGER.info("role change: %s -> %s: %s", _describe(before), _describe(target),
+                        "; ".join(outcome.changed) or "nothing to change")
         if self.restart:
             command = list(config.services.restart_command)
             with services.lock():
@@ -86,6 +94,7 @@ class _RoleChange(Command):
         return 0
 
 
+@XivoHa.subcommand("enable")
 class Enable(_RoleChange):
     """Make this node the master (give the slave's VoIP IPv4) or the slave (give the master's)"""
 
@@ -103,6 +112,7 @@ class Enable(_RoleChange):
         return self.change(HaConfig(wanted, role.validate_peer(peer_ip)))
 
 
+@XivoHa.subcommand("disable")
 class Disable(_RoleChange):
     """Disable HA on this node: remove cron, sentinels and slave access, blank the SIP expiry"""
 
@@ -110,6 +120,7 @@ class Disable(_RoleChange):
         return self.change(role.DISABLED)
 
 
+@XivoHa.subcommand("status")
 class Status(Command):
     """Show the role, the peer, cron files, sentinels, SIP expiry, provisioning, last jobs, maintenance, failover"""
 
@@ -128,18 +139,14 @@ class Status(Command):
         return EXIT_NOT_RUNNING if report["role"] == Role.DISABLED.value else 0
 
 
-class Cron(Command):
+@XivoHa.subcommand("cron")
+class Cron(Group):
     """Maintain the HA cron file"""
 
-    def main(self, *args):
-        if args:
-            raise UsageError(f"unknown cron command {args[0]!r}: expected `regenerate`")
-        if not self.nested_command:
-            self.help()
-            return 2
-        return None
+    UNKNOWN = "unknown cron command {!r}: expected `regenerate`"
 
 
+@Cron.subcommand("regenerate")
 class CronRegenerate(Command):
     """Rewrite /etc/cron.d/xivo-ha-master or -slave from /etc/xivo/ha.conf (used by the package)"""
 
@@ -159,38 +166,11 @@ class CronRegenerate(Command):
 
 
 def _describe(config: HaConfig) -> str:
+    if config.role is Role.DISABLED:
+        return "disabled"
     if config.role is Role.MASTER:
         return f"master (slave {config.remote_address})"
     return f"slave (master {config.remote_address})"
-
-
-XivoHa.subcommand("enable", Enable)
-XivoHa.subcommand("disable", Disable)
-XivoHa.subcommand("status", Status)
-XivoHa.subcommand("cron", Cron)
-Cron.subcommand("regenerate", CronRegenerate)
-
-# Support tools (doctor, XiVO CC, maintenance) live in their own modules.
-from .maintenance import Maintenance, MaintenanceOff, MaintenanceOn, MaintenanceRemind, MaintenanceStatus  # noqa: E402
-
-XivoHa.subcommand("maintenance", Maintenance)
-Maintenance.subcommand("on", MaintenanceOn)
-Maintenance.subcommand("off", MaintenanceOff)
-Maintenance.subcommand("status", MaintenanceStatus)
-Maintenance.subcommand("remind", MaintenanceRemind)
-
-from .bundle import SupportBundle  # noqa: E402
-from .cc import Cc, CcDisable, CcEnable  # noqa: E402
-from .check import Check  # noqa: E402
-from .doctor import Doctor  # noqa: E402
-
-XivoHa.subcommand("doctor", Doctor)
-XivoHa.subcommand("check", Check)
-XivoHa.subcommand("support-bundle", SupportBundle)
-
-XivoHa.subcommand("cc", Cc)
-Cc.subcommand("enable", CcEnable)
-Cc.subcommand("disable", CcDisable)
 
 
 def main(argv: list[str] | None = None) -> int:

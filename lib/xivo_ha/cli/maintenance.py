@@ -6,12 +6,12 @@ import json
 
 from plumbum import cli
 
-from . import Command
+from . import Command, Group
 from .. import events, maintenance, settings
-from ..errors import EXIT_NOT_RUNNING, OperationFailed, UsageError
+from ..errors import EXIT_NOT_RUNNING, OperationFailed
 
 
-class Maintenance(Command):
+class Maintenance(Group):
     """Pause this node's HA cron jobs for a cluster upgrade, and resume them"""
 
     DESCRIPTION_MORE = (
@@ -26,16 +26,10 @@ class Maintenance(Command):
     )
 
     USAGE = "    xivo-ha maintenance on [--reason TEXT] | off [--no-replication] | status [--json] | remind\n"
-
-    def main(self, *args):
-        if args:
-            raise UsageError(f"unknown maintenance command {args[0]!r}: expected on, off, status or remind")
-        if not self.nested_command:
-            self.help()
-            return 2
-        return None
+    UNKNOWN = "unknown maintenance command {!r}: expected on, off, status or remind"
 
 
+@Maintenance.subcommand("on")
 class MaintenanceOn(Command):
     """Pause this node's HA cron jobs and record why and when"""
 
@@ -43,14 +37,13 @@ class MaintenanceOn(Command):
                             help="Why (one line, shown by status and doctor), e.g. 'upgrade to 2024.05'")
 
     def main(self):
-        self.log()
-        maintenance.validate_reason(self.reason)
         entry = maintenance.turn_on(self.reason, print)
         print(f"maintenance is {entry.describe()}")
         print("Turn it off when the upgrade is done: xivo-ha maintenance off")
         return 0
 
 
+@Maintenance.subcommand("off")
 class MaintenanceOff(Command):
     """Resume this node's HA cron jobs; on the master, replicate and sync right away"""
 
@@ -63,7 +56,6 @@ class MaintenanceOff(Command):
                               help="Do not run the catch-up replication and sync on the master")
 
     def main(self):
-        self.log()
         config = settings.load()
         outcome = maintenance.turn_off(config, print, replicate=not self.no_replication)
         if outcome.failed:
@@ -76,6 +68,7 @@ class MaintenanceOff(Command):
         return 0
 
 
+@Maintenance.subcommand("status")
 class MaintenanceStatus(Command):
     """Show whether maintenance is on, since when and why"""
 
@@ -106,6 +99,7 @@ class MaintenanceStatus(Command):
         return 0 if entry is not None else EXIT_NOT_RUNNING
 
 
+@Maintenance.subcommand("remind")
 class MaintenanceRemind(Command):
     """Mail root once when maintenance has been on longer than [doctor] maintenance_warn_age"""
 
@@ -116,6 +110,5 @@ class MaintenanceRemind(Command):
     )
 
     def main(self):
-        self.log()
         print(events.maintenance_reminder(settings.load()))
         return 0

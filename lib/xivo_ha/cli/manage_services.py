@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
-
-from . import Command, run
+from . import Command, Group, run
 from .. import services, settings
-from ..errors import EXIT_USAGE
 
 
-class ManageSlaveServices(Command):
+class ManageSlaveServices(Group):
     """Start, stop or report the slave's telephony services.
 
     The services and the commands that drive them come from the [services] section
@@ -19,27 +15,13 @@ class ManageSlaveServices(Command):
     """
 
     PROGNAME = "xivo-manage-slave-services"
-    USAGE = "    {progname} [-V] start|stop|status\n"
-
-    def main(self, *args):
-        if args:
-            print(f"{self.PROGNAME}: unknown action {args[0]!r}: expected start, stop or status", file=sys.stderr)
-            return EXIT_USAGE
-        if not self.nested_command:
-            with contextlib.redirect_stdout(sys.stderr):
-                self.help()
-            return EXIT_USAGE
-        return 0
+    USAGE = "    {progname} [-v] start|stop|status\n"
+    UNKNOWN = "unknown action {!r}: expected start, stop or status"
 
 
 class _Action(Command):
     def manager(self) -> services.Manager:
         return services.Manager.from_settings(settings.load())
-
-    def logger(self):
-        verbose = self.verbose or bool(getattr(self.parent, "verbose", False))
-        self.verbose = verbose
-        return self.log()
 
 
 @ManageSlaveServices.subcommand("start")
@@ -51,7 +33,7 @@ class Start(_Action):
     )
 
     def main(self):
-        logger = self.logger()
+        logger = self.log()
         manager = self.manager()
         with services.lock():
             manager.start(progress=logger.debug)
@@ -69,7 +51,7 @@ class Stop(_Action):
     )
 
     def main(self):
-        logger = self.logger()
+        logger = self.log()
         manager = self.manager()
         with services.lock():
             manager.stop(progress=logger.debug)
@@ -83,7 +65,6 @@ class Status(_Action):
     DESCRIPTION_MORE = "Exit 0 when all run, 3 when none runs, 1 when some run and some do not."
 
     def main(self):
-        self.logger()
         status = self.manager().status()
         for line in status.lines():
             print(line)

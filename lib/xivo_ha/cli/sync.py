@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -86,7 +87,7 @@ class Sync(Command):
         with system.exclusive_lock(paths.state(LOCK), "xivo-sync"), system.interruptible(as_failure=True):
             return self._main(remote, config, logger)
 
-    def _main(self, remote, config, logger) -> int:
+    def _main(self, remote: sync.Remote, config: settings.Settings, logger: logging.Logger) -> int:
         if self.init:
             sentence = sync.init_key(remote, self.password_from_env, progress=logger.debug,
                                      fingerprint=self.host_key_fingerprint,
@@ -98,14 +99,14 @@ class Sync(Command):
             return self._failback(remote, config, logger)
         return self._push(remote, config, logger)
 
-    def _push(self, remote, config, logger) -> int:
+    def _push(self, remote: sync.Remote, config: settings.Settings, logger: logging.Logger) -> int:
         return _job(
             "sync", config, logger, "file synchronization failed",
             "Run `xivo-sync --verbose` on the master to retry and see each step.",
             lambda: sync.push(remote, config.sync.directories, progress=logger.debug),
         )
 
-    def _failback(self, remote, config, logger) -> int:
+    def _failback(self, remote: sync.Remote, config: settings.Settings, logger: logging.Logger) -> int:
         def show(outcome) -> None:
             for action in outcome.actions:
                 if action.kind == "keep":

@@ -9,6 +9,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from ..log import Progress, quiet
 from .catalogue import qualified, sql_module
 from .plan import Plan, Table
 
@@ -25,13 +26,6 @@ SESSION_SETTINGS = (
     ("bytea_output", "hex"),
     ("lc_monetary", "C"),
 )
-
-Progress = Callable[[str], None]
-
-
-def quiet(_: str) -> None:
-    pass
-
 
 def set_session(conn, encoding: str, extra: Sequence[tuple[str, str]] = ()) -> None:
     sql = sql_module()

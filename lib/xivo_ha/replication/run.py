@@ -13,8 +13,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .. import database, paths, system
 from ..errors import OperationFailed
+from ..log import Progress, quiet
+from ..settings import Settings
 from . import catalogue
-from .copy import Progress, copy_tables, empty_tables, quiet, restart_sequences, set_session
+from .copy import copy_tables, empty_tables, restart_sequences, set_session
 from .plan import (
     DatabaseInfo, Fingerprint, Plan, SkipDecision, SlaveServing, Stored, Table, WalPositions, checksum_mismatches,
     decide_skip, make_plan, nothing_written, preflight, schema_signature,
@@ -90,7 +92,7 @@ def forget_fingerprint() -> None:
     system.remove(paths.state(FINGERPRINT_FILE))
 
 
-def ask_slave(config: Any, slave_ip: str) -> tuple[dict | None, str]:
+def ask_slave(config: Settings, slave_ip: str) -> tuple[dict | None, str]:
     """The slave's ``xivo-ha status --json`` over the HA key, or None and why not."""
     from .. import doctor
 
