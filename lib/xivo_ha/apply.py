@@ -363,14 +363,15 @@ def undo_interrupted(settings: Settings, say: Callable[[str], None]) -> None:
     system.remove(journal_path())
 
 
-def execute(steps: list[Step], settings: Settings, observed: Observed, say: Callable[[str], None],
+def execute(steps: list[Step], settings: Settings | None, observed: Observed, say: Callable[[str], None],
             target: HaConfig | None = None) -> Outcome:
     """Apply ``steps`` in order; on failure or SIGINT/SIGTERM/SIGHUP undo what was applied
     and raise OperationFailed.  For a role change (``target``), a journal records the change
-    while it is in progress, for :func:`undo_interrupted`."""
+    while it is in progress, for :func:`undo_interrupted`.  ``settings`` may be None when no
+    step runs commands or edits the SIP expiry rows or provd."""
     applied: list[Step] = []
     current: Step | None = None
-    timeout = settings.services.command_timeout
+    timeout = system.DEFAULT_TIMEOUT if settings is None else settings.services.command_timeout
     try:
         with system.interruptible():
             for step in steps:
