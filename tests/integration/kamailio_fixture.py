@@ -9,9 +9,8 @@ It renders ``simulator/node/kamailio.cfg.j2`` (the node's template) into a
 directory of its own, runs ``kamailio -DD -E`` in the foreground of a new
 process group with its own pid file and runtime directory, and returns once
 the registrar answers OPTIONS.  The ``kamailio`` fixture gives one with small
-expiry bounds, stopped at teardown: import it into a test module
-(``from kamailio_fixture import kamailio``), as pytest puts the test's
-directory on ``sys.path``; a script adds ``tests/integration`` itself.
+expiry bounds, stopped at teardown; tests/integration/conftest.py offers it to
+every integration test.  A script adds ``tests/integration`` to ``sys.path`` itself.
 """
 
 from __future__ import annotations

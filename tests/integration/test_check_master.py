@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from netns import REPO, Lab, SlaveServices, lab, pid_alive, slave_services, witness_lab  # noqa: F401
+from netns import REPO, Lab, SlaveServices, pid_alive
 
 pytestmark = pytest.mark.integration
 

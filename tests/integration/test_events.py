@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from netns import lab, slave_services  # noqa: F401  (fixtures)
-from test_check_master import slave, syslog  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def mta(slave, tmp_path):  # noqa: F811
+def mta(slave, tmp_path):
     """sendmail on PATH: each message in its own file under outbox/; the hook logs its argv."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -44,7 +42,7 @@ def subjects(mails: list[str]) -> list[str]:
     return sorted(next(line for line in m.splitlines() if line.startswith("Subject: ")) for m in mails)
 
 
-def test_one_mail_per_failover_and_failback(slave, mta):  # noqa: F811
+def test_one_mail_per_failover_and_failback(slave, mta):
     mails, hooks = mta
     for _ in range(2):
         assert slave.check().returncode == 0
@@ -71,7 +69,7 @@ def test_one_mail_per_failover_and_failback(slave, mta):  # noqa: F811
     assert [h[0] for h in hooks()] == ["failover", "failback"]
 
 
-def test_a_failed_start_is_mailed_once(slave, mta):  # noqa: F811
+def test_a_failed_start_is_mailed_once(slave, mta):
     mails, hooks = mta
     slave.names.append("broken")
     slave.services.add_broken("broken")

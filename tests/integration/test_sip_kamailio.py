@@ -12,7 +12,7 @@ import socket
 import time
 
 import pytest
-from kamailio_fixture import kamailio, kamailio_binary, start_kamailio  # noqa: F401  (fixture)
+from kamailio_fixture import kamailio_binary, start_kamailio
 
 from xivo_ha_simulator import report, sip
 from xivo_ha_simulator.phone import NEXT_REFRESH, PROBE, Fleet, Phone, PhoneConfig, Registrar
