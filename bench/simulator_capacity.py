@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO / "simulator"))
 
 from kamailio_fixture import start_kamailio  # noqa: E402
 
-from xivo_ha_simulator import report  # noqa: E402
+from xivo_ha_simulator.events import EXPIRED, REGISTER_FAILED, REGISTERED  # noqa: E402
 from xivo_ha_simulator.phone import Fleet, PhoneConfig, Registrar  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -256,8 +256,8 @@ async def keep_fleet(port: int, size: int) -> dict:
         await fleet.stop()
     kept = 0
     for events in fleet.events().values():
-        troubles = [e for e in events if e.kind in (report.REGISTER_FAILED, report.EXPIRED) and e.t <= window_end]
-        refreshes = [e for e in events if e.kind == report.REGISTERED and window_start <= e.t <= window_end]
+        troubles = [e for e in events if e.kind in (REGISTER_FAILED, EXPIRED) and e.t <= window_end]
+        refreshes = [e for e in events if e.kind == REGISTERED and window_start <= e.t <= window_end]
         if not troubles and len(refreshes) >= KEEP_CYCLES:
             kept += 1
     return {"phones": size, "kept": kept, "all_registered": all_registered, "setup_seconds": round(setup, 1),

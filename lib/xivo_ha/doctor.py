@@ -413,15 +413,20 @@ def check_ha_key(facts: Facts, node: str = LOCAL) -> Check | None:
 
 
 def check_ha_key_restricted(facts: Facts, node: str = LOCAL) -> Check | None:
-    """On the slave: the master's key is installed as ``from="<master>",restrict``."""
+    """On the slave: the master's key is installed as ``command="<forced command>",from="<master>",restrict``."""
     options = facts.get("ha_authorized")
     if role_of(facts) != Role.SLAVE.value or not options:
         return None  # not installed yet: the master's ha-key check says so
-    loose = [o or "(no options)" for o in options if not sync.restricted(o)]
-    if loose:
-        return warn("ha-key-restricted", f"the master's HA key is installed without from= and restrict: {loose[0]}",
-                    "run `xivo-sync -i` on the master: it installs the key as from=\"<master>\",restrict", node)
-    return ok("ha-key-restricted", "the master's HA key is installed as from=<master>,restrict", node)
+    command = facts.get("peer_command", paths.PEER_COMMAND)
+    for line in options:
+        missing = sync.missing_restrictions(line, command)
+        if missing:
+            return fail("ha-key-restricted", f"the master's HA key is installed without {' and '.join(missing)}: "
+                        f"{line or '(no options)'}",
+                        f"run `xivo-sync -i` on the master: it installs the key as command=\"{command}\","
+                        "from=\"<master>\",restrict", node)
+    return ok("ha-key-restricted", f"the master's HA key is installed as command=\"{command}\",from=<master>,restrict",
+              node)
 
 
 def check_job(facts: Facts, job: str, limits: Limits, node: str = LOCAL) -> Check | None:
@@ -740,6 +745,7 @@ def observe(settings: Any, contact_peer: bool = True) -> dict:
         from . import failover
 
         facts["ha_authorized"] = sync.authorized_options(system.read_text(paths.node("/root/.ssh/authorized_keys")))
+        facts["peer_command"] = str(paths.node(paths.PEER_COMMAND))
         facts["failover"] = asdict(failover.load_state())
     facts["services"] = _services(settings)
     facts["probes"] = _probes(settings, config)

@@ -30,6 +30,8 @@ CC_CUSTOM_ENV = "/etc/docker/xivo/custom.env"
 CC_LOG_DIR = "/var/log/xivo-db-replication"
 CC_SENTINEL = "/var/lib/xivo/xc_enabled"
 PROMETHEUS_TEXTFILE = "/var/lib/prometheus/node-exporter/xivo_ha.prom"
+# The HA key's forced command on the slave (authorized_keys command="...").
+PEER_COMMAND = "/usr/lib/xivo-ha/peer-command"
 
 
 def root() -> Path:

@@ -1,10 +1,12 @@
 """Files between the nodes, over ssh with the master's key: ``xivo-sync``.
 
-* :func:`push` (``xivo-sync``): ``rsync -aR --delete-after`` of the ``[sync]
-  directories`` to the slave.  A directory missing on the master is skipped with a
-  warning; deletions happen only inside the synchronised directories.
+* :func:`push` (``xivo-sync``): ``rsync -a --delete-after`` of each of the ``[sync]
+  directories`` into the same directory on the slave.  A directory missing on the
+  master is skipped with a warning; deletions happen only inside the synchronised
+  directories.
 * :func:`init_key` (``xivo-sync -i``): create ``/root/.ssh/xivo_id_rsa`` and append
-  its public key to the slave's ``authorized_keys`` (``ssh-copy-id`` semantics).
+  its public key to the slave's ``authorized_keys`` (``ssh-copy-id`` semantics),
+  confined to the slave's forced command (:mod:`xivo_ha.peer_command`).
 * :func:`failback` (``xivo-sync --failback``): bring back to the master what the
   slave recorded while it was in charge (voicemail, recordings), never deleting and
   never overwriting a newer master file.  See :func:`plan_merge` for voicemail.
@@ -46,6 +48,8 @@ SSH_CONFIG = "/root/.ssh/config"
 KNOWN_HOSTS = paths.STATE_DIR + "/known_hosts"
 FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 OUT_FORMAT = "%i %n%L"
+# How the slave's forced command (peer_command.REFUSED) starts its answer to a request it refuses.
+FORCED_REFUSAL = "xivo-ha peer-command: refused"
 # Never synchronised, in either direction: a directory equal to, inside or above one
 # of these would carry one node's role, key or state over the other's.
 HA_STATE = (paths.HA_CONF, paths.ROOT_SSH, paths.STATE_DIR, paths.CRON_DIR, "/etc/xivo-ha")
@@ -188,24 +192,26 @@ def key_works(remote: Remote) -> bool:
 PUBLIC_KEY = re.compile(r"^(ssh-rsa|ssh-ed25519|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=* [ -~]*$")
 
 
-def _remote_install_script(authorized_keys: str, public_key: str) -> str:
-    """Install ``public_key`` in ``authorized_keys`` as ``from="<master>",restrict <key>``.
+def _remote_install_script(authorized_keys: str, public_key: str, command: str) -> str:
+    """Install ``public_key`` in ``authorized_keys`` as ``command="<command>",from="<master>",restrict <key>``.
 
     ``<master>`` is the address the slave sees this connection come from
-    (``$SSH_CLIENT``).  Any other line holding the same key (an older, unrestricted
-    one) is dropped; the other lines are kept as they are.  Fixed shell text; the
-    two values are checked and quoted.
+    (``$SSH_CLIENT``); ``<command>`` is the slave's forced command
+    (:mod:`xivo_ha.peer_command`).  Any other line holding the same key (an older,
+    unrestricted one) is dropped; the other lines are kept as they are.  Fixed shell
+    text; the three values are checked and quoted.
     """
     if not PUBLIC_KEY.match(public_key):
         raise OperationFailed(f"not an OpenSSH public key line: {public_key[:40]!r}...")
+    _safe(command, "the forced command path")
     directory = authorized_keys.rsplit("/", 1)[0]
     blob = public_key.split()[1]
     return (
         "set -e; umask 077; "
         f"d={shlex.quote(directory)}; f={shlex.quote(authorized_keys)}; key={shlex.quote(public_key)}; "
-        f"blob={shlex.quote(blob)}; "
+        f"blob={shlex.quote(blob)}; cmd={shlex.quote(command)}; "
         'ip=${SSH_CLIENT%% *}; case "$ip" in ""|*[!0-9A-Fa-f.:]*) echo "no client address" >&2; exit 1;; esac; '
-        'line="from=\\"$ip\\",restrict $key"; '
+        'line="command=\\"$cmd\\",from=\\"$ip\\",restrict $key"; '
         'mkdir -p "$d"; touch "$f"; '
         'if grep -qxF -- "$line" "$f"; then echo present; else '
         '{ grep -vF -- "$blob" "$f" || true; printf \'%s\\n\' "$line"; } > "$f.xivo-ha-new"; '
@@ -224,10 +230,12 @@ def authorized_options(text: str | None) -> list[str]:
     return found
 
 
-def restricted(options: str) -> bool:
-    """``from="..."`` and ``restrict`` among an authorized_keys line's options."""
+def missing_restrictions(options: str, command: str) -> list[str]:
+    """What an authorized_keys line's options lack of ``command="<command>"``, ``from="..."``, ``restrict``."""
     parts = options.split(",")
-    return "restrict" in parts and any(part.startswith('from="') for part in parts)
+    missing = [] if f'command="{command}"' in parts else [f'command="{command}"']
+    missing += [] if any(part.startswith('from="') for part in parts) else ['from="<master>"']
+    return missing + ([] if "restrict" in parts else ["restrict"])
 
 
 @dataclass(frozen=True)
@@ -342,11 +350,15 @@ def init_key(remote: Remote, password_from_env: bool = False, progress: Progress
     elif password_from_env:
         argv = ["sshpass", "-e", *argv, "-o", "PreferredAuthentications=password,keyboard-interactive",
                 "-o", "PubkeyAuthentication=no"]
-    argv += [remote.login, _remote_install_script(authorized, public_key)]
+    command = remote.remote_path(paths.PEER_COMMAND)
+    argv += [remote.login, _remote_install_script(authorized, public_key, command)]
     progress(f"installing {remote.public_key} into {remote.login}:{authorized}")
     _known_hosts_dir()
     # Interactive: ssh asks for the password on the terminal (not on stdin or stdout).
     result = system.run(argv, timeout=300)
+    if works and result.returncode == 1 and FORCED_REFUSAL in result.stderr:
+        return (f"the key {remote.key} already exists and {remote.login} already accepts it, confined to "
+                f"its forced command {command}: nothing to do")
     if not result.ok:
         raise OperationFailed(
             f"could not install the key on {remote.login} (ssh exit {result.returncode}): "
@@ -380,12 +392,6 @@ def plan_push(directories: Iterable[str], is_dir: Callable[[str], bool]) -> Push
         directory = check_directory(directory, "[sync] directories entry")
         (sources if is_dir(directory) else missing).append(directory)
     return PushPlan(tuple(sources), tuple(missing))
-
-
-def local_anchored(node_path: str) -> str:
-    """``<root>/./<path>``: with ``rsync -R`` only ``<path>`` is recreated on the other side."""
-    root = str(paths.root()).rstrip("/")
-    return f"{root}/./{node_path.lstrip('/')}"
 
 
 @dataclass(frozen=True)
@@ -429,6 +435,13 @@ def _rsync_failure(result: system.Result) -> str:
     return f"rsync exit {result.returncode}: " + (" / ".join(lines[-3:]) if lines else "no output")
 
 
+def _prefixed(source: str, output: str) -> list[str]:
+    """rsync's ``%i %n`` lines of one directory's run, named from the root (``etc/asterisk/...``)."""
+    prefix = source.strip("/") + "/"
+    return [re.sub(r"^(\S+ +)", lambda m: m.group(1) + prefix, line, count=1)
+            for line in output.splitlines() if " " in line]
+
+
 def push(remote: Remote, directories: Sequence[str], progress: Progress = _quiet) -> SyncOutcome:
     if not remote.key.exists():
         raise OperationFailed(
@@ -439,22 +452,26 @@ def push(remote: Remote, directories: Sequence[str], progress: Progress = _quiet
     if not plan.sources:
         return SyncOutcome(f"nothing to synchronize to {remote.host}: none of the directories exists",
                            missing=plan.missing, warnings=tuple(warnings))
-    destination = remote.remote_path("/")
-    argv = [
-        "rsync", "-aR", "--no-implied-dirs", "--delete-after", f"--timeout={remote.io_timeout}", f"--out-format={OUT_FORMAT}",
-        "-e", remote.rsync_shell(),
-        *(local_anchored(source) for source in plan.sources),
-        f"{remote.login}:{_safe(destination.rstrip('/') + '/', 'the remote destination')}",
-    ]
-    progress("running " + " ".join(shlex.quote(a) for a in argv))
     _known_hosts_dir()
     started = time.monotonic()
-    result = system.run(argv, timeout=remote.timeout)
-    if result.returncode == RSYNC_PARTIAL_VANISHED:
-        warnings.append("some files vanished while they were being copied: " + _rsync_failure(result))
-    elif not result.ok:
-        raise OperationFailed(f"rsync to {remote.login} failed: {_rsync_failure(result)}")
-    changes = ItemizedChanges.parse(result.stdout)
+    output = []
+    for source in plan.sources:
+        # One directory per run, into its own destination: the slave's forced command
+        # accepts a receive into exactly one of its [sync] directories.
+        destination = _safe(remote.remote_path(source).rstrip("/") + "/", "the remote destination")
+        argv = [
+            "rsync", "-a", "--delete-after", "--mkpath", f"--timeout={remote.io_timeout}",
+            f"--out-format={OUT_FORMAT}", "-e", remote.rsync_shell(),
+            str(paths.node(source)).rstrip("/") + "/", f"{remote.login}:{destination}",
+        ]
+        progress("running " + " ".join(shlex.quote(a) for a in argv))
+        result = system.run(argv, timeout=remote.timeout)
+        if result.returncode == RSYNC_PARTIAL_VANISHED:
+            warnings.append("some files vanished while they were being copied: " + _rsync_failure(result))
+        elif not result.ok:
+            raise OperationFailed(f"rsync to {remote.login} failed ({source}): {_rsync_failure(result)}")
+        output.extend(_prefixed(source, result.stdout))
+    changes = ItemizedChanges.parse("\n".join(output))
     for line in changes.changed:
         progress(f"sent {line}")
     for line in changes.deleted:

@@ -15,9 +15,10 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, NoReturn, Sequence
 
 from plumbum import local
 from plumbum.commands.processes import CommandNotFound
@@ -87,6 +88,22 @@ def run(
     if check and not result.ok:
         raise OperationFailed(f"{' '.join(argv)} failed (exit {result.returncode}): {result.output() or 'no output'}")
     return result
+
+
+def replace_process(argv: Sequence[str], cwd_fd: int | None = None) -> NoReturn:
+    """Become ``argv`` (exec), in the directory ``cwd_fd`` when given, with this process's streams.
+
+    For a forced ssh command handing its connection to the program it allowed.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        if cwd_fd is not None:
+            os.fchdir(cwd_fd)
+            os.close(cwd_fd)
+        os.execvp(argv[0], list(argv))
+    except OSError as exc:
+        raise OperationFailed(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
 
 
 KILL_GRACE = 5.0

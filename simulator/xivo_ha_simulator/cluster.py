@@ -43,6 +43,8 @@ from typing import Callable, Mapping, Sequence
 from plumbum import local
 from plumbum.commands.processes import CommandNotFound, ProcessTimedOut
 
+from .constants import MASTER_UP, SERVING, STANDBY
+
 PROJECT = "xivo-ha-sim"
 MASTER = "master"
 SLAVE = "slave"
@@ -487,7 +489,7 @@ class Cluster:
         if self.slave_services_running():
             self.exec(SLAVE, ["xivo-manage-slave-services", "stop"], timeout=60)
         state = self.slave_state()
-        if state.get("mode") == "serving":
+        if state.get("mode") == SERVING:
             self.check_once()
 
 
@@ -534,13 +536,13 @@ class Checker:
     def checks_between(self, start: float, end: float | None = None) -> tuple[int, int]:
         """(checks, checks that found the master down) that ended between ``start`` and ``end``."""
         inside = [c for t, c in self.history if t >= start and (end is None or t <= end)]
-        return len(inside), sum(1 for c in inside if c not in ("", "up"))
+        return len(inside), sum(1 for c in inside if c not in ("", MASTER_UP))
 
     def failovers(self) -> int:
-        return sum(1 for e in self.events if e.mode == "serving")
+        return sum(1 for e in self.events if e.mode == SERVING)
 
     def failbacks(self) -> int:
-        return sum(1 for e in self.events if e.mode == "standby")
+        return sum(1 for e in self.events if e.mode == STANDBY)
 
     def _loop(self) -> None:
         # Bounded: one iteration per period until stopped (the run's length bounds it).

@@ -25,9 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .cluster import MASTER, SLAVE, Cluster, ClusterError, run
-
-OUTAGE = "outage"
-SERVED = "served"
+from .constants import OUTAGE, SERVED
 
 NFT_TABLE = "xivo_ha_sim"
 

@@ -29,7 +29,7 @@ small state machine driven by responses and timers:
   transaction to the node it is registered on fails.  ICMP errors are
   ignored, as most phones do: only timers and answers count.
 
-Every change is logged as a :class:`~xivo_ha_simulator.report.Event`
+Every change is logged as a :class:`~xivo_ha_simulator.events.Event`
 (monotonic and wall time) in ``phone.events``, for the report.
 
 Time scale K: every SIP timer, the requested expiry, the probe and retry
@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from . import sip
-from .report import (
+from .events import (
     EXPIRED,
     INTERVAL_TOO_BRIEF,
     NONE,

@@ -23,63 +23,29 @@ infinite, so a p95 is finite only if at least 95 % of the phones came back.
 
 The verdict is PASS when every phone was registered when the fault hit and
 no phone's downtime (nor failback downtime, when there was a failback) is
-over the bound.
+over the bound.  For a fault the master serves through (``constants.SERVED``)
+it is PASS when every phone was registered when the fault hit, none moved to
+the slave or lost its registration, and the slave never started its services;
+the downtimes are then reported in junit.xml but do not decide.  Each
+criterion is a :class:`Criterion`, made once by :func:`compute`; the writers
+only render them.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-DEFAULT_BOUND = 300.0  # seconds, real-equivalent
-
-# Event kinds a phone logs.
-STARTED = "started"
-REGISTERED = "registered"  # node, info: granted (s), requested (s)
-REGISTER_FAILED = "register_failed"  # node, info: reason
-INTERVAL_TOO_BRIEF = "interval_too_brief"  # node, info: min_expires
-SWITCHED = "switched"  # node = new node, info: from, to
-EXPIRED = "expired"  # node: the registration lapsed without a refresh
-PROBE_OK = "probe_ok"  # node answered OPTIONS
-PROBE_FAILED = "probe_failed"  # node, info: reason
-STOPPED = "stopped"
-
-NONE = "none"  # label of "registered nowhere" in counts and plots
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One thing that happened to one phone.
-
-    ``t`` is ``time.monotonic()``, ``wall`` is ``time.time()`` at the same
-    instant; ``info`` holds the kind's details (``granted``, ``reason``, ...).
-    """
-
-    t: float
-    wall: float
-    kind: str
-    node: str | None = None
-    info: Mapping | None = None
-
-    def to_dict(self) -> dict:
-        out = {"t": round(self.t, 6), "wall": round(self.wall, 6), "event": self.kind}
-        if self.node is not None:
-            out["node"] = self.node
-        if self.info:
-            out.update(self.info)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> "Event":
-        rest = {k: v for k, v in data.items() if k not in ("t", "wall", "event", "node")}
-        return cls(float(data["t"]), float(data["wall"]), str(data["event"]), data.get("node"), rest or None)
-
+from .constants import DEFAULT_BOUND, OUTAGE, SERVED
+from .events import EXPIRED, NONE, REGISTER_FAILED, REGISTERED, STOPPED, SWITCHED, Event
 
 # --------------------------------------------------------------------------- maths
 
@@ -168,6 +134,28 @@ def downtime_stats(
     )
 
 
+@dataclass(frozen=True)
+class SlaveActivity:
+    """How often the slave started (failover) and stopped (failback) its services during the run."""
+
+    failovers: int
+    failbacks: int
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One criterion of the verdict: a JUnit test case, and (if decisive) a sentence of the reasons."""
+
+    name: str
+    sentence: str
+    failure: str | None = None  # why it is not met; None: met
+    decisive: bool = True  # it decides the verdict; otherwise a figure reported in junit.xml only
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
 @dataclass
 class Report:
     phones: int
@@ -185,8 +173,13 @@ class Report:
     failback: DowntimeStats | None
     failovers_seen: int
     registered_at_fault: dict  # node label -> phones
-    passed: bool
-    reasons: list = field(default_factory=list)  # one sentence per criterion
+    lost_registration: int  # phones registered at the fault that lost it before the restore
+    expect: str = OUTAGE  # what the fault expects of the cluster (constants.OUTAGE or SERVED)
+    slave: SlaveActivity | None = None
+    # The verdict, set once by compute():
+    criteria: list = field(default_factory=list)  # Criterion, in junit.xml's order
+    passed: bool = False
+    reasons: list = field(default_factory=list)  # one sentence per decisive criterion, then notes
 
     @property
     def verdict(self) -> str:
@@ -210,43 +203,25 @@ def compute(
     backup: str = "slave",
     fault_wall: float | None = None,
     failback_wall: float | None = None,
+    expect: str = OUTAGE,
+    slave: SlaveActivity | None = None,
+    restored: float | None = None,
 ) -> Report:
-    """Per-phone downtimes, their statistics and the verdict.
+    """Per-phone downtimes, their statistics and the verdict: the only place a verdict is made.
 
     ``events`` maps a phone id to its events in time order; times are
-    monotonic seconds like the events'.
+    monotonic seconds like the events'.  ``restored`` is when the fault was
+    undone (registrations lost after it do not count); ``slave`` is what the
+    slave did, needed to judge a fault during which the master keeps serving.
     """
+    if expect == SERVED and slave is None:
+        raise ValueError("a fault the master serves through is judged on the slave's activity: pass slave=")
     downtimes = {pid: downtime(evs, fault_time) for pid, evs in events.items()}
-    failover = downtime_stats(downtimes, time_scale, bound)
     failback_downtimes = None
-    failback = None
     if failback_time is not None:
         failback_downtimes = {pid: downtime(evs, failback_time, primary) for pid, evs in events.items()}
-        failback = downtime_stats(failback_downtimes, time_scale, bound)
-    failovers_seen = sum(
-        1
-        for evs in events.values()
-        if any(e.kind == SWITCHED and e.t >= fault_time and e.node != primary for e in evs)
-    )
-    at_fault: dict[str, int] = {}
-    for evs in events.values():
-        label = node_at(evs, fault_time) or NONE
-        at_fault[label] = at_fault.get(label, 0) + 1
-
-    reasons = []
-    phones = len(events)
-    registered = phones - at_fault.get(NONE, 0)
-    all_registered = phones > 0 and registered == phones
-    reasons.append(
-        f"{registered} of {phones} phones were registered when the fault hit"
-        + ("" if all_registered else ": the measurement starts from an incomplete fleet")
-    )
-    reasons.append(_stats_sentence("failover", failover))
-    if failback is not None:
-        reasons.append(_stats_sentence("failback", failback))
-    passed = all_registered and failover.ok and (failback is None or failback.ok)
-    return Report(
-        phones=phones,
+    report = Report(
+        phones=len(events),
         time_scale=time_scale,
         bound=bound,
         primary=primary,
@@ -257,13 +232,95 @@ def compute(
         failback_wall=failback_wall if failback_wall is not None else _wall_of(failback_time),
         downtimes=downtimes,
         failback_downtimes=failback_downtimes,
-        failover=failover,
-        failback=failback,
-        failovers_seen=failovers_seen,
-        registered_at_fault=at_fault,
-        passed=passed,
-        reasons=reasons,
+        failover=downtime_stats(downtimes, time_scale, bound),
+        failback=None if failback_downtimes is None else downtime_stats(failback_downtimes, time_scale, bound),
+        failovers_seen=sum(
+            1 for evs in events.values()
+            if any(e.kind == SWITCHED and e.t >= fault_time and e.node != primary for e in evs)
+        ),
+        registered_at_fault=_registered_at(events, fault_time),
+        lost_registration=lost_registration(events, fault_time, restored),
+        expect=expect,
+        slave=slave,
     )
+    report.criteria = _criteria(report)
+    decisive = [c for c in report.criteria if c.decisive]
+    report.passed = all(c.ok for c in decisive)
+    report.reasons = [c.sentence for c in decisive]
+    if slave is not None and expect != SERVED:
+        report.reasons.append(f"the slave started its services {how_often(slave.failovers)} and stopped them "
+                              f"{how_often(slave.failbacks)}")
+    return report
+
+
+def _registered_at(events: Mapping[str, Sequence[Event]], when: float) -> dict[str, int]:
+    at: dict[str, int] = {}
+    for evs in events.values():
+        label = node_at(evs, when) or NONE
+        at[label] = at.get(label, 0) + 1
+    return at
+
+
+def lost_registration(events: Mapping[str, Sequence[Event]], since: float, until: float | None = None) -> int:
+    """Phones that were registered at ``since`` and lost it (expired or failed) before ``until``."""
+    lost = 0
+    for evs in events.values():
+        current = node_at(evs, since)
+        if current is None:
+            lost += 1
+            continue
+        for event in evs:
+            if event.t <= since:
+                continue
+            if until is not None and event.t > until:
+                break
+            if event.kind == REGISTERED:
+                current = event.node
+            elif event.kind in (EXPIRED, REGISTER_FAILED) and event.node == current:
+                lost += 1
+                break
+    return lost
+
+
+def _criteria(report: Report) -> list[Criterion]:
+    """The criteria of the report's fault: phones registered, downtimes within the bound, no failover."""
+    phones = report.phones
+    registered = phones - report.registered_at_fault.get(NONE, 0)
+    all_registered = phones > 0 and registered == phones
+    criteria = [Criterion(
+        "phones registered before the fault",
+        f"{registered} of {phones} phones were registered when the fault hit"
+        + ("" if all_registered else ": the measurement starts from an incomplete fleet"),
+        None if all_registered else f"{phones - registered} of {phones} phones were not registered",
+    )]
+    served = report.expect == SERVED
+    for label, stats, measured in (
+        ("failover", report.failover, report.downtimes),
+        ("failback", report.failback, report.failback_downtimes),
+    ):
+        if stats is not None:
+            failure = None if stats.ok else _over_bound(stats, measured, report.time_scale)
+            criteria.append(Criterion(f"{label} downtime within {stats.bound:g}s", _stats_sentence(label, stats),
+                                      failure, decisive=not served))
+    if served:
+        failovers = report.slave.failovers
+        met = (registered == phones and report.failovers_seen == 0 and failovers == 0
+               and report.lost_registration == 0)
+        sentence = (f"expected no failover: {report.failovers_seen} phones moved to the slave, the slave "
+                    f"started its services {how_often(failovers)}, {report.lost_registration} phones lost "
+                    f"their registration")
+        criteria.append(Criterion("no failover while the master serves", sentence, None if met else sentence))
+    return criteria
+
+
+def _over_bound(stats: DowntimeStats, measured: Mapping[str, float | None], time_scale: float) -> str:
+    worst = sorted(measured.items(), key=lambda kv: math.inf if kv[1] is None else kv[1], reverse=True)[:10]
+    listed = ", ".join(f"{pid}={'never' if d is None else f'{d * time_scale:.1f}s'}" for pid, d in worst)
+    return f"{stats.over_bound} of {stats.phones} phones over {stats.bound:g}s (worst: {listed})"
+
+
+def how_often(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
 
 
 def _fmt_seconds(value: float | None) -> str:
@@ -346,8 +403,13 @@ def _stats_dict(stats: DowntimeStats | None) -> dict | None:
     return data
 
 
-def to_dict(report: Report, events: Mapping[str, Sequence[Event]] | None = None) -> dict:
-    """The report as JSON-ready data; infinite downtimes become ``null``."""
+def to_dict(report: Report, events: Mapping[str, Sequence[Event]] | None = None,
+            simulation: Mapping | None = None) -> dict:
+    """The report as JSON-ready data; infinite downtimes become ``null``.
+
+    ``simulation`` (what the run did besides the phones: scenario, slave, cluster)
+    goes in last, as ``"simulation"``.
+    """
     phones = {}
     for pid, measured in report.downtimes.items():
         entry = {"downtime": _json_number(measured)}
@@ -356,7 +418,7 @@ def to_dict(report: Report, events: Mapping[str, Sequence[Event]] | None = None)
         if events is not None:
             entry["events"] = [e.to_dict() for e in events.get(pid, ())]
         phones[pid] = entry
-    return {
+    data = {
         "verdict": report.verdict,
         "reasons": report.reasons,
         "definitions": {
@@ -380,52 +442,52 @@ def to_dict(report: Report, events: Mapping[str, Sequence[Event]] | None = None)
         "failback_downtime": _stats_dict(report.failback),
         "per_phone": phones,
     }
+    if simulation is not None:
+        data["simulation"] = dict(simulation)
+    return data
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` in one rename, file and directory flushed to disk.
+
+    The simulator's only file writer.  It mirrors ``xivo_ha.system.write_atomic``
+    (which it cannot import: the simulator's package does not depend on the node's).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
-def write_json(report: Report, events: Mapping[str, Sequence[Event]], path: str | os.PathLike) -> Path:
+def write_json(report: Report, events: Mapping[str, Sequence[Event]], path: str | os.PathLike,
+               simulation: Mapping | None = None) -> Path:
     path = Path(path)
-    _atomic_write(path, (json.dumps(to_dict(report, events), indent=1) + "\n").encode())
+    write_atomic(path, (json.dumps(to_dict(report, events, simulation), indent=1) + "\n").encode())
     return path
 
 
 def junit_tree(report: Report, suite: str = "failover-simulation") -> ET.ElementTree:
     """JUnit XML: one test case per criterion, figures as properties."""
-    cases: list[tuple[str, str | None, str]] = []  # (name, failure message or None, details)
-    phones = report.phones
-    registered = phones - report.registered_at_fault.get(NONE, 0)
-    cases.append((
-        "phones registered before the fault",
-        None if phones and registered == phones else f"{phones - registered} of {phones} phones were not registered",
-        report.reasons[0],
-    ))
-    for label, stats, measured in (
-        ("failover", report.failover, report.downtimes),
-        ("failback", report.failback, report.failback_downtimes),
-    ):
-        if stats is None:
-            continue
-        failure = None
-        if not stats.ok:
-            worst = sorted(
-                measured.items(), key=lambda kv: math.inf if kv[1] is None else kv[1], reverse=True
-            )[:10]
-            listed = ", ".join(
-                f"{pid}={'never' if d is None else f'{d * report.time_scale:.1f}s'}" for pid, d in worst
-            )
-            failure = f"{stats.over_bound} of {stats.phones} phones over {stats.bound:g}s (worst: {listed})"
-        cases.append((f"{label} downtime within {stats.bound:g}s", failure, _stats_sentence(label, stats)))
-
     root = ET.Element(
         "testsuite",
         name=suite,
-        tests=str(len(cases)),
-        failures=str(sum(1 for c in cases if c[1] is not None)),
+        tests=str(len(report.criteria)),
+        failures=str(sum(1 for c in report.criteria if not c.ok)),
         errors="0",
         skipped="0",
         time="0",
@@ -442,13 +504,13 @@ def junit_tree(report: Report, suite: str = "failover-simulation") -> ET.Element
         ("failover_max", _json_number(report.failover.max)),
     ):
         ET.SubElement(props, "property", name=name, value="null" if value is None else str(value))
-    for name, failure, details in cases:
-        case = ET.SubElement(root, "testcase", classname=suite, name=name, time="0")
-        if failure is not None:
-            node = ET.SubElement(case, "failure", message=failure, type="AssertionError")
-            node.text = details
+    for criterion in report.criteria:
+        case = ET.SubElement(root, "testcase", classname=suite, name=criterion.name, time="0")
+        if criterion.ok:
+            ET.SubElement(case, "system-out").text = criterion.sentence
         else:
-            ET.SubElement(case, "system-out").text = details
+            node = ET.SubElement(case, "failure", message=criterion.failure, type="AssertionError")
+            node.text = criterion.sentence
     return ET.ElementTree(root)
 
 
@@ -456,7 +518,7 @@ def write_junit(report: Report, path: str | os.PathLike) -> Path:
     path = Path(path)
     tree = junit_tree(report)
     ET.indent(tree)
-    _atomic_write(path, ET.tostring(tree.getroot(), encoding="utf-8", xml_declaration=True) + b"\n")
+    write_atomic(path, ET.tostring(tree.getroot(), encoding="utf-8", xml_declaration=True) + b"\n")
     return path
 
 
@@ -497,20 +559,21 @@ def write_timeline(report: Report, events: Mapping[str, Sequence[Event]], path: 
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best")
         fig.tight_layout()
-        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        png = io.BytesIO()
+        fig.savefig(png, format="png")
     finally:
         plt.close(fig)
+    write_atomic(path, png.getvalue())
     return path
 
 
-def write_all(report: Report, events: Mapping[str, Sequence[Event]], directory: str | os.PathLike) -> dict:
-    """Write report.json, junit.xml and timeline.png into ``directory``."""
+def write_all(report: Report, events: Mapping[str, Sequence[Event]], directory: str | os.PathLike,
+              simulation: Mapping | None = None) -> dict:
+    """Write report.json (with ``simulation``, if given), junit.xml and timeline.png into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     return {
-        "json": write_json(report, events, directory / "report.json"),
+        "json": write_json(report, events, directory / "report.json", simulation),
         "junit": write_junit(report, directory / "junit.xml"),
         "timeline": write_timeline(report, events, directory / "timeline.png"),
     }

@@ -4,6 +4,10 @@ The server is Debian's /usr/sbin/sshd (``-D -e -f <config>``) with its own host 
 a free loopback port.  ``AuthorizedKeysFile`` points into the slave's temporary root
 (``<slave_root>/root/.ssh/authorized_keys``), which is where ``xivo-sync -i`` appends
 the key when ``[sync] remote_root`` is that directory; rsync writes there too.
+Sessions get the slave's environment (``XIVO_HA_ROOT`` = the slave root, by
+``SetEnv``), and the package's ``bin/peer-command`` is installed as the slave's
+``/usr/lib/xivo-ha/peer-command``: the forced command of the key ``xivo-sync -i``
+installs is the real program.
 
 Password logins (the ``xivo-sync -i`` step) need a root password, and the machine's
 own must not be touched: sshd runs in a private mount namespace (``unshare -m``) in
@@ -28,6 +32,7 @@ from pathlib import Path
 import pytest
 
 SSHD = "/usr/sbin/sshd"
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pg import free_port  # noqa: E402
@@ -54,6 +59,25 @@ class SshServer:
     def log_path(self) -> Path:
         return self.dir / "sshd.log"
 
+    @property
+    def peer_command(self) -> Path:
+        """The HA key's forced command on this slave (/usr/lib/xivo-ha/peer-command)."""
+        return self.slave_root / "usr/lib/xivo-ha/peer-command"
+
+    @property
+    def syslog_socket(self) -> Path:
+        """Where the slave's programs send syslog lines (bind a datagram socket there to read them)."""
+        return self.dir / "syslog.sock"
+
+    def install_peer_command(self, env: dict[str, str] | None = None) -> None:
+        """The package's bin/peer-command, installed on the slave with this interpreter
+        (and ``env``, through ``env -S`` in its first line)."""
+        assignments = "".join(f"{k}={v} " for k, v in (env or {}).items())
+        body = (REPO / "bin" / "peer-command").read_text().split("\n", 1)[1]
+        self.peer_command.parent.mkdir(parents=True, exist_ok=True)
+        self.peer_command.write_text(f"#!/usr/bin/env -S {assignments}{sys.executable}\n{body}")
+        self.peer_command.chmod(0o755)
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -77,6 +101,9 @@ class SshServer:
             "UseDNS no",
             "LogLevel VERBOSE",
             "MaxStartups 50",
+            # The slave's environment: its programs see the temporary root as "/".
+            f"SetEnv XIVO_HA_ROOT={self.slave_root} XIVO_HA_ALLOW_LOOPBACK_PEER=1 "
+            f"XIVO_HA_SYSLOG_SOCKET={self.syslog_socket}",
         ]
         return "\n".join(lines) + "\n"
 
@@ -96,6 +123,7 @@ class SshServer:
     def start(self) -> "SshServer":
         self.dir.mkdir(parents=True)
         (self.slave_root / "root").mkdir(parents=True)
+        self.install_peer_command()
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test slave", "-f",
               str(self.dir / "host_ed25519_key")])
         can_namespace = os.geteuid() == 0 and shutil.which("unshare") and _namespaces_work()

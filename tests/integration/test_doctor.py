@@ -81,13 +81,6 @@ class Pair:
         return self.master.path(f"/var/lib/xivo-ha/{job}.json")
 
 
-def peer_command(slave_root: Path, extra: dict[str, str] | None = None) -> str:
-    """[doctor] peer_command: the slave's xivo-ha, run by the peer's shell over ssh."""
-    env = {"XIVO_HA_ROOT": str(slave_root), "XIVO_HA_ALLOW_LOOPBACK_PEER": "1",
-           "XIVO_HA_SYSLOG_SOCKET": str(slave_root / "no-syslog"), **(extra or {})}
-    return ",".join(["env", *(f"{k}={v}" for k, v in env.items()), sys.executable, str(REPO / "bin" / "xivo-ha")])
-
-
 @pytest.fixture
 def pair(tmp_path, sshd, asterisk_db, second_postgres_server):
     slave_db = second_postgres_server.create_database()
@@ -128,7 +121,6 @@ def _build_pair(tmp_path, sshd, master_db, slave_db, master_services, slave_serv
         "XIVO_HA_SYNC_DIRECTORIES": "/etc/asterisk/extensions_extra.d",
         "XIVO_HA_REPLICATION_SLAVE_PORT": str(slave_db.server.port),
         "XIVO_HA_REPLICATION_SLAVE_DBNAME": slave_db.name,
-        "XIVO_HA_DOCTOR_PEER_COMMAND": peer_command(slave_root),
         **services_env(master_services, ["asterisk"]),
     })
     extra = master.path("/etc/asterisk/extensions_extra.d")
@@ -141,7 +133,9 @@ def _build_pair(tmp_path, sshd, master_db, slave_db, master_services, slave_serv
     key = master.path("/root/.ssh/xivo_id_rsa")
     key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "XiVO HA", "-f", str(key)], check=True)
-    sshd.authorize('from="127.0.0.1",restrict ' + key.with_name("xivo_id_rsa.pub").read_text())
+    # As `xivo-sync -i` installs it: behind the slave's forced command, which runs its own xivo-ha.
+    sshd.authorize(f'command="{sshd.peer_command}",from="127.0.0.1",restrict '
+                   + key.with_name("xivo_id_rsa.pub").read_text())
     sshd.pin_host_key(master.path("/var/lib/xivo-ha/known_hosts"))
     ok(master.run(LOOPBACK, command="xivo-master-slave-db-replication"))
     ok(master.run(command="xivo-sync"))
@@ -194,13 +188,29 @@ def test_healthy_pair_from_the_slave_warns_that_the_master_side_was_not_checked(
     assert status_of(checks, "icmp-slave-to-master", "pair") == "OK"
 
 
-def test_an_unrestricted_ha_key_on_the_slave_warns(pair):
+@pytest.mark.parametrize("dropped, missing", [
+    ('from="127.0.0.1",restrict', 'from="<master>" and restrict'),
+    ("command=\"{command}\",", 'command="{command}"'),
+])
+def test_an_ha_key_without_its_restrictions_on_the_slave_fails(pair, dropped, missing):
     authorized = pair.sshd.authorized_keys
-    authorized.write_text(authorized.read_text().replace('from="127.0.0.1",restrict ', ""))
-    checks = pair.checks()
-    assert failing(checks) == {("ha-key-restricted", "peer"): "WARN"}
-    assert "without from= and restrict" in checks[("ha-key-restricted", "peer")]["finding"]
-    assert "xivo-sync -i" in checks[("ha-key-restricted", "peer")]["remedy"]
+    command = pair.sshd.peer_command
+    authorized.write_text(authorized.read_text().replace(dropped.format(command=command), ""))
+    # Without the forced command the master's request runs as it is: name the slave's xivo-ha.
+    unconfined = {"XIVO_HA_DOCTOR_PEER_COMMAND": f"{sys.executable},{REPO / 'bin' / 'xivo-ha'}"}
+    checks = pair.checks(env=unconfined if dropped.startswith("command") else None)
+    assert failing(checks) == {("ha-key-restricted", "peer"): "FAIL"}
+    check = checks[("ha-key-restricted", "peer")]
+    assert f"installed without {missing.format(command=command)}" in check["finding"]
+    assert "xivo-sync -i" in check["remedy"] and f'command="{command}"' in check["remedy"]
+
+
+def test_the_peer_refuses_what_the_master_does_not_run(pair):
+    """[doctor] peer_command names another program: the slave's forced command refuses it."""
+    checks = pair.checks(env={"XIVO_HA_DOCTOR_PEER_COMMAND": "sh,-c,id"})
+    check = checks[("peer", "peer")]
+    assert check["status"] == "FAIL"
+    assert "xivo-ha peer-command: refused" in check["finding"]
 
 
 def test_local_only_does_not_contact_the_peer(pair):
@@ -438,8 +448,8 @@ def test_different_xivo_ha_version_on_the_peer(pair):
     shutil.copytree(REPO / "lib" / "xivo_ha", other / "xivo_ha")
     init = other / "xivo_ha" / "__init__.py"
     init.write_text(init.read_text().replace('__version__ = "', '__version__ = "9.9.'))
-    command = peer_command(pair.slave.root, {"PYTHONPATH": str(other), "XIVO_HA_SHARE_DIR": str(REPO / "conf")})
-    checks = pair.checks(env={"XIVO_HA_DOCTOR_PEER_COMMAND": command})
+    pair.sshd.install_peer_command({"PYTHONPATH": str(other), "XIVO_HA_SHARE_DIR": str(REPO / "conf")})
+    checks = pair.checks()
     assert failing(checks) == {("same-version", "pair"): "FAIL"}
     assert "on the peer" in checks[("same-version", "pair")]["finding"]
     assert "9.9." in checks[("same-version", "pair")]["finding"]

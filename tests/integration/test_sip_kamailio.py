@@ -15,6 +15,7 @@ import pytest
 from kamailio_fixture import kamailio_binary, start_kamailio
 
 from xivo_ha_simulator import report, sip
+from xivo_ha_simulator.events import PROBE_FAILED, PROBE_OK, REGISTER_FAILED, REGISTERED, SWITCHED
 from xivo_ha_simulator.phone import NEXT_REFRESH, PROBE, Fleet, Phone, PhoneConfig, Registrar
 
 pytestmark = [
@@ -63,11 +64,11 @@ def test_granted_expiry_obeys_min_max_and_default(tmp_path):
 
         # The phones act on those answers: the granted lifetime, and Min-Expires.
         capped = asyncio.run(phone_registration(port, 1000))
-        assert [e.info for e in capped.events if e.kind == report.REGISTERED] == [
+        assert [e.info for e in capped.events if e.kind == REGISTERED] == [
             {"granted": 30, "requested": 1000}]
         raised = asyncio.run(phone_registration(port, 2))
         assert [e.kind for e in raised.events][:3] == ["started", "interval_too_brief", "registered"]
-        assert [e.info for e in raised.events if e.kind == report.REGISTERED] == [
+        assert [e.info for e in raised.events if e.kind == REGISTERED] == [
             {"granted": 5, "requested": 5}]
 
 
@@ -127,9 +128,9 @@ def test_fleet_fails_over_and_back_on_next_refresh(tmp_path):
     assert result.failovers_seen == PHONES
     assert result.failover.never == 0 and result.failback.never == 0
     for evs in events.values():
-        switches = [(e.info["from"], e.info["to"]) for e in evs if e.kind == report.SWITCHED]
+        switches = [(e.info["from"], e.info["to"]) for e in evs if e.kind == SWITCHED]
         assert switches == [("master", "slave"), ("slave", "master")]
-        assert not any(e.kind in (report.PROBE_OK, report.PROBE_FAILED) for e in evs)
+        assert not any(e.kind in (PROBE_OK, PROBE_FAILED) for e in evs)
 
 
 def test_fleet_fails_over_and_back_by_probing(tmp_path):
@@ -137,12 +138,12 @@ def test_fleet_fails_over_and_back_by_probing(tmp_path):
     assert result.failovers_seen == PHONES
     assert result.failback.never == 0
     for evs in events.values():
-        switches = [(e.info["from"], e.info["to"]) for e in evs if e.kind == report.SWITCHED]
+        switches = [(e.info["from"], e.info["to"]) for e in evs if e.kind == SWITCHED]
         assert switches == [("master", "slave"), ("slave", "master")]
-        back = next(e for e in evs if e.kind == report.SWITCHED and e.node == "master")
-        probe_ok = [e for e in evs if e.kind == report.PROBE_OK and e.t <= back.t]
+        back = next(e for e in evs if e.kind == SWITCHED and e.node == "master")
+        probe_ok = [e for e in evs if e.kind == PROBE_OK and e.t <= back.t]
         assert probe_ok, "the move back follows an answered OPTIONS"
         # While on the slave, no REGISTER tried the master: only probes failed.
-        on_slave = next(e for e in evs if e.kind == report.SWITCHED and e.node == "slave").t
-        assert not [e for e in evs if e.kind == report.REGISTER_FAILED and e.node == "master"
+        on_slave = next(e for e in evs if e.kind == SWITCHED and e.node == "slave").t
+        assert not [e for e in evs if e.kind == REGISTER_FAILED and e.node == "master"
                     and on_slave < e.t < back.t]

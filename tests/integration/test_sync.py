@@ -8,9 +8,11 @@ and rsync-output decisions are tested in tests/unit/test_sync_merge.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from xivo_ha import role, sync, system
+from xivo_ha import role, settings, sync, system
 from xivo_ha.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,7 +45,6 @@ def test_push_plan_and_unsafe_values(node_root):
     unsafe = sync.Remote("10.0.0.2", "root", 22, Path("/root/my key"), 10, "/", 60, 30)
     with pytest.raises(UsageError, match="cannot be passed to ssh safely"):
         unsafe.rsync_shell()
-    assert sync.local_anchored("/etc/asterisk/extensions_extra.d") == f"{node_root}/./etc/asterisk/extensions_extra.d"
     assert remote.remote_path("/etc/x") == "/etc/x"
     assert sync.Remote("h", "root", 22, Path("/k"), 1, "/srv/slave", 1, 1).remote_path("/etc/x") == "/srv/slave/etc/x"
 
@@ -103,6 +104,11 @@ def job(master_root: Path, name: str) -> dict:
     return json.loads((master_root / "var/lib/xivo-ha" / f"{name}.json").read_text())
 
 
+def forced(sshd) -> str:
+    """The option xivo-sync -i gives the key: the slave's forced command."""
+    return f'command="{sshd.peer_command}"'
+
+
 def needs_password(sshd):
     if sshd.password is None:
         pytest.skip("no private mount namespace here: the test sshd cannot offer a root password")
@@ -122,7 +128,7 @@ def test_init_creates_the_key_and_authorizes_it_once(master, sshd):
     assert oct(key.parent.stat().st_mode & 0o777) == "0o700"
     line = public.read_text().strip()
     assert line.startswith("ssh-ed25519 ") and line.endswith(" XiVO HA")
-    assert sshd.authorized_keys.read_text().splitlines() == [f'from="127.0.0.1",restrict {line}']
+    assert sshd.authorized_keys.read_text().splitlines() == [f'{forced(sshd)},from="127.0.0.1",restrict {line}']
     known = (master / "var/lib/xivo-ha/known_hosts").read_text()
     assert known.startswith(f"[127.0.0.1]:{sshd.port} ssh-ed25519 ")
     private_before = key.read_bytes()
@@ -130,8 +136,8 @@ def test_init_creates_the_key_and_authorizes_it_once(master, sshd):
     again = xivo_sync("-i", "--password-from-env", "--host-key-fingerprint", sshd.host_key_fingerprint,
                        env_extra={"SSHPASS": sshd.password})
     assert again.returncode == 0, again.stderr
-    assert "already accepts it: nothing to do" in again.stdout
-    assert sshd.authorized_keys.read_text().splitlines() == [f'from="127.0.0.1",restrict {line}']
+    assert f"already accepts it, confined to its forced command {sshd.peer_command}: nothing to do" in again.stdout
+    assert sshd.authorized_keys.read_text().splitlines() == [f'{forced(sshd)},from="127.0.0.1",restrict {line}']
     assert key.read_bytes() == private_before
     # And the key is what the hourly sync uses.
     write(master / "etc/asterisk/extensions_extra.d/custom.conf", "[custom]\n")
@@ -151,7 +157,7 @@ def test_init_appends_like_ssh_copy_id_and_reuses_an_existing_key(master, sshd):
     assert "was authorized on" in result.stdout
     assert sshd.authorized_keys.read_text() == (
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtheradminkey admin@laptop\n"
-        f'from="127.0.0.1",restrict {public_line}\n')
+        f'{forced(sshd)},from="127.0.0.1",restrict {public_line}\n')
     assert key.with_name("xivo_id_rsa.pub").read_text().strip() == public_line
 
 
@@ -495,10 +501,11 @@ def test_init_restricts_an_unrestricted_key_already_installed(keyed_master, sshd
     result = xivo_sync("-i", "--host-key-fingerprint", sshd.host_key_fingerprint)
     assert result.returncode == 0, result.stderr
     assert sshd.authorized_keys.read_text().splitlines() == [
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtheradminkey admin@laptop", f'from="127.0.0.1",restrict {public}']
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtheradminkey admin@laptop",
+        f'{forced(sshd)},from="127.0.0.1",restrict {public}']
     again = xivo_sync("-i", "--host-key-fingerprint", sshd.host_key_fingerprint)
     assert again.returncode == 0, again.stderr
-    assert "already accepts it: nothing to do" in again.stdout
+    assert "already accepts it, confined to its forced command" in again.stdout
     assert xivo_sync().returncode == 0
 
 
@@ -526,4 +533,165 @@ def test_init_on_a_terminal_shows_the_fingerprint_and_asks(master, sshd, answer)
     else:
         assert process.returncode == 0, err
         assert pinned.read_text().startswith(f"[127.0.0.1]:{sshd.port} ssh-ed25519 ")
-        assert sshd.authorized_keys.read_text().startswith('from="127.0.0.1",restrict ssh-ed25519 ')
+        assert sshd.authorized_keys.read_text().startswith(f'{forced(sshd)},from="127.0.0.1",restrict ssh-ed25519 ')
+
+
+# ---------------------------------------------------------------------------
+# Hardening: the forced command confines the HA key to what the master runs
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def confined_master(keyed_master, sshd):
+    """A master whose key `xivo-sync -i` installed on the slave, behind the forced command."""
+    result = xivo_sync("-i", "--host-key-fingerprint", sshd.host_key_fingerprint)
+    assert result.returncode == 0, result.stderr
+    assert sshd.authorized_keys.read_text().startswith(f'{forced(sshd)},from="127.0.0.1",restrict ')
+    return keyed_master
+
+
+def with_key(master: Path, sshd, request: str) -> subprocess.CompletedProcess:
+    """``request`` sent to the slave with the HA key, as anyone holding the key could."""
+    argv = ["ssh", "-F", "none", "-p", str(sshd.port), "-i", str(master / "root/.ssh/xivo_id_rsa"),
+            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={master / 'var/lib/xivo-ha/known_hosts'}", "root@127.0.0.1", request]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def slave_syslog(sshd):
+    """The lines the slave's programs send to syslog."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(sshd.syslog_socket))
+    server.settimeout(10)
+
+    def lines() -> list[str]:
+        found = []
+        server.settimeout(2)
+        with contextlib.suppress(socket.timeout):
+            while True:
+                found.append(server.recv(4096).decode())
+        return found
+
+    yield lines
+    server.close()
+
+
+@pytest.mark.integration
+def test_push_and_failback_work_through_the_forced_command(confined_master, sshd):
+    master, slave = confined_master, sshd.slave_root
+    write(master / "etc/asterisk/extensions_extra.d/custom.conf", "[custom]\n", mtime=1_600_000_000)
+    write(master / "var/lib/asterisk/agi-bin/script.agi", "#!/bin/sh\n").chmod(0o750)
+    write(slave / "etc/asterisk/extensions_extra.d/stale.conf", "only on the slave\n")
+    result = xivo_sync()
+    assert result.returncode == 0, result.stderr
+    assert "2 updated, 1 deleted" in result.stdout
+    assert files_under(slave / "etc/asterisk/extensions_extra.d") == {"custom.conf": "[custom]\n"}
+    assert (slave / "etc/asterisk/extensions_extra.d/custom.conf").stat().st_mtime == 1_600_000_000
+    assert oct((slave / "var/lib/asterisk/agi-bin/script.agi").stat().st_mode & 0o777) == "0o750"
+
+    write(slave / VM / "INBOX/msg0000.txt", "[message]\ncallerid=Bob\n", mtime=5000)
+    write(slave / MONITOR / "call-1.wav", "recording")
+    before = files_under(slave)
+    result = xivo_sync("--failback")
+    assert result.returncode == 0, result.stderr
+    assert "Brought back 2 files" in result.stdout
+    assert (master / MONITOR / "call-1.wav").read_text() == "recording"
+    assert files_under(slave) == before
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("request_text, why", [
+    ("id", "`id` is not a command the master runs over the HA key"),
+    ("cat /etc/shadow", "is not a command the master runs"),
+    ("rsync --server -logDtpre.iLsfxCIvu --delete-after . {slave}/etc/", "not one of this slave's [sync] directories"),
+    ("rsync --server -logDtpre.iLsfxCIvu . {slave}/etc/asterisk/extensions_extra.d/../../",
+     "not a normalised absolute path"),
+    ("rsync --server --sender -lDtrRe.iLsfxCIvu --remove-source-files . {slave}/./var/spool/asterisk/monitor",
+     "--remove-source-files is not allowed"),
+    ("rsync --server --sender -lDtrRe.iLsfxCIvu . {slave}/./var/spool/asterisk/monitor/../../../../etc",
+     "not {slave}/./<directory>"),
+])
+def test_anything_else_over_the_key_is_refused_and_logged(confined_master, sshd, slave_syslog,
+                                                          request_text, why):
+    slave = sshd.slave_root
+    write(slave / "etc/passwd", "root:x:0:0::/root:/bin/sh\n")
+    write(slave / MONITOR / "call-1.wav", "recording")
+    before = files_under(slave)
+    result = with_key(confined_master, sshd, request_text.format(slave=slave))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    line = result.stderr.strip()
+    assert line.splitlines() == [line]
+    assert line.startswith("xivo-ha peer-command: refused: ") and why.format(slave=slave) in line
+    logged = slave_syslog()
+    assert len(logged) == 1 and line in logged[0] and "xivo-ha[" in logged[0]
+    assert files_under(slave) == before
+
+
+@pytest.mark.integration
+def test_a_real_rsync_into_the_slave_s_etc_is_refused(confined_master, sshd):
+    master, slave = confined_master, sshd.slave_root
+    write(slave / "etc/passwd", "root:x:0:0::/root:/bin/sh\n")
+    write(master / "evil/passwd", "root::0:0::/root:/bin/sh\n")
+    remote = sync.Remote.from_settings(settings.load(), "127.0.0.1")
+    result = subprocess.run(["rsync", "-a", "-e", remote.rsync_shell(), f"{master}/evil/",
+                             f"root@127.0.0.1:{slave}/etc/"], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "xivo-ha peer-command: refused" in result.stderr
+    assert (slave / "etc/passwd").read_text() == "root:x:0:0::/root:/bin/sh\n"
+
+
+@pytest.mark.integration
+def test_a_symlinked_destination_directory_is_not_followed(confined_master, sshd):
+    """rsync itself follows a destination directory that is a link (it chdirs into it):
+    the forced command opens the directory without following links, and refuses."""
+    master, slave = confined_master, sshd.slave_root
+    elsewhere = write(slave / "etc/important.conf", "the slave's own\n").parent
+    (slave / "var/lib/asterisk").mkdir(parents=True)
+    os.symlink(elsewhere, slave / "var/lib/asterisk/agi-bin")
+    write(master / "var/lib/asterisk/agi-bin/script.agi", "#!/bin/sh\n")
+    before = files_under(slave)
+    result = xivo_sync()
+    assert result.returncode == 1
+    assert "rsync to root@127.0.0.1 failed (/var/lib/asterisk/agi-bin)" in result.stderr
+    assert "'agi-bin' is a link or not a directory: not followed" in result.stderr
+    assert files_under(slave) == before
+    assert (slave / "var/lib/asterisk/agi-bin").is_symlink()
+
+
+@pytest.mark.integration
+def test_the_forced_command_reads_the_slave_s_own_directories(confined_master, sshd):
+    """The slave allows what its own settings name; the master's settings do not widen it."""
+    master, slave = confined_master, sshd.slave_root
+    write(slave / "etc/xivo-ha/xivo-ha.conf", "[sync]\ndirectories = /etc/asterisk/extensions_extra.d\n")
+    write(master / "etc/asterisk/extensions_extra.d/a.conf", "a")
+    write(master / "var/lib/asterisk/agi-bin/script.agi", "#!/bin/sh\n")
+    result = xivo_sync()
+    assert result.returncode == 1
+    assert "not one of this slave's [sync] directories" in result.stderr
+    assert (slave / "etc/asterisk/extensions_extra.d/a.conf").read_text() == "a"
+    assert not (slave / "var/lib/asterisk/agi-bin").exists()
+
+
+@pytest.mark.integration
+def test_a_failback_directory_reached_through_a_link_is_not_read(confined_master, sshd):
+    """The asterisk user owns /var/spool/asterisk: a link there would have rsync read root's files."""
+    master, slave = confined_master, sshd.slave_root
+    write(slave / "root/private/monitor/ssh_host_ed25519_key", "the slave's private host key\n")
+    (slave / "var/spool").mkdir(parents=True)
+    os.symlink(slave / "root/private", slave / "var/spool/asterisk")
+    result = xivo_sync("--failback")
+    assert result.returncode == 1
+    assert "'asterisk' is a link or not a directory: not followed" in result.stderr
+    assert not (master / "var/spool").exists()
+    assert not list(master.rglob("ssh_host_ed25519_key"))
+
+
+@pytest.mark.integration
+def test_init_adds_the_forced_command_to_an_older_restricted_line(keyed_master, sshd):
+    public = (keyed_master / "root/.ssh/xivo_id_rsa.pub").read_text().strip()
+    write(sshd.authorized_keys, f'from="127.0.0.1",restrict {public}\n')
+    result = xivo_sync("-i", "--host-key-fingerprint", sshd.host_key_fingerprint)
+    assert result.returncode == 0, result.stderr
+    assert sshd.authorized_keys.read_text().splitlines() == [f'{forced(sshd)},from="127.0.0.1",restrict {public}']
+    assert with_key(keyed_master, sshd, "id").returncode == 1

@@ -314,6 +314,28 @@ def test_ha_key_present_private_and_usable(key, words, remedy):
     assert words in check.finding and remedy in check.remedy
 
 
+FORCED = 'command="/usr/lib/xivo-ha/peer-command"'
+
+
+@pytest.mark.parametrize("options, status, words", [
+    ([f'{FORCED},from="{MASTER_IP}",restrict'], OK, "installed as command="),
+    ([f'from="{MASTER_IP}",restrict'], FAIL, f"installed without {FORCED}"),
+    ([f'command="/bin/sh",from="{MASTER_IP}",restrict'], FAIL, f"installed without {FORCED}"),
+    ([f"{FORCED},restrict"], FAIL, 'installed without from="<master>"'),
+    ([""], FAIL, f'without {FORCED} and from="<master>" and restrict: (no options)'),
+    ([f'{FORCED},from="{MASTER_IP}",restrict', ""], FAIL, "(no options)"),
+])
+def test_ha_key_on_the_slave_is_behind_the_forced_command(options, status, words):
+    facts = slave_facts()
+    assert doctor.check_ha_key_restricted(facts) is None  # not installed yet: ha-key on the master says so
+    facts["ha_authorized"] = options
+    check = assert_status(doctor.check_ha_key_restricted(facts), status)
+    assert words in check.finding
+    if status == FAIL:
+        assert "xivo-sync -i" in check.remedy and FORCED in check.remedy
+    assert doctor.check_ha_key_restricted({**master_facts(), "ha_authorized": options}) is None
+
+
 @pytest.mark.parametrize("entry, status", [
     (job(age=600), OK),
     (job(result="skipped", age=600, detail="unchanged"), OK),

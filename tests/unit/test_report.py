@@ -9,7 +9,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from xivo_ha_simulator import report
-from xivo_ha_simulator.report import Event
+from xivo_ha_simulator.constants import SERVED
+from xivo_ha_simulator.events import Event
 
 FAULT = 100.0
 FAILBACK = 200.0
@@ -185,3 +186,86 @@ def test_bound_edge_uses_scaled_seconds(scale, expected):
     # 40 measured seconds: 300 s real-equivalent at x7.5 is within, 320 s at x8 is over.
     events = {"b": fleet()["b"]}
     assert report.compute(events, FAULT, time_scale=scale).failover.ok is expected
+
+
+def served_fleet():
+    """Two phones the master keeps serving: they refresh on it before and after the fault."""
+    return {
+        "a": [ev(0, "started"), ev(1, "registered", "master"), ev(110, "registered", "master")],
+        "b": [ev(0, "started"), ev(2, "registered", "master"), ev(120, "registered", "master")],
+    }
+
+
+def test_a_fault_the_master_serves_through_passes_only_without_failover():
+    calm = report.SlaveActivity(failovers=0, failbacks=0)
+    r = report.compute(served_fleet(), FAULT, time_scale=10, expect=SERVED, slave=calm, restored=130)
+    assert r.passed and r.verdict == "PASS"
+    assert r.reasons == ["2 of 2 phones were registered when the fault hit",
+                         "expected no failover: 0 phones moved to the slave, the slave started its services "
+                         "0 times, 0 phones lost their registration"]
+    assert [c.name for c in r.criteria] == ["phones registered before the fault", "failover downtime within 300s",
+                                            "no failover while the master serves"]
+    started = report.compute(served_fleet(), FAULT, time_scale=10, expect=SERVED,
+                             slave=report.SlaveActivity(failovers=1, failbacks=1), restored=130)
+    assert not started.passed
+    assert "the slave started its services once" in started.reasons[-1]
+    with pytest.raises(ValueError):
+        report.compute(served_fleet(), FAULT, expect=SERVED)
+
+
+def test_a_served_fault_fails_on_a_lost_registration_but_not_on_a_slow_refresh():
+    calm = report.SlaveActivity(failovers=0, failbacks=0)
+    events = served_fleet()
+    events["b"] = [ev(0, "started"), ev(2, "registered", "master"), ev(125, "expired", "master"),
+                   ev(126, "registered", "master")]
+    r = report.compute(events, FAULT, time_scale=10, expect=SERVED, slave=calm, restored=130)
+    assert r.lost_registration == 1 and not r.passed
+    # A registration lost after the restore is not the fault's doing.
+    assert report.compute(events, FAULT, time_scale=10, expect=SERVED, slave=calm, restored=124).passed
+    # No phone lost its registration, one refreshed late: reported in junit.xml, not decisive.
+    slow = served_fleet()
+    slow["b"] = [ev(0, "started"), ev(2, "registered", "master"), ev(140, "registered", "master")]
+    r = report.compute(slow, FAULT, time_scale=10, expect=SERVED, slave=calm, restored=130)
+    assert r.passed
+    assert [c.name for c in r.criteria if not c.ok] == ["failover downtime within 300s"]
+
+
+def test_an_outage_verdict_names_what_the_slave_did():
+    events = {k: v for k, v in fleet().items() if k in ("a", "b")}
+    r = report.compute(events, FAULT, FAILBACK, time_scale=5, slave=report.SlaveActivity(1, 2))
+    assert r.passed
+    assert r.reasons[-1] == "the slave started its services once and stopped them 2 times"
+    assert len(r.reasons) == 4
+
+
+def test_lost_registration_counts_phones_down_between_fault_and_restore():
+    events = fleet()
+    assert report.lost_registration(events, FAULT) == 3  # a failed, b lapsed, c failed; d refreshed
+    assert report.lost_registration(events, FAULT, until=118) == 1  # only a so far
+    late = {"late": [ev(0, "started"), ev(101, "registered", "master")]}
+    assert report.lost_registration(late, FAULT) == 1  # not registered at the fault
+
+
+def test_write_all_writes_the_simulation_and_every_criterion_once(tmp_path):
+    calm = report.SlaveActivity(failovers=0, failbacks=0)
+    r = report.compute(served_fleet(), FAULT, time_scale=10, expect=SERVED, slave=calm, restored=130)
+    out = tmp_path / "out"
+    report.write_all(r, served_fleet(), out, simulation={"scenario": "packet-loss", "verdict": r.verdict})
+    assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.json", "timeline.png"]
+    assert all((out / name).stat().st_mode & 0o777 == 0o644 for name in ("junit.xml", "report.json"))
+    data = json.loads((out / "report.json").read_text())
+    assert list(data)[-1] == "simulation" and data["simulation"]["scenario"] == "packet-loss"
+    assert (data["verdict"], data["reasons"]) == ("PASS", r.reasons)
+    suite = ET.parse(out / "junit.xml").getroot()
+    assert [c.get("name") for c in suite.findall("testcase")] == [c.name for c in r.criteria]
+    assert (suite.get("tests"), suite.get("failures")) == ("3", "0")
+
+
+def test_write_atomic_keeps_what_was_there_when_the_rename_fails(tmp_path):
+    target = tmp_path / "report.json"
+    target.mkdir()
+    (target / "kept").write_text("x")
+    with pytest.raises(OSError):
+        report.write_atomic(target, b"{}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    assert (target / "kept").read_text() == "x"

@@ -29,8 +29,10 @@ class Sync(Command):
     --host-key-fingerprint SHA256:... (on the slave: ssh-keygen -lf
     /etc/ssh/ssh_host_ed25519_key.pub); every later ssh checks it strictly.  It then
     creates the ed25519 key (when absent) and installs it in the slave's
-    /root/.ssh/authorized_keys as from="<master>",restrict; ssh asks for the
-    slave's root password once.
+    /root/.ssh/authorized_keys as
+    command="/usr/lib/xivo-ha/peer-command",from="<master>",restrict (the forced
+    command allows only what the master runs); ssh asks for the slave's root
+    password once.
 
     --failback, run on the master once it is back in charge, brings back what the
     slave recorded meanwhile ([sync] failback_directories: voicemail, recordings).

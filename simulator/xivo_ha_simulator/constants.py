@@ -1,0 +1,19 @@
+"""Values more than one simulator module needs, each defined here only.
+
+The failover strings mirror the node's file format: ``mode`` and ``condition`` of
+``/var/lib/xivo-ha/failover.json`` as ``xivo_ha.failover`` writes them (the
+simulator reads that file through ``docker exec`` and does not import the node's
+package).  Keep them in step with ``xivo_ha.failover``.
+"""
+
+DEFAULT_BOUND = 300.0  # downtime bound, seconds, real-equivalent (XiVO: 5 minutes)
+
+# What a fault's catalog entry expects of the cluster (see faults).
+OUTAGE = "outage"  # the master stops serving: every phone must be back within the bound
+SERVED = "served"  # the master keeps serving: no failover, no lost registration
+
+# failover.json "mode": what the slave is doing.
+STANDBY = "standby"
+SERVING = "serving"
+# failover.json "condition": the slave's last verdict on the master.
+MASTER_UP = "up"

@@ -1,0 +1,49 @@
+"""What a phone logs: the event kinds and the :class:`Event` record.
+
+The phones (``phone``) write them, the report (``report``) reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+STARTED = "started"
+REGISTERED = "registered"  # node, info: granted (s), requested (s)
+REGISTER_FAILED = "register_failed"  # node, info: reason
+INTERVAL_TOO_BRIEF = "interval_too_brief"  # node, info: min_expires
+SWITCHED = "switched"  # node = new node, info: from, to
+EXPIRED = "expired"  # node: the registration lapsed without a refresh
+PROBE_OK = "probe_ok"  # node answered OPTIONS
+PROBE_FAILED = "probe_failed"  # node, info: reason
+STOPPED = "stopped"
+
+NONE = "none"  # label of "registered nowhere" in counts and plots
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened to one phone.
+
+    ``t`` is ``time.monotonic()``, ``wall`` is ``time.time()`` at the same
+    instant; ``info`` holds the kind's details (``granted``, ``reason``, ...).
+    """
+
+    t: float
+    wall: float
+    kind: str
+    node: str | None = None
+    info: Mapping | None = None
+
+    def to_dict(self) -> dict:
+        out = {"t": round(self.t, 6), "wall": round(self.wall, 6), "event": self.kind}
+        if self.node is not None:
+            out["node"] = self.node
+        if self.info:
+            out.update(self.info)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "Event":
+        rest = {k: v for k, v in data.items() if k not in ("t", "wall", "event", "node")}
+        return cls(float(data["t"]), float(data["wall"]), str(data["event"]), data.get("node"), rest or None)

@@ -1,0 +1,383 @@
+"""One simulation run: cluster, phones, fault, measurement, report.
+
+:class:`Simulation` builds (or resets) the cluster, starts the phones from the
+master's provisioning, injects the fault from the catalog, watches until every
+phone is back or the time is up, then has :func:`report.compute` judge what the
+phones and the slave did and writes the report files once.
+
+    outcome = Simulation(Options(scenario="power-off", failback_after=60)).run()
+    outcome.verdict -> "PASS" or "FAIL"; outcome.files -> {"json": ..., "junit": ..., "timeline": ...}
+
+Failures to build or drive the cluster raise :class:`cluster.ClusterError`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from . import faults
+from . import report as rep
+from .cluster import MASTER, PROJECT, SLAVE, BringUp, Checker, Cluster, ClusterError
+from .constants import DEFAULT_BOUND, OUTAGE, SERVED
+from .events import NONE
+from .phone import Fleet, FleetThread, PhoneConfig, Registrar, provisioned_pair
+
+FIRST_USER = 1001  # phone i is the line of extension 1001 + i
+REAL_EXPIRES = 3600  # what the phones ask for (real seconds); the registrar caps it
+
+
+@dataclass
+class Options:
+    phones: int = 200
+    scenario: str = faults.DEFAULT
+    time_scale: float = 10.0
+    failback_after: float | None = None
+    report_dir: str = "simulation-report"
+    sip_probe: bool = False
+    failback_policy: str = "next-refresh"
+    failures_before_failover: int | None = None
+    bound: float = DEFAULT_BOUND
+    reuse: bool = False
+    project: str = PROJECT
+    net: str | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """When the fault hit and was undone, monotonic and wall clock, and where the phones ended."""
+
+    fault_time: float
+    fault_wall: float
+    failback_time: float | None  # the failback measured; None: no restore, or the master served throughout
+    failback_wall: float | None
+    restored: float | None  # when the fault was undone; None: it never was
+    counts_at_end: dict  # phones per registrar when the observation ended
+
+
+@dataclass(frozen=True)
+class SlaveChecks:
+    """The slave's checks that ended between the fault and its restore."""
+
+    during_fault: int
+    master_down: int  # of those, the ones that found the master down
+
+
+@dataclass
+class Outcome:
+    """What a run established; the verdict is the report's."""
+
+    report: rep.Report
+    observation: Observation
+    checks: SlaveChecks
+    files: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        return self.report.verdict
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
+
+
+class Progress:
+    """The live line: phones per registrar, the slave's mode, time (measured and real-equivalent)."""
+
+    def __init__(self, out: TextIO, time_scale: float):
+        self.out = out
+        self.time_scale = time_scale
+        self.tty = hasattr(out, "isatty") and out.isatty()
+        self._last_line = 0.0
+        self._width = 0
+
+    def show(self, elapsed: float, phase: str, counts: dict, slave_mode: str | None) -> None:
+        text = (f"{phase:<10} t+{elapsed:6.1f}s (real {elapsed * self.time_scale:6.0f}s)  "
+                f"master {counts.get(MASTER, 0):5d}  slave {counts.get(SLAVE, 0):5d}  "
+                f"none {counts.get(NONE, 0):5d}  | slave {slave_mode or '?'}")
+        if self.tty:
+            self.out.write("\r" + text.ljust(self._width))
+            self._width = len(text)
+            self.out.flush()
+        elif time.monotonic() - self._last_line >= 5.0:
+            self.out.write(text + "\n")
+            self.out.flush()
+            self._last_line = time.monotonic()
+
+    def done(self) -> None:
+        if self.tty and self._width:
+            self.out.write("\n")
+            self.out.flush()
+            self._width = 0
+
+
+class Simulation:
+    """One run: cluster, phones, fault, measurement, report."""
+
+    def __init__(self, options: Options, out: TextIO = sys.stdout):
+        self.o = options
+        self.out = out
+        self.fault = faults.get(options.scenario)
+        self.k = float(options.time_scale)
+        self.started = time.monotonic()
+        self.facts: dict = {}  # what the fault's steps reported (e.g. packets dropped)
+
+    def say(self, text: str) -> None:
+        self.out.write(f"[{time.monotonic() - self.started:6.1f}s] {text}\n")
+        self.out.flush()
+
+    # ---------------------------------------------------------------- phases
+
+    def cluster(self) -> tuple[Cluster, BringUp]:
+        cluster = Cluster(self.o.project, self.k, self.o.net, log=self.say)
+        if self.o.reuse and cluster.exists() and cluster.time_scale_of_nodes() == self.k:
+            self.say("reusing the running cluster: resetting it")
+            info = self.reuse(cluster)
+        else:
+            if self.o.reuse:
+                self.say("no running cluster with this time scale: creating one")
+            cluster.up(recreate=True)
+            info = cluster.bring_up(self.o.phones)
+        return cluster, info
+
+    def reuse(self, cluster: Cluster) -> BringUp:
+        cluster.reset(self.o.sip_probe)
+        users, _ = cluster.users_digest(MASTER)
+        slave_ip = cluster.address(SLAVE)
+        if users < self.o.phones:
+            cluster.add_users(MASTER, self.o.phones)
+            cluster.exec(MASTER, ["xivo-ha", "enable", "master", slave_ip], timeout=120)
+        cluster.exec(MASTER, ["xivo-master-slave-db-replication", slave_ip], timeout=300)
+        on_master, on_slave = cluster.users_digest(MASTER), cluster.users_digest(SLAVE)
+        if on_master != on_slave:
+            raise ClusterError(f"after replication the slave has {on_slave[0]} users, the master {on_master[0]}")
+        primary, backup = cluster.provisioned_registrars()
+        return BringUp(master=cluster.address(MASTER), slave=slave_ip, gateway=cluster.gateway,
+                       primary=primary, backup=backup, users=on_master[0], expiry=cluster.sip_expiry(MASTER),
+                       granted=cluster.granted(MASTER), steps=[])
+
+    def provisioned(self, info: BringUp, fetch) -> tuple[str, str]:
+        """Each phone fetches its own config from the master's provisioning; they must agree."""
+        pairs: dict[tuple[str, str | None], list[int]] = {}
+        for number in range(FIRST_USER, FIRST_USER + self.o.phones):
+            try:
+                pairs.setdefault(fetch(info.master, number), []).append(number)
+            except OSError as exc:
+                raise ClusterError(f"phone {number} could not fetch its provisioning file: {exc}") from None
+        for (primary, backup), numbers in pairs.items():
+            if primary != info.master or backup != info.slave:
+                raise ClusterError(f"{len(numbers)} phone(s) (e.g. {numbers[0]}) are provisioned with registrar "
+                                   f"{primary} and backup {backup}, not {info.master} and {info.slave}: "
+                                   f"`xivo-ha enable master` did not update their device configs")
+        self.say(f"{self.o.phones} phones provisioned over HTTP: registrar {info.master}, backup {info.slave}")
+        return info.master, info.slave
+
+    def slave_settings(self, cluster: Cluster) -> dict:
+        """Write this run's probe and failover settings on the slave; return them."""
+        wanted = {("probe", "sip_probe"): "on" if self.o.sip_probe else "off",
+                  ("failover", "failures_before_failover"): "1"}
+        for section, key, value in self.fault.slave_settings:
+            wanted[(section, key)] = value
+        if self.o.failures_before_failover is not None:
+            wanted[("failover", "failures_before_failover")] = str(self.o.failures_before_failover)
+        for (section, key), value in wanted.items():
+            cluster.set_setting(SLAVE, section, key, value)
+        return {f"{section}.{key}": value for (section, key), value in wanted.items()}
+
+    def fleet(self, info: BringUp) -> tuple[FleetThread, PhoneConfig]:
+        """The phones, provisioned from the master, on a thread of their own (not started)."""
+        config = PhoneConfig(expires=REAL_EXPIRES, time_scale=self.k, failback=self.o.failback_policy)
+        primary, backup = self.provisioned(info, provisioned_pair)
+        fleet = Fleet(Registrar(MASTER, primary), Registrar(SLAVE, backup), self.o.phones, config,
+                      local_hosts=(info.gateway,), first_user=FIRST_USER)
+        return FleetThread(fleet), config
+
+    def start_phones(self, runner: FleetThread, config: PhoneConfig, info: BringUp) -> None:
+        granted = info.granted.get("max_expires") or config.requested_expires
+        refresh = max(1.0, min(granted, config.requested_expires) * config.refresh_ratio)
+        # Phones start spread over one refresh interval, as real phones have
+        # every phase: the fault then hits each at a different point of its cycle.
+        spread = refresh
+        self.say(f"starting {self.o.phones} phones over {spread:.1f}s (registrations refreshed every "
+                 f"~{refresh:.1f}s, {refresh * self.k:.0f}s real)")
+        runner.start(rate=self.o.phones / spread, timeout=spread + 60)
+        if not runner.wait_registered(timeout=30 + 2 * config.timer_f, node=MASTER):
+            self.say(f"not every phone registered on the master: {runner.counts()}")
+
+    # ---------------------------------------------------------------- the run
+
+    def run(self) -> Outcome:
+        o, k, fault = self.o, self.k, self.fault
+        self.say(f"scenario {fault.name}: {fault.summary}; {o.phones} phones, time scale x{k:g}, "
+                 f"SIP probe {'on' if o.sip_probe else 'off'}"
+                 + (f", failback after {o.failback_after:g}s" if o.failback_after is not None else ""))
+        timings = {}
+        t = time.monotonic()
+        cluster, info = self.cluster()
+        timings["cluster"] = round(time.monotonic() - t, 1)
+        settings = self.slave_settings(cluster)
+        self.say(f"cluster ready in {timings['cluster']:.0f}s: master {info.master}, slave {info.slave}; "
+                 f"{info.users} users replicated; SIP expiry {_expiry(info.expiry)} granted as "
+                 f"{_expiry(info.granted)} s; slave settings {', '.join(f'{k_}={v}' for k_, v in settings.items())}")
+        if info.primary != info.master:
+            raise ClusterError(f"the master's provisioning names {info.primary} as main registrar, not {info.master}")
+
+        checker = Checker(cluster, log=self.say)
+        runner = None
+        try:
+            checker.start()
+            runner, config = self.fleet(info)
+            t = time.monotonic()
+            self.start_phones(runner, config, info)
+            timings["phones"] = round(time.monotonic() - t, 1)
+            observation = self.inject_and_observe(cluster, checker, runner)
+        finally:
+            events = runner.events() if runner is not None else {}
+            if runner is not None:
+                runner.stop()
+            checker.stop()
+        report = rep.compute(events, observation.fault_time, observation.failback_time, time_scale=k,
+                             bound=o.bound, primary=MASTER, backup=SLAVE, fault_wall=observation.fault_wall,
+                             failback_wall=observation.failback_wall, expect=fault.expect,
+                             slave=rep.SlaveActivity(checker.failovers(), checker.failbacks()),
+                             restored=observation.restored)
+        checks = SlaveChecks(*checker.checks_between(observation.fault_time, observation.restored))
+        timings["observation"] = round(time.monotonic() - observation.fault_time, 1)
+        timings["total"] = round(time.monotonic() - self.started, 1)
+        outcome = Outcome(report, observation, checks, timings=timings)
+        outcome.files = self.write(outcome, events, checker, info, settings)
+        return outcome
+
+    def apply(self, cluster: Cluster, steps, what: str) -> None:
+        for step in steps:
+            self.say(f"{what}: {step.describe()}")
+            self.facts.update(faults.apply(cluster, step))
+
+    def inject_and_observe(self, cluster: Cluster, checker: Checker, runner: FleetThread) -> Observation:
+        o, k, fault = self.o, self.k, self.fault
+        progress = Progress(self.out, k)
+        window = o.bound / k * 1.1 + 5.0  # longer than the bound: late phones are seen as late
+        self.apply(cluster, fault.inject, "fault")
+        t0, t0_wall = time.monotonic(), time.time()
+        restore_after = o.failback_after if o.failback_after is not None else fault.scaled_period(k)
+        restore_at = None if restore_after is None else t0 + restore_after
+        schedule = [(t0 + at, step) for at, step in fault.scaled_schedule(k)]
+        t1 = t1_wall = None
+        # Hard limit on the whole observation (every loop here is bounded by it).
+        hard_end = t0 + (restore_after or 0.0) + 2 * window + 60.0
+        while True:
+            now = time.monotonic()
+            if now > hard_end:
+                self.say("observation time is up")
+                break
+            while (schedule and t1 is None and schedule[0][0] <= now
+                   and (restore_at is None or schedule[0][0] < restore_at)):
+                _, step = schedule.pop(0)
+                progress.done()
+                self.apply(cluster, [step], "fault")
+            if t1 is None and restore_at is not None and now >= restore_at:
+                progress.done()
+                t1, t1_wall = time.monotonic(), time.time()
+                self.apply(cluster, fault.restore, "restore")
+                if fault.expect == SERVED:
+                    # The master served throughout: nothing to fail back, the
+                    # observation ends with the fault.
+                    return Observation(t0, t0_wall, None, None, t1, runner.counts())
+            progress.show(now - t0, "fault" if t1 is None else "failback", runner.counts(), checker.mode)
+            if self._observed_enough(runner, now, t0, t1, restore_at, window):
+                break
+            time.sleep(0.5)
+        progress.done()
+        counts = runner.counts()
+        self.say(f"end of observation: master {counts.get(MASTER, 0)}, slave {counts.get(SLAVE, 0)}, "
+                 f"none {counts.get(NONE, 0)} of {len(runner.fleet.phones)} phones")
+        return Observation(t0, t0_wall, t1, t1_wall, t1, counts)
+
+    def _observed_enough(self, runner: FleetThread, now: float, t0: float, t1: float | None,
+                         restore_at: float | None, window: float) -> bool:
+        """After a failback: every phone home, or the window is over; without a restore: the same since the fault."""
+        if t1 is not None:
+            return self._all_registered_since(runner, t1, MASTER) or now > t1 + window
+        if restore_at is None:
+            if self.fault.expect == OUTAGE and self._all_registered_since(runner, t0, None):
+                return True
+            return now > t0 + window
+        return False
+
+    @staticmethod
+    def _all_registered_since(runner: FleetThread, since: float, node: str | None) -> bool:
+        # Reading the phones' event lists from this thread: each list only grows,
+        # and a stale read only delays the end by one tick.
+        for phone in runner.fleet.phones:
+            if rep.first_registration(list(phone.events), since, node) is None:
+                return False
+        return True
+
+    # ---------------------------------------------------------------- files and table
+
+    def write(self, outcome: Outcome, events, checker: Checker, info: BringUp, settings: dict) -> dict:
+        report = outcome.report
+        simulation = {
+            "scenario": self.fault.name,
+            "summary": self.fault.summary,
+            "expect": self.fault.expect,
+            "verdict": report.verdict,
+            "reasons": report.reasons,
+            "sip_probe": self.o.sip_probe,
+            "failback_after": self.o.failback_after,
+            "failback_policy": self.o.failback_policy,
+            "slave_settings": settings,
+            "slave_failovers": report.slave.failovers,
+            "slave_failbacks": report.slave.failbacks,
+            "slave_checks": checker.checks,
+            "slave_checks_during_fault": outcome.checks.during_fault,
+            "slave_checks_master_down": outcome.checks.master_down,
+            **self.facts,
+            "slave_events": [e.to_dict() for e in checker.events],
+            "lost_registration": report.lost_registration,
+            "counts_at_end": outcome.observation.counts_at_end,
+            "cluster": {"master": info.master, "slave": info.slave, "users": info.users,
+                        "sip_expiry": info.expiry, "granted_expiry_scaled": info.granted,
+                        "bring_up_steps": info.steps},
+            "timings": outcome.timings,
+        }
+        files = rep.write_all(report, events, Path(self.o.report_dir), simulation)
+        return {key: str(path) for key, path in files.items()}
+
+    def table(self, outcome: Outcome) -> str:
+        report = outcome.report
+        slave = report.slave
+        if self.fault.expect == SERVED:
+            at_fault = ", ".join(f"{k} {v}" for k, v in sorted(report.registered_at_fault.items()))
+            lines = [
+                f"phones {report.phones}, time scale x{report.time_scale:g}; the master kept serving "
+                f"({self.fault.summary})",
+                f"registered at fault: {at_fault}",
+                f"phones that lost their registration: {report.lost_registration}",
+                f"phones that moved to the slave: {report.failovers_seen}",
+                f"slave: started its services {rep.how_often(slave.failovers)}, saw the master down in "
+                f"{outcome.checks.master_down} of its {outcome.checks.during_fault} checks during the fault",
+            ]
+            if "packets_dropped" in self.facts:
+                lines.append(f"packets dropped by the fault: {self.facts['packets_dropped']} of "
+                             f"{self.facts.get('packets_from_peer', '?')} from the slave")
+        else:
+            lines = [rep.format_table(report).rsplit("\nverdict:", 1)[0]]
+            lines.append(f"slave: started its services {rep.how_often(slave.failovers)}, stopped them "
+                         f"{rep.how_often(slave.failbacks)}")
+            if self.fault.note and not self.o.sip_probe:
+                lines.append(f"note: {self.fault.note}")
+        for reason in report.reasons:
+            lines.append(f"  - {reason}")
+        lines.append(f"verdict: {report.verdict}")
+        return "\n".join(lines)
+
+
+def _expiry(values: dict) -> str:
+    order = [("minexpiry", "min_expires"), ("maxexpiry", "max_expires"), ("defaultexpiry", "default_expires")]
+    parts = [str(values.get(a, values.get(b, "?")) or "blank") for a, b in order]
+    return "/".join(parts)
