@@ -9,7 +9,7 @@ DIST := dist
 DEBIAN_PACKAGES := python3 python3-venv python3-pip python3-plumbum python3-psycopg \
 	python3-jinja2 python3-configobj python3-scapy python3-matplotlib \
 	postgresql-15 postgresql-client-15 openssh-server openssh-client rsync iputils-ping \
-	iproute2 nftables iptables kamailio sip-tester sshpass cron debootstrap \
+	iproute2 nftables iptables kamailio kamailio-postgres-modules sip-tester sshpass cron debootstrap \
 	docker.io docker-compose debhelper dh-python pybuild-plugin-pyproject python3-setuptools python3-all \
 	lintian fakeroot build-essential procps util-linux
 

@@ -2,13 +2,18 @@
 """How much SIP load the simulator's phones generate, next to SIPp.
 
 Against one Kamailio registrar on 127.0.0.1 (the node template, started with
-the test fixture), in one run:
+the test fixture: it authenticates every REGISTER against a node database
+holding a line for each phone and each SIPp user), in one run:
 
 1. REGISTER/s at 0 failures, SIPp (``sipp`` from Debian's sip-tester, a
    REGISTER-only scenario written here) and our phones: the rate is ramped
    until a REGISTER fails or goes unanswered (5 s), or the generator cannot
    keep up; the highest clean rate is then run three more times and the
    median achieved rate is kept.  Both generators retransmit at 500 ms.
+   SIPp answers a fresh 401 challenge for each registration (two REGISTERs
+   per registration counted); our phones, as desk phones do, reuse the nonce
+   of their last challenge (one REGISTER, checked by the registrar all the
+   same), so the two rates are registrations per second, not messages.
 2. The ratio ours / SIPp (target >= 0.25).  As both share two cores with
    the registrar, the generators' CPU time per REGISTER is shown too: when
    the achieved rates are close, Kamailio is the limit and the CPU figure
@@ -41,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 sys.path.insert(0, str(REPO / "simulator"))
 
-from kamailio_fixture import start_kamailio  # noqa: E402
+from kamailio_fixture import line_credentials, start_kamailio  # noqa: E402
 
 from xivo_ha_simulator.events import EXPIRED, REGISTER_FAILED, REGISTERED  # noqa: E402
 from xivo_ha_simulator.phone import Fleet, PhoneConfig, Registrar  # noqa: E402
@@ -55,11 +60,15 @@ FLEET_SIZES = [1000, 2000, 5000, 8000, 10000]
 KEEP_EXPIRES = 10  # seconds asked and granted: a refresh every 5 s
 KEEP_CYCLES = 2
 POOL = 4000  # phones taking turns for the REGISTER/s measurement
+POOL_LINES = range(500000, 500000 + POOL)  # extensions of the pool's lines
+SIPP_LINES = range(200000, 200000 + POOL)  # and of the lines SIPp registers
+FLEET_FIRST = 1_000_000  # first extension of the kept fleets
 LOCAL_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
 
 SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">
-<!-- One REGISTER per call, no authentication; users cycle through users.csv. -->
+<!-- One registration per call: REGISTER, 401, REGISTER with the digest answer;
+     users cycle through users.csv, each with its [authentication] keyword. -->
 <scenario name="register-only">
   <send retrans="500">
     <![CDATA[
@@ -72,6 +81,25 @@ SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
       Call-ID: [call_id]
       CSeq: 1 REGISTER
       Contact: <sip:[field0]@[local_ip]:[local_port]>
+      Expires: 3600
+      User-Agent: SIPp register bench
+      Content-Length: [len]
+
+    ]]>
+  </send>
+  <recv response="401" auth="true"/>
+  <send retrans="500">
+    <![CDATA[
+
+      REGISTER sip:[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      Max-Forwards: 70
+      From: <sip:[field0]@[remote_ip]>;tag=[pid]SIPpTag[call_number]
+      To: <sip:[field0]@[remote_ip]>
+      Call-ID: [call_id]
+      CSeq: 2 REGISTER
+      Contact: <sip:[field0]@[local_ip]:[local_port]>
+      [field1]
       Expires: 3600
       User-Agent: SIPp register bench
       Content-Length: [len]
@@ -189,7 +217,7 @@ async def our_pool(port: int) -> Fleet:
     # K=1: T1 500 ms like SIPp's retrans; a long expiry so that no refresh of
     # its own interferes: every REGISTER is one the bench asked for.
     fleet = Fleet(Registrar("registrar", HOST, port), None, POOL, PhoneConfig(expires=3600, time_scale=1),
-                  local_hosts=LOCAL_HOSTS, first_user=500000)
+                  local_hosts=LOCAL_HOSTS, first_user=POOL_LINES.start, credentials=line_credentials)
     await fleet.start(rate=4000)
     await fleet.wait_registered(30)
     return fleet
@@ -240,7 +268,7 @@ async def keep_fleet(port: int, size: int) -> dict:
     config = PhoneConfig(expires=KEEP_EXPIRES, time_scale=1)
     refresh = KEEP_EXPIRES * config.refresh_ratio
     fleet = Fleet(Registrar("registrar", HOST, port), None, size, config, local_hosts=LOCAL_HOSTS,
-                  first_user=1_000_000)
+                  first_user=FLEET_FIRST, credentials=line_credentials)
     loop = asyncio.get_running_loop()
     try:
         opened = loop.time()
@@ -286,13 +314,17 @@ def main() -> int:
         workdir = Path(tmp)
         (workdir / "register.xml").write_text(SCENARIO)
         # SIPp cycles through as many users as our pool has phones: same registrar state size.
-        (workdir / "users.csv").write_text("SEQUENTIAL\n" + "".join(f"sipp{i}\n" for i in range(POOL)))
+        (workdir / "users.csv").write_text("SEQUENTIAL\n" + "".join(
+            f"{c.username};[authentication username={c.username} password={c.password}]\n"
+            for c in map(line_credentials, SIPP_LINES)))
         registrar = start_kamailio(workdir, 0, min_expires=1, max_expires=3600, default_expires=60,
-                                   children=2, shm_mb=256)
-        say(f"Kamailio registrar on {HOST}:{registrar.port} (2 UDP workers); "
-            f"{STEP_SECONDS:g} s per step, unanswered after {ANSWER_TIMEOUT:g} s = failure")
+                                   children=2, shm_mb=256, lines=POOL_LINES)
         loop = asyncio.new_event_loop()
         try:
+            registrar.database.add_lines(SIPP_LINES)
+            registrar.database.add_lines(range(FLEET_FIRST, FLEET_FIRST + max(FLEET_SIZES)))
+            say(f"Kamailio registrar on {HOST}:{registrar.port} (2 UDP workers); "
+                f"{STEP_SECONDS:g} s per step, unanswered after {ANSWER_TIMEOUT:g} s = failure")
             say("REGISTER/s ramp:")
             sipp_step = lambda rate, count: sipp_run(workdir, registrar.port, rate, count)  # noqa: E731
             sipp_best, sipp_steps = ramp("SIPp", sipp_step, budget)

@@ -55,8 +55,13 @@ class Limits:
 
 
 def connect(dsn: str, timeout: int = 10, autocommit: bool = False,
-            limits: Limits | None = None) -> "psycopg.Connection":
-    """Connect to ``dsn``, with the session limits of ``limits`` (default: the settings')."""
+            limits: Limits | None = None, what: str = "", hint: str = "") -> "psycopg.Connection":
+    """Connect to ``dsn``, with the session limits of ``limits`` (default: the settings').
+
+    A failure is an :class:`OperationFailed`; with ``what`` (e.g. "cannot reach the
+    slave database 10.0.0.2:5432/asterisk") its message starts with it and ends with
+    ``hint``.
+    """
     import psycopg
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -70,7 +75,8 @@ def connect(dsn: str, timeout: int = 10, autocommit: bool = False,
         with peer_credentials(dsn):
             return psycopg.connect(limited, connect_timeout=timeout, autocommit=autocommit)
     except psycopg.Error as exc:
-        raise OperationFailed(f"cannot connect to the database ({shown}): {error_text(exc)}") from None
+        message = f"cannot connect to the database ({shown}): {error_text(exc)}"
+        raise OperationFailed(f"{what}: {message}{hint}" if what else message) from None
 
 
 def peer_os_user(dsn: str, euid: int) -> str | None:
@@ -147,6 +153,19 @@ def error_text(exc: BaseException) -> str:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def schema_version(conn: "psycopg.Connection") -> str | None:
+    """XiVO's alembic schema version: every row of ``public.alembic_version``, sorted and
+    joined with commas (alembic keeps one row per head); None without that table or rows.
+
+    The table's existence is asked first, so that a missing one does not abort the
+    caller's transaction.
+    """
+    if conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0] is None:
+        return None
+    rows = conn.execute("SELECT version_num::text FROM public.alembic_version ORDER BY 1").fetchall()
+    return ",".join(row[0] for row in rows) or None
 
 
 def read_sip_expiry(conn: "psycopg.Connection") -> dict[str, str | None]:

@@ -833,11 +833,7 @@ def _database(settings: Any) -> dict:
             "FROM pg_database WHERE datname = current_database()").fetchone()
         facts.update(name=name, encoding=encoding, collate=collate, ctype=ctype)
         facts["sip_expiry"] = database.read_sip_expiry(conn)
-        try:
-            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-            facts["schema_version"] = row[0] if row else None
-        except psycopg.errors.UndefinedTable:
-            facts["schema_version"] = None
+        facts["schema_version"] = database.schema_version(conn)
         try:
             defaults = conn.execute(GENERAL_DEFAULT_EXPIRY_SQL).fetchall()
             default_expiry = general_default_expiry(defaults[-1][0] if defaults else None)

@@ -6,6 +6,9 @@ earlier rounds and the policy from the settings, and returns a :class:`Decision`
 ``start``, ``stop`` or ``nothing``, the sentence that explains it (that sentence is
 what gets logged) and the new state to remember.  It does no I/O and reads no clock.
 
+:func:`run_cycle` is what xivo-check-master-status runs: observe (the probes), decide,
+act (start or stop the services, remember the state), under a lock.
+
 The state lives in ``/var/lib/xivo-ha/failover.json`` (:func:`load_state`,
 :func:`save_state`)::
 
@@ -27,15 +30,18 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from . import paths, system
+from . import metrics, paths, probes, role, services, system
+from .errors import EXIT_FAILED, OperationFailed, UsageError
 from .probes import Observation
 
 STATE_FILE = "failover.json"
+LOCK_FILE = "check-master-status.lock"
 
 STANDBY = "standby"
 SERVING = "serving"
@@ -438,3 +444,159 @@ def load_state(path: Optional[Path] = None) -> State:
 def save_state(state: State, path: Optional[Path] = None) -> None:
     path = state_path() if path is None else path
     system.write_atomic(path, state_to_json(state), 0o644)
+
+
+# --- one run: observe, decide, act ------------------------------------------------
+
+# What one round comes to.
+AGAIN = "again"
+ENOUGH = "enough"  # this node's role or master changed: stop checking
+FAILED = "failed"
+
+
+def run_cycle(master: str, settings: Any, loop: float, interval: float, what: str) -> int:
+    """Check ``master`` every ``interval`` seconds for ``loop`` seconds (once with 0), under
+    the lock named ``what``: 0 when the checks ran (whatever they decided), 1 when a probe
+    could not run or a service step failed.  Bad settings or another master than ha.conf's
+    raise :class:`UsageError`; another run holding the lock means nothing is done.
+    """
+    logger = logging.getLogger("xivo-ha")
+    policy = Policy.from_settings(settings)
+    if policy.witness:
+        try:
+            role.validate_peer(policy.witness, frozenset({master}))
+        except UsageError as exc:
+            raise UsageError(f"[probe] witness: {exc}") from None
+    manager = services.Manager.from_settings(settings)
+    if not still_slave_of(master, before=True):
+        return 0
+    try:
+        with system.exclusive_lock(paths.state(LOCK_FILE), what):
+            return _rounds(lambda: _round(master, settings, policy, manager), loop, interval)
+    except system.LockBusy as exc:
+        logger.info("%s: nothing done", exc)
+        return 0
+
+
+def still_slave_of(master: str, before: bool) -> bool:
+    """Whether this node is still the slave of ``master`` (ha.conf); said when not.
+
+    ``before`` the checks, ha.conf naming another master is a usage error (the address
+    given is wrong); after probing, it means the role changed meanwhile: nothing is done.
+    """
+    logger = logging.getLogger("xivo-ha")
+    current = role.read()
+    if current.role is role.Role.SLAVE and current.remote_address == master:
+        return True
+    if current.role is not role.Role.SLAVE:
+        if before:
+            logger.info(
+                "this node is not a slave (its role is %s in %s): nothing to do",
+                current.role.value, paths.node(paths.HA_CONF),
+            )
+        else:
+            logger.info(
+                "this node is no longer a slave (its role became %s in %s while the master "
+                "was being checked): nothing done",
+                current.role.value, paths.node(paths.HA_CONF),
+            )
+        return False
+    if before:
+        raise UsageError(
+            f"{paths.node(paths.HA_CONF)} names the master {current.remote_address}, not {master}: "
+            f"check the address given"
+        )
+    logger.info(
+        "the master changed from %s to %s in %s while it was being checked: nothing done",
+        master, current.remote_address, paths.node(paths.HA_CONF),
+    )
+    return False
+
+
+def _rounds(one_round: Callable[[], str], loop: float, interval: float) -> int:
+    """Start a round every ``interval`` seconds until ``loop`` seconds have passed."""
+    started = time.monotonic()
+    deadline = started + loop
+    iterations = 1 + int(loop // interval)
+    for _ in range(iterations):
+        began = time.monotonic()
+        outcome = one_round()
+        if outcome == FAILED:
+            return EXIT_FAILED
+        if outcome == ENOUGH:
+            break
+        next_at = began + interval
+        if next_at >= deadline:
+            break
+        pause = next_at - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    return 0
+
+
+def _round(master: str, settings: Any, policy: Policy, manager: "services.Manager") -> str:
+    """One observe-decide-act round: AGAIN, ENOUGH (the role changed) or FAILED."""
+    from . import events  # it imports this module (Decision, SERVING): imported when needed
+
+    logger = logging.getLogger("xivo-ha")
+    try:
+        observed = observe(master, settings, policy, manager, lambda: still_slave_of(master, before=False))
+    except probes.ProbeError as exc:
+        logger.error("%s: nothing decided, the failover state is left as it was", exc)
+        return FAILED
+    if observed is None:
+        return ENOUGH
+    metrics.record_probes(observed.all())
+    decision = decide(observed, load_state(), policy, time.time())
+    if not decision.transition:
+        logger.debug("%s [%s]", decision.reason, observed.describe())
+    try:
+        _act(decision, manager)
+    except OperationFailed as exc:
+        # Remember the intent anyway: the next check sees the services' actual state
+        # and tries again.  One line, to syslog and stderr.
+        save_state(decision.state)
+        logger.error("%s [%s], but it failed: %s", decision.reason, observed.describe(), exc)
+        events.after_check(settings, decision, exc)
+        return FAILED
+    save_state(decision.state)
+    events.after_check(settings, decision)
+    if decision.transition:
+        level = logger.warning if decision.action is not Action.NOTHING else logger.info
+        level("%s [%s]", decision.reason, observed.describe())
+    return AGAIN
+
+
+def _act(decision: Decision, manager: "services.Manager") -> None:
+    logger = logging.getLogger("xivo-ha")
+    if decision.action is Action.START:
+        with services.lock():
+            manager.start(progress=logger.debug)
+    elif decision.action is Action.STOP:
+        with services.lock():
+            manager.stop(progress=logger.debug)
+
+
+def observe(master: str, settings: Any, policy: Policy, manager: "services.Manager",
+            still_slave: Callable[[], bool]) -> Optional[Observations]:
+    """Probe the master: ping; then its registrar when it pings and sip_probe is on;
+    then the witness when it does not ping and a witness is set.
+
+    ``still_slave`` is asked after probing, before anything is decided: when the
+    node's role changed meanwhile, None is returned and nothing is done.  A probe
+    that could not run raises :class:`probes.ProbeError`.
+    """
+    probe = settings.probe
+    icmp = probes.ping(master, probe.ping_count, probe.ping_interval, probe.ping_timeout)
+    sip = None
+    if policy.sip_probe and icmp.alive:
+        sip = probes.sip_options(master, probe.sip_port, probe.sip_timeout)
+    witness = None
+    if policy.witness and not icmp.alive:
+        witness = probes.ping(
+            policy.witness, probe.ping_count, probe.ping_interval, probe.ping_timeout, what=probes.WITNESS
+        )
+    if not still_slave():
+        return None
+    status = manager.status()
+    return Observations(master=master, icmp=icmp, sip=sip, witness=witness, services=status.summary)

@@ -178,62 +178,65 @@ def sip_options(host: str, port: int = 5060, timeout: float = TIMER_F, t1: float
 
     target = f"{host}:{port}"
     started = time.monotonic()
-    deadline = started + timeout
-
-    def observed(alive: bool, detail: str) -> Observation:
-        return Observation(SIP, target, alive, detail, time.monotonic() - started)
-
-    def failed(doing: str, exc: OSError) -> ProbeError:
-        return ProbeError(f"sip probe of {target} could not run: {doing}: {exc.strerror or exc}")
-
     branch = "z9hG4bK" + secrets.token_hex(8)
     tag = secrets.token_hex(6)
     call_id = secrets.token_hex(12) + "@xivo-ha"
-    sent = 0
-    provisional = ""
     try:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     except OSError as exc:
-        raise failed("cannot open a UDP socket", exc) from None
+        raise _sip_failed(target, "cannot open a UDP socket", exc) from None
     with sock:
         try:
             sock.connect((host, port))
             request = options_request(host, port, sock.getsockname(), branch, tag, call_id)
         except OSError as exc:
-            raise failed("cannot address it", exc) from None
-        wait = t1
-        next_send = time.monotonic()
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                break
-            if now >= next_send:
-                try:
-                    sock.send(request)
-                except ConnectionRefusedError:
-                    return observed(False, "port unreachable (ICMP)")
-                except OSError as exc:
-                    raise failed("send failed", exc) from None
-                sent += 1
-                next_send = now + wait
-                wait = min(wait * 2, t2)
-            sock.settimeout(max(0.001, min(next_send, deadline) - time.monotonic()))
+            raise _sip_failed(target, "cannot address it", exc) from None
+        alive, detail = _transaction(sock, request, target, (branch, call_id), (started, timeout), (t1, t2))
+    return Observation(SIP, target, alive, detail, time.monotonic() - started)
+
+
+def _sip_failed(target: str, doing: str, exc: OSError) -> ProbeError:
+    return ProbeError(f"sip probe of {target} could not run: {doing}: {exc.strerror or exc}")
+
+
+def _transaction(sock: socket.socket, request: bytes, target: str, ids: tuple[str, str],
+                 budget: tuple[float, float], timers: tuple[float, float]) -> tuple[bool, str]:
+    """Send ``request`` and retransmit it (``timers``: T1, T2) until a final response to
+    our transaction (``ids``: branch, Call-ID) or the end of ``budget`` (start, seconds)."""
+    started, timeout = budget
+    deadline = started + timeout
+    wait, t2 = timers
+    sent = 0
+    provisional = ""
+    next_send = time.monotonic()
+    while (now := time.monotonic()) < deadline:
+        if now >= next_send:
             try:
-                data = sock.recv(65535)
-            except socket.timeout:
-                continue
+                sock.send(request)
             except ConnectionRefusedError:
-                return observed(False, "port unreachable (ICMP)")
+                return False, "port unreachable (ICMP)"
             except OSError as exc:
-                raise failed("receive failed", exc) from None
-            response = parse_response(data, branch, call_id)
-            if response is None:
-                continue
-            code, reason = response
-            if code >= 200:
-                return observed(True, f"{code} {reason}".strip())
-            # Proceeding: the server has the request; retransmit at T2 only (RFC 3261 17.1.2.2).
-            provisional = f", last provisional {code} {reason}".rstrip()
-            wait = t2
-            next_send = time.monotonic() + t2
-    return observed(False, f"no final response after {sent} requests in {timeout:g} s{provisional}")
+                raise _sip_failed(target, "send failed", exc) from None
+            sent += 1
+            next_send = now + wait
+            wait = min(wait * 2, t2)
+        sock.settimeout(max(0.001, min(next_send, deadline) - time.monotonic()))
+        try:
+            data = sock.recv(65535)
+        except socket.timeout:
+            continue
+        except ConnectionRefusedError:
+            return False, "port unreachable (ICMP)"
+        except OSError as exc:
+            raise _sip_failed(target, "receive failed", exc) from None
+        response = parse_response(data, *ids)
+        if response is None:
+            continue
+        code, reason = response
+        if code >= 200:
+            return True, f"{code} {reason}".strip()
+        # Proceeding: the server has the request; retransmit at T2 only (RFC 3261 17.1.2.2).
+        provisional = f", last provisional {code} {reason}".rstrip()
+        wait = t2
+        next_send = time.monotonic() + t2
+    return False, f"no final response after {sent} requests in {timeout:g} s{provisional}"

@@ -24,7 +24,7 @@ from plumbum import cli
 
 from . import __version__, faults
 from .cluster import PROJECT, Cluster, ClusterError
-from .constants import DEFAULT_BOUND
+from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE
 from .simulation import Options, Simulation
 
 EXIT_PASS = 0
@@ -103,6 +103,8 @@ class Run(cli.Application):
                                               argname="N",
                                               help="The slave's [failover] failures_before_failover (default: 1, "
                                                    "XiVO parity, or the scenario's)")
+    call_rate = cli.SwitchAttr(["--call-rate"], NonNegativeFloat(3600), default=DEFAULT_CALL_RATE, argname="N",
+                               help="Calls each phone places per real hour, to random other phones (0: none)")
     bound = cli.SwitchAttr(["--bound"], PositiveFloat(86400), default=DEFAULT_BOUND, argname="SECONDS",
                            help="Downtime bound, real-equivalent seconds (XiVO: 5 minutes)")
     reuse = cli.Flag(["--reuse"], help="Reset and reuse a running cluster instead of creating new nodes")
@@ -114,7 +116,7 @@ class Run(cli.Application):
             phones=self.phones, scenario=self.scenario, time_scale=self.time_scale,
             failback_after=self.failback_after, report_dir=self.report_dir, sip_probe=self.sip_probe,
             failback_policy=self.failback_policy, failures_before_failover=self.failures_before_failover,
-            bound=self.bound, reuse=self.reuse, project=self.project,
+            call_rate=self.call_rate, bound=self.bound, reuse=self.reuse, project=self.project,
         )
         simulation = Simulation(options)
         try:

@@ -17,6 +17,11 @@ EXPIRED = "expired"  # node: the registration lapsed without a refresh
 PROBE_OK = "probe_ok"  # node answered OPTIONS
 PROBE_FAILED = "probe_failed"  # node, info: reason
 STOPPED = "stopped"
+CALL_PLACED = "call_placed"  # node the INVITE went to, info: to (number)
+CALL_CONNECTED = "call_connected"  # node, info: to, setup (s from the first INVITE to the 200)
+CALL_FAILED = "call_failed"  # node, info: to, reason
+CALL_ANSWERED = "call_answered"  # an incoming call answered, info: from (user of the caller)
+CALL_ENDED = "call_ended"  # the caller's BYE, info: to, reason (absent when its 200 came)
 
 NONE = "none"  # label of "registered nowhere" in counts and plots
 

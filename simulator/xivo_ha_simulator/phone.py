@@ -19,6 +19,21 @@ small state machine driven by responses and timers:
   ``retry_interval`` and starts again from the primary.
 * **423 Interval Too Brief**: retry at once with the Min-Expires asked for,
   and keep using it on that node.
+* **401/407**: with line credentials (those of its provisioning file), answer
+  the digest challenge (MD5, qop=auth) with the next CSeq, and keep the nonce
+  for the following REGISTERs to that node (nc counting up), as desk phones
+  do.  A fresh challenge to an answer computed from a fresh nonce means the
+  credentials are refused: a failure of that node.  The address of record is
+  then the line's user name (usersip ``name``), as on a XiVO line.
+* **Calls** (``call_rate`` per phone per real hour, exponential intervals,
+  to a random other phone of ``peers``): an INVITE to the number through the
+  registrar the phone is registered on (else its primary), as an INVITE
+  client transaction (Timer A doubling, Timer B = 64 x T1); a 401/407 is
+  ACKed and answered once; a 2xx is ACKed to the callee's Contact and the
+  caller sends BYE there after ``hold_time``.  Every other final answer, or
+  Timer B, is a failed call.  No media, no SDP.
+* **Answering**: an INVITE gets 180 then 200 (retransmitted until the ACK,
+  up to 64 x T1), a BYE 200; an unknown dialog 481.
 * **Fail back**, by policy:
   ``next-refresh`` - every refresh tries the primary first, then the backup
   (the common phone default); ``probe`` - while on the backup, refresh there,
@@ -44,6 +59,7 @@ runs a fleet in a background thread for a synchronous driver.
 from __future__ import annotations
 
 import asyncio
+import random
 import resource
 import threading
 import time
@@ -54,6 +70,11 @@ from typing import Callable, Sequence
 
 from . import sip
 from .events import (
+    CALL_ANSWERED,
+    CALL_CONNECTED,
+    CALL_ENDED,
+    CALL_FAILED,
+    CALL_PLACED,
     EXPIRED,
     INTERVAL_TOO_BRIEF,
     NONE,
@@ -74,6 +95,16 @@ FAILBACK_POLICIES = (NEXT_REFRESH, PROBE)
 T1 = 0.5
 T2 = 4.0
 MAX_423_RETRIES = 3
+MAX_AUTH_ANSWERS = 2  # challenges answered per node and attempt (a stale nonce, then a fresh one)
+_rand = random.Random()
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A SIP line's credentials, as provisioning hands them to the phone."""
+
+    username: str
+    password: str
 
 
 @dataclass(frozen=True)
@@ -104,6 +135,8 @@ class PhoneConfig:
     domain: str | None = None  # domain of the address of record; default: the primary's host
     user_agent: str = sip.USER_AGENT
     contact_expires: bool = False  # also put ;expires= on the Contact, not only Expires
+    call_rate: float = 0.0  # calls each phone places per real hour (0: none)
+    hold_time: float = 30.0  # real seconds a connected call lasts before the caller's BYE
 
     def __post_init__(self):
         if self.failback not in FAILBACK_POLICIES:
@@ -114,6 +147,10 @@ class PhoneConfig:
             raise ValueError("refresh_ratio must be between 0 and 1")
         if self.expires < 1:
             raise ValueError("expires must be at least 1 second")
+        if self.call_rate < 0:
+            raise ValueError("call_rate must not be negative")
+        if self.hold_time <= 0:
+            raise ValueError("hold_time must be positive")
 
     @property
     def requested_expires(self) -> int:
@@ -148,6 +185,10 @@ class FleetStats:
     options_sent: int = 0
     options_ok: int = 0
     bad_datagrams: int = 0
+    calls_placed: int = 0
+    calls_connected: int = 0
+    calls_failed: int = 0
+    calls_answered: int = 0
 
 
 class _Transaction:
@@ -158,11 +199,14 @@ class _Transaction:
     """
 
     __slots__ = ("phone", "node", "method", "branch", "data", "interval", "proceeding",
-                 "deadline", "timer", "on_done", "requested")
+                 "deadline", "timer", "on_done", "requested", "nonce", "invite")
 
     def __init__(self, phone: "Phone", node: Registrar, method: str, branch: str, data: bytes,
-                 on_done: Callable[["_Transaction", "sip.SIP | None"], None], requested: int | None = None):
+                 on_done: Callable[["_Transaction", "sip.SIP | None"], None], requested: int | None = None,
+                 nonce: str | None = None):
         self.phone = phone
+        self.nonce = nonce  # the nonce its Authorization answered, if any
+        self.invite = method == "INVITE"  # RFC 3261 17.1.1: Timers A and B
         self.node = node
         self.method = method
         self.branch = branch
@@ -188,7 +232,10 @@ class _Transaction:
         phone._send(self.data, self.node.address)
         phone.stats.retransmissions += 1
         cfg = phone.config
-        self.interval = cfg.timer_t2 if self.proceeding else min(2 * self.interval, cfg.timer_t2)
+        if self.invite:
+            self.interval *= 2  # Timer A: no cap
+        else:
+            self.interval = cfg.timer_t2 if self.proceeding else min(2 * self.interval, cfg.timer_t2)
         self._schedule(phone.loop.time())
 
     def _timeout(self) -> None:
@@ -199,11 +246,49 @@ class _Transaction:
         if not self.proceeding:
             self.proceeding = True
             self.timer.cancel()
+            if self.invite:  # Proceeding: no more retransmissions; still bounded by Timer B
+                self.timer = self.phone.loop.call_at(self.deadline, self._timeout)
+                return
             self.interval = self.phone.config.timer_t2
             self._schedule(self.phone.loop.time())
 
     def cancel(self) -> None:
         self.timer.cancel()
+
+
+class _Call:
+    """An outgoing call, from its first INVITE to the BYE."""
+
+    __slots__ = ("call_id", "from_tag", "number", "node", "uri", "cseq", "started", "auth_answers",
+                 "ack", "remote", "to_tag", "timer")
+
+    def __init__(self, number: str, node: Registrar, uri: str, started: float, host: str):
+        self.call_id = sip.new_call_id(host)
+        self.from_tag = sip.new_tag()
+        self.number = number
+        self.node = node
+        self.uri = uri
+        self.cseq = 1
+        self.started = started
+        self.auth_answers = 0
+        self.ack: bytes | None = None  # the ACK of its 2xx, sent again if the 2xx is
+        self.remote: Registrar | None = None  # the callee's Contact
+        self.to_tag: str | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class _Incoming:
+    """An answered incoming call: its 200 (retransmitted until the ACK) and where it goes."""
+
+    __slots__ = ("ok", "address", "interval", "deadline", "timer", "acked")
+
+    def __init__(self, ok: bytes, address, interval: float, deadline: float):
+        self.ok = ok
+        self.address = address
+        self.interval = interval
+        self.deadline = deadline
+        self.timer: asyncio.TimerHandle | None = None
+        self.acked = False
 
 
 PROVISIONING_PORT = 8667  # the node's provisioning stand-in (provd's HTTP server on a real node)
@@ -214,12 +299,23 @@ def mac_of(number: int) -> str:
     return "00163e" + f"{number:06x}"
 
 
-def provisioned_pair(server: str, number: int, timeout: float = 5.0,
-                     port: int = PROVISIONING_PORT) -> tuple[str, str | None]:
-    """(registrar, backup registrar) of line 1 in the phone's own provisioning file.
+@dataclass(frozen=True)
+class ProvisionedLine:
+    """Line 1 of a phone's provisioning file: its registrars and credentials."""
+
+    registrar: str
+    backup: str | None
+    credentials: Credentials | None
+
+
+def provisioned_line(server: str, number: int, timeout: float = 5.0,
+                     port: int = PROVISIONING_PORT) -> ProvisionedLine:
+    """Line 1 of the phone's own provisioning file.
 
     As a phone does at boot: GET ``http://<server>:8667/<mac>.cfg``; raises
-    ``OSError`` when the file cannot be fetched or names no registrar.
+    ``OSError`` when the file cannot be fetched or names no registrar.  The
+    credentials are ``sip_line1_auth_username`` (else ``username``) and
+    ``password``; None when the file has no user name.
     """
     url = f"http://{server}:{port}/{mac_of(number)}.cfg"
     try:
@@ -231,7 +327,16 @@ def provisioned_pair(server: str, number: int, timeout: float = 5.0,
     registrar = values.get("sip_line1_registrar_ip")
     if not registrar:
         raise OSError(f"{url} names no registrar for line 1")
-    return registrar, values.get("sip_line1_backup_registrar_ip") or None
+    username = values.get("sip_line1_auth_username") or values.get("sip_line1_username")
+    credentials = Credentials(username, values.get("sip_line1_password", "")) if username else None
+    return ProvisionedLine(registrar, values.get("sip_line1_backup_registrar_ip") or None, credentials)
+
+
+def provisioned_pair(server: str, number: int, timeout: float = 5.0,
+                     port: int = PROVISIONING_PORT) -> tuple[str, str | None]:
+    """(registrar, backup registrar) of line 1 in the phone's own provisioning file."""
+    line = provisioned_line(server, number, timeout, port)
+    return line.registrar, line.backup
 
 
 class Phone(asyncio.DatagramProtocol):
@@ -247,8 +352,11 @@ class Phone(asyncio.DatagramProtocol):
         local_port: int = 0,
         stats: FleetStats | None = None,
         on_node_change: Callable[[str | None, str | None], None] | None = None,
+        credentials: Credentials | None = None,
     ):
-        self.user = user
+        self.user = user  # the phone's label in events (its number)
+        self.credentials = credentials
+        self.aor_user = credentials.username if credentials else user
         self.primary = primary
         self.backup = backup
         self.config = config
@@ -272,6 +380,11 @@ class Phone(asyncio.DatagramProtocol):
         self._attempt: list[Registrar] = []  # nodes left to try in the current attempt
         self._attempt_active = False
         self._423_count = 0
+        # (node, REGISTER or INVITE) -> (header, challenge), and the nonce count of that challenge
+        self._challenges: dict[tuple[str, str], tuple[str, sip.Challenge]] = {}
+        self._nc: dict[tuple[str, str], int] = {}
+        self._auth_answers = 0  # challenges answered in this attempt, on this node
+        self._fresh_nonce = False  # the challenge in use came in this attempt
         self._refresh_due = False
         self._refresh_timer: asyncio.TimerHandle | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
@@ -280,6 +393,10 @@ class Phone(asyncio.DatagramProtocol):
         self._probing = False
         self._running = False
         self._out: sip.SIP | None = None  # reused for every request: saves scapy's set-up
+        self.peers: Sequence[str] = ()  # numbers this phone calls
+        self._calls: dict[str, _Call] = {}  # outgoing, by Call-ID
+        self._incoming: dict[str, _Incoming] = {}  # answered, by Call-ID
+        self._call_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -301,7 +418,7 @@ class Phone(asyncio.DatagramProtocol):
 
     @property
     def contact_uri(self) -> str:
-        return sip.sip_uri(self.user, self.local_host, self.local_port)
+        return sip.sip_uri(self.aor_user, self.local_host, self.local_port)
 
     @property
     def running(self) -> bool:
@@ -321,6 +438,7 @@ class Phone(asyncio.DatagramProtocol):
         self._running = True
         self._log(STARTED, None)
         self._begin_attempt(self._nodes_in_order(prefer_primary=True))
+        self._schedule_call()
 
     def stop(self) -> None:
         """Stop every timer and transaction, close the socket.  Idempotent."""
@@ -331,10 +449,15 @@ class Phone(asyncio.DatagramProtocol):
         for tx in list(self._transactions.values()):
             tx.cancel()
         self._transactions.clear()
-        for timer in (self._refresh_timer, self._expiry_timer, self._retry_timer, self._probe_timer):
+        timers = [self._refresh_timer, self._expiry_timer, self._retry_timer, self._probe_timer, self._call_timer]
+        timers += [c.timer for c in self._calls.values()] + [i.timer for i in self._incoming.values()]
+        for timer in timers:
             if timer is not None:
                 timer.cancel()
+        self._calls.clear()
+        self._incoming.clear()
         self._refresh_timer = self._expiry_timer = self._retry_timer = self._probe_timer = None
+        self._call_timer = None
         self._attempt_active = False
         self._set_node(None)
         if was_running:
@@ -382,6 +505,9 @@ class Phone(asyncio.DatagramProtocol):
             return
         tx = self._transactions.get(msg.via_branch or "")
         if tx is None:
+            call = self._calls.get(msg.call_id or "")
+            if call is not None and call.ack is not None and (msg.status_code or 0) // 100 == 2:
+                self._send(call.ack, call.remote.address)  # the 2xx again: our ACK was lost
             return  # late answer to a finished transaction, or not ours
         cseq = msg.cseq
         if cseq is None or cseq[1] != tx.method:
@@ -393,10 +519,27 @@ class Phone(asyncio.DatagramProtocol):
         self._end_transaction(tx, msg)
 
     def _answer_request(self, msg: sip.SIP, addr) -> None:
-        # A registrar may qualify its phones with OPTIONS (Asterisk does).
         method = msg.method
-        if method == "ACK":
+        if method == "INVITE":
+            self._answer_invite(msg, addr)
             return
+        if method == "ACK":
+            incoming = self._incoming.get(msg.call_id or "")
+            if incoming is not None and not incoming.acked:
+                incoming.acked = True
+                incoming.timer.cancel()
+                # Kept for the caller's BYE, at most a hold time and a Timer F more.
+                cfg = self.config
+                incoming.timer = self.loop.call_later(cfg.scaled(2 * cfg.hold_time) + cfg.timer_f,
+                                                      self._incoming.pop, msg.call_id, None)
+            return
+        if method == "BYE":
+            incoming = self._incoming.pop(msg.call_id or "", None)
+            if incoming is not None:
+                incoming.timer.cancel()
+            self._send(bytes(sip.response_for(msg, 200 if incoming is not None else 481)), addr)
+            return
+        # A registrar may qualify its phones with OPTIONS (Asterisk does).
         code = 200 if method in ("OPTIONS", "NOTIFY") else 501
         self._send(bytes(sip.response_for(msg, code, to_tag=self.from_tag)), addr)
 
@@ -408,9 +551,9 @@ class Phone(asyncio.DatagramProtocol):
             tx.on_done(tx, response)
 
     def _new_transaction(self, node: Registrar, method: str, msg: sip.SIP, branch: str,
-                         on_done, requested: int | None = None) -> None:
+                         on_done, requested: int | None = None, nonce: str | None = None) -> None:
         data = bytes(msg)
-        self._transactions[branch] = _Transaction(self, node, method, branch, data, on_done, requested)
+        self._transactions[branch] = _Transaction(self, node, method, branch, data, on_done, requested, nonce)
         self._send(data, node.address)
 
     # ------------------------------------------------------------------ registration
@@ -428,6 +571,8 @@ class Phone(asyncio.DatagramProtocol):
         self._attempt_active = True
         self._refresh_due = False
         self._423_count = 0
+        self._auth_answers = 0
+        self._fresh_nonce = False
         self._send_register(self._attempt.pop(0))
 
     def _requested_for(self, node: Registrar) -> int:
@@ -437,10 +582,11 @@ class Phone(asyncio.DatagramProtocol):
         self.cseq += 1
         requested = self._requested_for(node)
         branch = sip.new_branch()
+        extra, nonce = self._authorization(node, "REGISTER", sip.sip_uri(None, node.host, node.port))
         msg = sip.register(
             registrar_host=node.host,
             registrar_port=node.port,
-            user=self.user,
+            user=self.aor_user,
             domain=self.domain,
             local_host=self.local_host,
             local_port=self.local_port,
@@ -451,11 +597,44 @@ class Phone(asyncio.DatagramProtocol):
             contact_expires=requested if self.config.contact_expires else None,
             branch=branch,
             user_agent=self.config.user_agent,
+            extra_headers=extra,
             reuse=self._out,
         )
         self._out = msg
         self.stats.register_sent += 1
-        self._new_transaction(node, "REGISTER", msg, branch, self._register_done, requested)
+        self._new_transaction(node, "REGISTER", msg, branch, self._register_done, requested, nonce)
+
+    def _authorization(self, node: Registrar, method: str, uri: str) -> tuple[list, str | None]:
+        """The (Proxy-)Authorization header for ``node``'s last challenge to ``method``, and its nonce."""
+        key = (node.name, method)
+        kept = self._challenges.get(key)
+        if kept is None or self.credentials is None:
+            return [], None
+        header, challenge = kept
+        nc = self._nc[key] = self._nc.get(key, 0) + 1
+        value = sip.authorization(challenge, username=self.credentials.username,
+                                  password=self.credentials.password, method=method, uri=uri, nc=nc)
+        name = "Proxy-Authorization" if header == "Proxy-Authenticate" else "Authorization"
+        return [(name, value)], challenge.nonce
+
+    def _take_challenge(self, node: Registrar, tx: _Transaction, response: sip.SIP) -> str | None:
+        """Keep the challenge of a 401/407 to answer it; None if answered, else why not."""
+        if self.credentials is None:
+            return "no credentials"
+        header = "WWW-Authenticate" if response.status_code == 401 else "Proxy-Authenticate"
+        try:
+            challenge = sip.parse_challenge(response.get_header(header) or "")
+        except sip.SipParseError as exc:
+            return str(exc)
+        if tx.nonce is not None and self._fresh_nonce and not challenge.stale:
+            return "credentials refused"
+        if self._auth_answers >= MAX_AUTH_ANSWERS:
+            return "challenged again"
+        self._auth_answers += 1
+        self._fresh_nonce = True
+        self._challenges[(node.name, "REGISTER")] = (header, challenge)
+        self._nc[(node.name, "REGISTER")] = 0
+        return None
 
     def _register_done(self, tx: _Transaction, response: sip.SIP | None) -> None:
         node = tx.node
@@ -477,6 +656,13 @@ class Phone(asyncio.DatagramProtocol):
                 self._send_register(node)
                 return
             reason = f"423 {response.reason} (Min-Expires {wanted})"
+        elif code in (401, 407):
+            why = self._take_challenge(node, tx, response)
+            if why is None:
+                self._send_register(node)
+                return
+            self._challenges.pop((node.name, "REGISTER"), None)
+            reason = f"{code} {response.reason} ({why})"
         elif response is None:
             reason = "timeout"
         else:
@@ -516,6 +702,8 @@ class Phone(asyncio.DatagramProtocol):
                 self._expiry_timer = None
         if self._attempt:
             self._423_count = 0
+            self._auth_answers = 0
+            self._fresh_nonce = False
             self._send_register(self._attempt.pop(0))
             return
         self._attempt_active = False
@@ -554,6 +742,146 @@ class Phone(asyncio.DatagramProtocol):
             self._log(EXPIRED, node)
             self._set_node(None)
 
+    # ------------------------------------------------------------------ calls
+
+    def _schedule_call(self) -> None:
+        cfg = self.config
+        if cfg.call_rate > 0 and self.peers:
+            mean = 3600.0 / cfg.call_rate / cfg.time_scale
+            self._call_timer = self.loop.call_later(_rand.expovariate(1.0 / mean), self._call_due)
+
+    def _call_due(self) -> None:
+        self._call_timer = None
+        if self._running:
+            self.call(_rand.choice(self.peers))
+            self._schedule_call()
+
+    def call(self, number: str) -> str:
+        """Call ``number`` now, through the registrar in use (else the primary); its Call-ID."""
+        node = self.node or self.primary
+        call = _Call(number, node, sip.sip_uri(number, node.host, node.port), self.loop.time(), self.local_host)
+        self._calls[call.call_id] = call
+        self.stats.calls_placed += 1
+        self._log(CALL_PLACED, node, to=number)
+        self._send_invite(call)
+        return call.call_id
+
+    def _send_invite(self, call: _Call) -> None:
+        branch = sip.new_branch()
+        extra, nonce = self._authorization(call.node, "INVITE", call.uri)
+        msg = sip.request("INVITE", call.uri, local_host=self.local_host, local_port=self.local_port,
+                          from_uri=sip.sip_uri(self.aor_user, self.domain), to_uri=sip.sip_uri(call.number, self.domain),
+                          call_id=call.call_id, cseq=call.cseq, from_tag=call.from_tag, branch=branch,
+                          contact=f"<{self.contact_uri}>", user_agent=self.config.user_agent, extra_headers=extra)
+        self._new_transaction(call.node, "INVITE", msg, branch,
+                              lambda tx, response: self._invite_done(call, tx, response), nonce=nonce)
+
+    def _in_dialog(self, call: _Call, method: str, uri: str, cseq: int, branch: str) -> sip.SIP:
+        return sip.request(method, uri, local_host=self.local_host, local_port=self.local_port,
+                           from_uri=sip.sip_uri(self.aor_user, self.domain),
+                           to_uri=sip.sip_uri(call.number, self.domain), call_id=call.call_id, cseq=cseq,
+                           from_tag=call.from_tag, to_tag=call.to_tag, branch=branch,
+                           user_agent=self.config.user_agent)
+
+    def _invite_done(self, call: _Call, tx: _Transaction, response: sip.SIP | None) -> None:
+        code = response.status_code if response is not None else None
+        if code is None:
+            self._call_failed(call, "timeout")
+            return
+        call.to_tag = response.to_tag
+        if code >= 300:  # RFC 3261 17.1.1.3: ACK in the transaction, to the same hop
+            self._send(bytes(self._in_dialog(call, "ACK", call.uri, call.cseq, tx.branch)), call.node.address)
+        if code in (401, 407):
+            why = self._call_challenge(call, tx, response)
+            if why is None:
+                call.cseq += 1
+                call.to_tag = None
+                self._send_invite(call)
+                return
+            self._call_failed(call, f"{code} {response.reason} ({why})")
+            return
+        if code >= 300:
+            self._call_failed(call, f"{code} {response.reason}")
+            return
+        contacts = response.contacts
+        address = sip.uri_hostport(contacts[0].uri) if contacts else None
+        if address is None:
+            self._call_failed(call, "2xx without a usable Contact")
+            return
+        call.remote = Registrar("callee", *address)
+        remote_uri = contacts[0].uri
+        call.ack = bytes(self._in_dialog(call, "ACK", remote_uri, call.cseq, sip.new_branch()))
+        self._send(call.ack, call.remote.address)
+        self.stats.calls_connected += 1
+        self._log(CALL_CONNECTED, call.node, to=call.number, setup=round(self.loop.time() - call.started, 6))
+        call.timer = self.loop.call_later(self.config.scaled(self.config.hold_time), self._hang_up, call, remote_uri)
+
+    def _call_challenge(self, call: _Call, tx: _Transaction, response: sip.SIP) -> str | None:
+        if self.credentials is None:
+            return "no credentials"
+        header = "WWW-Authenticate" if response.status_code == 401 else "Proxy-Authenticate"
+        try:
+            challenge = sip.parse_challenge(response.get_header(header) or "")
+        except sip.SipParseError as exc:
+            return str(exc)
+        if tx.nonce is not None and call.auth_answers and not challenge.stale:
+            return "credentials refused"
+        if call.auth_answers >= MAX_AUTH_ANSWERS:
+            return "challenged again"
+        call.auth_answers += 1
+        self._challenges[(call.node.name, "INVITE")] = (header, challenge)
+        self._nc[(call.node.name, "INVITE")] = 0
+        return None
+
+    def _call_failed(self, call: _Call, reason: str) -> None:
+        self._calls.pop(call.call_id, None)
+        self.stats.calls_failed += 1
+        self._log(CALL_FAILED, call.node, to=call.number, reason=reason)
+
+    def _hang_up(self, call: _Call, remote_uri: str) -> None:
+        call.timer = None
+        branch = sip.new_branch()
+        msg = self._in_dialog(call, "BYE", remote_uri, call.cseq + 1, branch)
+        self._new_transaction(call.remote, "BYE", msg, branch, lambda tx, response: self._bye_done(call, response))
+
+    def _bye_done(self, call: _Call, response: sip.SIP | None) -> None:
+        self._calls.pop(call.call_id, None)
+        code = response.status_code if response is not None else None
+        if code is not None and 200 <= code < 300:
+            self._log(CALL_ENDED, call.node, to=call.number)
+        else:
+            self._log(CALL_ENDED, call.node, to=call.number,
+                      reason="timeout" if code is None else f"{code} {response.reason}")
+
+    def _answer_invite(self, msg: sip.SIP, addr) -> None:
+        call_id = msg.call_id or ""
+        incoming = self._incoming.get(call_id)
+        if incoming is not None:  # a retransmitted INVITE: the answer again
+            self._send(incoming.ok, incoming.address)
+            return
+        tag = sip.new_tag()
+        self._send(bytes(sip.response_for(msg, 180, to_tag=tag)), addr)
+        ok = bytes(sip.response_for(msg, 200, to_tag=tag, headers=[("Contact", f"<{self.contact_uri}>")]))
+        cfg = self.config
+        incoming = _Incoming(ok, addr, cfg.timer_t1, self.loop.time() + cfg.timer_f)
+        self._incoming[call_id] = incoming
+        self._send(ok, addr)
+        incoming.timer = self.loop.call_later(incoming.interval, self._resend_ok, call_id)
+        caller = msg.get_header("From") or ""
+        self.stats.calls_answered += 1
+        self._log(CALL_ANSWERED, None, **{"from": sip.uri_user(sip.parse_name_addr(caller).uri)})
+
+    def _resend_ok(self, call_id: str) -> None:
+        incoming = self._incoming.get(call_id)
+        if incoming is None or incoming.acked:
+            return
+        if self.loop.time() >= incoming.deadline:  # never ACKed: the call is gone
+            del self._incoming[call_id]
+            return
+        self._send(incoming.ok, incoming.address)
+        incoming.interval = min(2 * incoming.interval, self.config.timer_t2)
+        incoming.timer = self.loop.call_later(incoming.interval, self._resend_ok, call_id)
+
     # ------------------------------------------------------------------ probing (failback policy "probe")
 
     def _start_probing(self) -> None:
@@ -575,7 +903,7 @@ class Phone(asyncio.DatagramProtocol):
         msg = sip.options(
             target_host=self.primary.host,
             target_port=self.primary.port,
-            user=self.user,
+            user=self.aor_user,
             domain=self.domain,
             local_host=self.local_host,
             local_port=self.local_port,
@@ -614,7 +942,7 @@ class Fleet:
 
     Phone *i* is user ``first_user + i``, bound on ``local_hosts[i % len]``
     at port ``base_port + i // len(local_hosts)`` (``base_port`` 0: ephemeral
-    ports).
+    ports), with the line credentials ``credentials(number)`` (None: none).
     """
 
     def __init__(
@@ -626,6 +954,7 @@ class Fleet:
         local_hosts: Sequence[str] = ("127.0.0.1",),
         base_port: int = 0,
         first_user: int = 10000,
+        credentials: Callable[[int], Credentials | None] | None = None,
     ):
         if count < 0:
             raise ValueError("count must not be negative")
@@ -647,9 +976,13 @@ class Fleet:
                 local_port=(base_port + i // len(hosts)) if base_port else 0,
                 stats=self.stats,
                 on_node_change=self._node_changed,
+                credentials=credentials(first_user + i) if credentials else None,
             )
             for i in range(count)
         ]
+        numbers = [phone.user for phone in self.phones]
+        for i, phone in enumerate(self.phones):
+            phone.peers = numbers[:i] + numbers[i + 1:]
 
     def _node_changed(self, old: str | None, new: str | None) -> None:
         counts = self._counts
@@ -703,8 +1036,9 @@ class Fleet:
         nodes = [self.primary.name] + ([self.backup.name] if self.backup else [])
         parts = [f"{name} {c.get(name, 0)}" for name in nodes] + [f"none {c.get(NONE, 0)}"]
         s = self.stats
+        calls = (f"  | calls connected {s.calls_connected} failed {s.calls_failed}" if s.calls_placed else "")
         return (f"{'  '.join(parts)}  | REGISTER ok {s.register_ok} failed {s.register_failed}"
-                f" timeouts {s.timeouts} retransmissions {s.retransmissions}")
+                f" timeouts {s.timeouts} retransmissions {s.retransmissions}" + calls)
 
     async def stop(self) -> None:
         for phone in self.phones:

@@ -22,9 +22,9 @@ from typing import TextIO
 from . import faults
 from . import report as rep
 from .cluster import MASTER, PROJECT, SLAVE, BringUp, Checker, Cluster, ClusterError
-from .constants import DEFAULT_BOUND, OUTAGE, SERVED
+from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE, OUTAGE, SERVED
 from .events import NONE
-from .phone import Fleet, FleetThread, PhoneConfig, Registrar, provisioned_pair
+from .phone import Credentials, Fleet, FleetThread, PhoneConfig, Registrar, provisioned_line
 
 FIRST_USER = 1001  # phone i is the line of extension 1001 + i
 REAL_EXPIRES = 3600  # what the phones ask for (real seconds); the registrar caps it
@@ -40,6 +40,7 @@ class Options:
     sip_probe: bool = False
     failback_policy: str = "next-refresh"
     failures_before_failover: int | None = None
+    call_rate: float = DEFAULT_CALL_RATE
     bound: float = DEFAULT_BOUND
     reuse: bool = False
     project: str = PROJECT
@@ -160,12 +161,18 @@ class Simulation:
                        primary=primary, backup=backup, users=on_master[0], expiry=cluster.sip_expiry(MASTER),
                        granted=cluster.granted(MASTER), steps=[])
 
-    def provisioned(self, info: BringUp, fetch) -> tuple[str, str]:
-        """Each phone fetches its own config from the master's provisioning; they must agree."""
+    def provisioned(self, info: BringUp, fetch) -> tuple[str, str, dict[int, Credentials | None]]:
+        """Each phone fetches its own config from the master's provisioning; they must agree.
+
+        Also each phone's line credentials, which it authenticates with.
+        """
         pairs: dict[tuple[str, str | None], list[int]] = {}
+        credentials: dict[int, Credentials | None] = {}
         for number in range(FIRST_USER, FIRST_USER + self.o.phones):
             try:
-                pairs.setdefault(fetch(info.master, number), []).append(number)
+                line = fetch(info.master, number)
+                pairs.setdefault((line.registrar, line.backup), []).append(number)
+                credentials[number] = line.credentials
             except OSError as exc:
                 raise ClusterError(f"phone {number} could not fetch its provisioning file: {exc}") from None
         for (primary, backup), numbers in pairs.items():
@@ -174,7 +181,7 @@ class Simulation:
                                    f"{primary} and backup {backup}, not {info.master} and {info.slave}: "
                                    f"`xivo-ha enable master` did not update their device configs")
         self.say(f"{self.o.phones} phones provisioned over HTTP: registrar {info.master}, backup {info.slave}")
-        return info.master, info.slave
+        return info.master, info.slave, credentials
 
     def slave_settings(self, cluster: Cluster) -> dict:
         """Write this run's probe and failover settings on the slave; return them."""
@@ -190,10 +197,11 @@ class Simulation:
 
     def fleet(self, info: BringUp) -> tuple[FleetThread, PhoneConfig]:
         """The phones, provisioned from the master, on a thread of their own (not started)."""
-        config = PhoneConfig(expires=REAL_EXPIRES, time_scale=self.k, failback=self.o.failback_policy)
-        primary, backup = self.provisioned(info, provisioned_pair)
+        config = PhoneConfig(expires=REAL_EXPIRES, time_scale=self.k, failback=self.o.failback_policy,
+                             call_rate=self.o.call_rate)
+        primary, backup, credentials = self.provisioned(info, provisioned_line)
         fleet = Fleet(Registrar(MASTER, primary), Registrar(SLAVE, backup), self.o.phones, config,
-                      local_hosts=(info.gateway,), first_user=FIRST_USER)
+                      local_hosts=(info.gateway,), first_user=FIRST_USER, credentials=credentials.get)
         return FleetThread(fleet), config
 
     def start_phones(self, runner: FleetThread, config: PhoneConfig, info: BringUp) -> None:

@@ -23,6 +23,7 @@ phones use it on plain asyncio UDP sockets.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -543,6 +544,28 @@ def uri_key(uri: str) -> str:
     return uri.lower()
 
 
+def uri_user(uri: str) -> str | None:
+    """The user part of ``sip:user@host:port;params``, None without one."""
+    rest = uri.strip().strip("<>").partition(":")[2]
+    user, at, _ = rest.partition("@")
+    return user.partition(";")[0] if at else None
+
+
+def uri_hostport(uri: str) -> tuple[str, int] | None:
+    """(host, port) a request to ``uri`` goes to (port 5060 when absent); None if it has no host."""
+    rest = uri.strip().strip("<>").partition(":")[2]
+    hostport = rest.rpartition("@")[2]
+    for stop in (";", "?"):
+        hostport = hostport.partition(stop)[0]
+    if hostport.startswith("["):
+        host, _, tail = hostport[1:].partition("]")
+        port = _int_or_none(tail[1:]) if tail.startswith(":") else None
+    else:
+        host, _, port_text = hostport.partition(":")
+        port = _int_or_none(port_text) if port_text else None
+    return (host, port or SIP_PORT) if host else None
+
+
 # --------------------------------------------------------------------------- parse
 
 
@@ -581,6 +604,80 @@ def granted_expires(response: SIP, contact_uri: str | None = None) -> int | None
     if len(contacts) == 1:
         return contacts[0].expires
     return None
+
+
+# --------------------------------------------------------------------------- digest authentication
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """A ``WWW-Authenticate``/``Proxy-Authenticate`` digest challenge."""
+
+    realm: str
+    nonce: str
+    qop: tuple[str, ...] = ()
+    opaque: str | None = None
+    algorithm: str = "MD5"
+    stale: bool = False
+
+
+def parse_challenge(value: str) -> Challenge:
+    """Parse ``Digest realm="x", nonce="y", qop="auth,auth-int"``; raise SipParseError otherwise."""
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme.lower() != "digest":
+        raise SipParseError(f"not a digest challenge: {value!r}")
+    params = {}
+    for item in split_header_list(rest):
+        name, sep, val = item.partition("=")
+        val = val.strip()
+        if len(val) >= 2 and val[0] == val[-1] == '"':
+            val = val[1:-1]
+        params[name.strip().lower()] = val if sep else ""
+    if "realm" not in params or "nonce" not in params:
+        raise SipParseError(f"digest challenge without realm or nonce: {value!r}")
+    algorithm = params.get("algorithm") or "MD5"
+    if algorithm.upper() != "MD5":
+        raise SipParseError(f"digest algorithm {algorithm} is not supported (MD5 only)")
+    qop = tuple(q.strip().lower() for q in (params.get("qop") or "").split(",") if q.strip())
+    return Challenge(params["realm"], params["nonce"], qop, params.get("opaque"), "MD5",
+                     (params.get("stale") or "").lower() == "true")
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode(_ENCODING, _ERRORS)).hexdigest()
+
+
+def digest_response(*, username: str, realm: str, password: str, method: str, uri: str, nonce: str,
+                    qop: str | None = None, nc: int = 1, cnonce: str = "") -> str:
+    """The digest ``response`` of RFC 2617 section 3.2.2.1 / RFC 7616 section 3.4.1, MD5.
+
+    ``qop`` None: the RFC 2069 form, MD5(HA1:nonce:HA2); ``"auth"``: with nc and cnonce.
+    """
+    ha1 = _md5(f"{username}:{realm}:{password}")
+    ha2 = _md5(f"{method}:{uri}")
+    if qop is None:
+        return _md5(f"{ha1}:{nonce}:{ha2}")
+    if qop != "auth":
+        raise ValueError(f"qop {qop!r} is not supported (auth only)")
+    return _md5(f"{ha1}:{nonce}:{nc:08x}:{cnonce}:{qop}:{ha2}")
+
+
+def authorization(challenge: Challenge, *, username: str, password: str, method: str, uri: str,
+                  nc: int = 1, cnonce: str | None = None) -> str:
+    """The ``Authorization``/``Proxy-Authorization`` value answering ``challenge``."""
+    qop = "auth" if "auth" in challenge.qop else None
+    if challenge.qop and qop is None:
+        raise ValueError(f"challenge offers qop {','.join(challenge.qop)}: only auth is supported")
+    cnonce = cnonce if cnonce is not None else f"{_rand.getrandbits(64):016x}"
+    response = digest_response(username=username, realm=challenge.realm, password=password, method=method,
+                               uri=uri, nonce=challenge.nonce, qop=qop, nc=nc, cnonce=cnonce)
+    parts = [f'username="{username}"', f'realm="{challenge.realm}"', f'nonce="{challenge.nonce}"',
+             f'uri="{uri}"', f'response="{response}"', "algorithm=MD5"]
+    if qop:
+        parts += [f"qop={qop}", f"nc={nc:08x}", f'cnonce="{cnonce}"']
+    if challenge.opaque is not None:
+        parts.append(f'opaque="{challenge.opaque}"')
+    return "Digest " + ", ".join(parts)
 
 
 # --------------------------------------------------------------------------- build

@@ -462,6 +462,18 @@ def test_different_schema_version_on_the_peer(pair):
     assert "0123456789ab" in checks[("same-schema", "pair")]["finding"]
 
 
+def test_two_schema_version_rows_doctor_and_replication_agree(pair):
+    # alembic keeps one row per head: both read every row, so same-schema fails where the replication refuses.
+    pair.slave.db.execute("INSERT INTO alembic_version (version_num) VALUES ('0123456789ab')")
+    checks = pair.checks()
+    assert failing(checks) == {("same-schema", "pair"): "FAIL"}
+    finding = checks[("same-schema", "pair")]["finding"]
+    assert "schema 2c1b3ad2b9d7 here, 0123456789ab,2c1b3ad2b9d7 on the peer" in finding
+    refused = pair.master.run(LOOPBACK, command="xivo-master-slave-db-replication")
+    assert refused.returncode == 1
+    assert "(alembic_version: master 2c1b3ad2b9d7, slave 0123456789ab,2c1b3ad2b9d7)" in refused.stderr
+
+
 def test_different_database_locale_on_the_peer(pair, second_postgres_server):
     other = second_postgres_server.create_database(template="template0", lc_collate="C", lc_ctype="C")
     try:

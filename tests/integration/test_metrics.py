@@ -132,3 +132,35 @@ def test_slave_textfile_counts_one_failover_and_one_failback(slave):
     assert value(families, "xivo_ha_failovers_total") == 1
     assert value(families, "xivo_ha_failbacks_total") == 1
     assert value(families, "xivo_ha_probe_consecutive_failures") == 0
+
+
+def test_slave_textfile_has_the_result_and_timing_of_each_probe(slave):
+    master = slave.lab.master_address
+    slave.env.update({"XIVO_HA_PROBE_SIP_PROBE": "on", "XIVO_HA_PROBE_SIP_TIMEOUT": "2"})
+    assert slave.check().returncode == 0  # the master pings, nothing listens on its port 5060
+    families = read(slave.root)
+    assert families["xivo_ha_probe_up"]["type"] == families["xivo_ha_probe_seconds"]["type"] == "gauge"
+    assert value(families, "xivo_ha_probe_up", probe="icmp", target=master) == 1
+    assert value(families, "xivo_ha_probe_up", probe="sip", target=f"{master}:5060") == 0
+    assert 0 < value(families, "xivo_ha_probe_seconds", probe="icmp") < 10
+    assert 0 <= value(families, "xivo_ha_probe_seconds", probe="sip") < 2
+
+    slave.lab.master_link(False)
+    assert slave.check().returncode == 0
+    families = read(slave.root)
+    assert value(families, "xivo_ha_probe_up", probe="icmp") == 0
+    assert value(families, "xivo_ha_probe_seconds", probe="icmp") >= 0.5  # ping waited for its 1 s timeout
+    assert len(families["xivo_ha_probe_up"]["samples"]) == 1  # the registrar is not asked without ping
+
+
+def test_probe_entries_that_are_not_probes_are_left_out():
+    from xivo_ha import metrics
+
+    families = parse(metrics.render({"role": "slave", "now": 1.0, "probes": {
+        "icmp": {"up": "yes", "seconds": 1.0}, "sip": {"up": True, "seconds": "1"},
+        "witness": {"up": False, "seconds": float("nan"), "target": "10.0.0.9"}, "other": [],
+        "next": {"up": True, "seconds": 0.25, "target": 'a "quoted"\nname'},
+    }}))
+    assert families["xivo_ha_probe_up"]["samples"] == {
+        frozenset({("probe", '"next"'), ("target", r'"a \"quoted\"\nname"')}): 1.0}
+    assert value(families, "xivo_ha_probe_seconds", probe="next") == 0.25

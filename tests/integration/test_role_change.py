@@ -607,6 +607,6 @@ def test_a_lock_timeout_is_not_called_a_lost_connection(asterisk_db):
         with pytest.raises(psycopg.errors.QueryCanceled) as cancel_error:
             waiter.execute("SELECT count(*) FROM staticsip")
     for error, words in ((lock_error.value, "lock timeout"), (cancel_error.value, "statement timeout")):
-        text = replication._describe_error(error)
+        text = replication.describe_error(error)
         assert "connection lost" not in text and words in text
         assert words in database.error_text(error)

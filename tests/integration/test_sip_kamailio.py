@@ -1,8 +1,9 @@
 """Phones against real Kamailio registrars on loopback ports.
 
-Expiry bounds as the node template renders them, OPTIONS answered, and a
-fleet failing over from a killed registrar to a second one, then failing
-back by both policies once the first one is back on its port.
+Digest authentication against the node's database (usersip), expiry bounds
+as the node template renders them, OPTIONS answered, and a fleet failing over
+from a killed registrar to a second one, then failing back by both policies
+once the first one is back on its port.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import socket
 import time
 
 import pytest
-from kamailio_fixture import kamailio_binary, start_kamailio
+from kamailio_fixture import kamailio_binary, line_credentials, start_kamailio
 
 from xivo_ha_simulator import report, sip
 from xivo_ha_simulator.events import PROBE_FAILED, PROBE_OK, REGISTER_FAILED, REGISTERED, SWITCHED
-from xivo_ha_simulator.phone import NEXT_REFRESH, PROBE, Fleet, Phone, PhoneConfig, Registrar
+from xivo_ha_simulator.phone import NEXT_REFRESH, PROBE, Credentials, Fleet, Phone, PhoneConfig, Registrar
 
 pytestmark = [
     pytest.mark.integration,
@@ -26,26 +27,56 @@ pytestmark = [
 
 def exchange(port: int, msg_for) -> sip.SIP:
     """Send one request built by ``msg_for(local_port)`` to 127.0.0.1:port, return the answer."""
+    return exchanges(port, [msg_for])[-1]
+
+
+def exchanges(port: int, builders) -> list[sip.SIP]:
+    """Send each request of ``builders`` (``f(local_port, previous answer)``) from one socket; the answers."""
+    answers: list[sip.SIP] = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         sock.settimeout(5)
-        sock.sendto(bytes(msg_for(sock.getsockname()[1])), ("127.0.0.1", port))
-        return sip.parse(sock.recv(65535))
+        for build in builders:
+            args = (sock.getsockname()[1],) + ((answers[-1],) if answers else ())
+            sock.sendto(bytes(build(*args)), ("127.0.0.1", port))
+            answers.append(sip.parse(sock.recv(65535)))
+    return answers
 
 
-def register(port: int, user: str, expires: int | None) -> sip.SIP:
-    return exchange(port, lambda local_port: sip.register(
-        registrar_host="127.0.0.1", registrar_port=port, user=user, domain="127.0.0.1",
-        local_host="127.0.0.1", local_port=local_port, call_id=sip.new_call_id(), cseq=1,
-        from_tag=sip.new_tag(), expires=expires))
+def register_steps(port: int, credentials: Credentials, expires: int | None, to_user: str | None = None):
+    """REGISTER, then REGISTER answering the 401's challenge with the next CSeq: both answers."""
+    call_id, tag = sip.new_call_id(), sip.new_tag()
+
+    def first(local_port, headers=()):
+        msg = sip.register(registrar_host="127.0.0.1", registrar_port=port, user=credentials.username,
+                           domain="127.0.0.1", local_host="127.0.0.1", local_port=local_port, call_id=call_id,
+                           cseq=1 + len(headers), from_tag=tag, expires=expires, extra_headers=headers)
+        if to_user is not None:
+            msg.set_header("To", f"<sip:{to_user}@127.0.0.1>")
+        return msg
+
+    def answer(local_port, challenged):
+        challenge = sip.parse_challenge(challenged.get_header("WWW-Authenticate"))
+        value = sip.authorization(challenge, username=credentials.username, password=credentials.password,
+                                  method="REGISTER", uri=f"sip:127.0.0.1:{port}")
+        return first(local_port, [("Authorization", value)])
+
+    return exchanges(port, [first, answer])
 
 
-async def phone_registration(port: int, expires: int) -> Phone:
-    phone = Phone("3000", Registrar("master", "127.0.0.1", port), None, PhoneConfig(expires=expires))
+def register(port: int, number: int, expires: int | None) -> sip.SIP:
+    challenged, answer = register_steps(port, line_credentials(number), expires)
+    assert challenged.status_code == 401
+    return answer
+
+
+async def phone_registration(port: int, expires: int, credentials: Credentials | None = None) -> Phone:
+    phone = Phone("1010", Registrar("master", "127.0.0.1", port), None, PhoneConfig(expires=expires),
+                  credentials=credentials or line_credentials(1010))
     await phone.open()
     phone.start()
     deadline = time.monotonic() + 20
-    while phone.node is None and time.monotonic() < deadline:
+    while phone.node is None and phone.stats.register_failed == 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     phone.stop()
     return phone
@@ -54,12 +85,12 @@ async def phone_registration(port: int, expires: int) -> Phone:
 def test_granted_expiry_obeys_min_max_and_default(tmp_path):
     with start_kamailio(tmp_path, 0, min_expires=5, max_expires=30, default_expires=12) as registrar:
         port = registrar.port
-        answer = register(port, "2001", None)
+        answer = register(port, 1001, None)
         assert answer.status_code == 200
         assert answer.contacts[0].expires == 12  # default_expires
-        assert sip.granted_expires(register(port, "2002", 20)) == 20
-        assert sip.granted_expires(register(port, "2003", 1000)) == 30  # capped at max_expires
-        too_brief = register(port, "2004", 2)
+        assert sip.granted_expires(register(port, 1002, 20)) == 20
+        assert sip.granted_expires(register(port, 1003, 1000)) == 30  # capped at max_expires
+        too_brief = register(port, 1004, 2)
         assert (too_brief.status_code, too_brief.min_expires) == (423, 5)
 
         # The phones act on those answers: the granted lifetime, and Min-Expires.
@@ -75,9 +106,50 @@ def test_granted_expiry_obeys_min_max_and_default(tmp_path):
 def test_below_min_expires_is_raised_silently_when_asked(tmp_path):
     with start_kamailio(tmp_path, 0, min_expires=5, max_expires=30, default_expires=12,
                         reject_too_brief=False) as registrar:
-        answer = register(registrar.port, "2005", 2)
+        answer = register(registrar.port, 1005, 2)
         assert answer.status_code == 200
         assert sip.granted_expires(answer) == 5
+
+
+def test_a_phone_with_its_line_credentials_registers_after_the_challenge(kamailio):
+    phone = asyncio.run(phone_registration(kamailio.port, 30))
+    assert [e.kind for e in phone.events] == ["started", REGISTERED, "stopped"]
+    assert phone.stats.register_sent == 2  # 401, then the answer with the next CSeq
+    assert phone.contact_uri.startswith("sip:user10@")
+
+
+def test_a_wrong_secret_is_refused(kamailio):
+    challenged, answer = register_steps(kamailio.port, Credentials("user11", "not-the-secret"), 30)
+    assert (challenged.status_code, answer.status_code) == (401, 401)
+    phone = asyncio.run(phone_registration(kamailio.port, 30, Credentials("user11", "not-the-secret")))
+    assert phone.stats.register_ok == 0
+    assert [e.info["reason"] for e in phone.events if e.kind == REGISTER_FAILED] == [
+        "401 Unauthorized (credentials refused)"]
+
+
+def test_a_user_missing_from_the_database_never_registers(kamailio):
+    # user500 is not in this node's database: what a stale slave does to a new user.
+    phone = asyncio.run(phone_registration(kamailio.port, 30, line_credentials(1500)))
+    assert phone.stats.register_ok == 0
+    assert [e.kind for e in phone.events] == ["started", REGISTER_FAILED, "stopped"]
+
+
+def test_a_line_removed_or_commented_in_the_database_is_refused(kamailio):
+    assert register(kamailio.port, 1020, 30).status_code == 200
+    kamailio.database.sql("UPDATE usersip SET commented = 1 WHERE name = 'user20'")
+    assert register(kamailio.port, 1020, 30).status_code == 403
+    kamailio.database.sql("UPDATE usersip SET commented = 0, category = 'trunk' WHERE name = 'user20'")
+    assert register(kamailio.port, 1020, 30).status_code == 403
+    kamailio.database.sql("DELETE FROM user_line WHERE line_id IN (SELECT id FROM linefeatures WHERE name = 'user21');"
+                          "DELETE FROM linefeatures WHERE name = 'user21'; DELETE FROM usersip WHERE name = 'user21'")
+    challenged, answer = register_steps(kamailio.port, line_credentials(1021), 30)
+    assert answer.status_code == 401
+
+
+def test_credentials_of_another_line_are_refused(kamailio):
+    # user30's own credentials, registering user31's address of record.
+    challenged, answer = register_steps(kamailio.port, line_credentials(1030), 30, to_user="user31")
+    assert (challenged.status_code, answer.status_code) == (401, 403)
 
 
 def test_options_is_answered(kamailio):
@@ -103,14 +175,15 @@ async def failover_then_failback(tmp_path, policy: str):
     slave = start_kamailio(tmp_path, 0, min_expires=1, max_expires=60, default_expires=10)
     restarted = None
     fleet = Fleet(Registrar("master", "127.0.0.1", master.port), Registrar("slave", "127.0.0.1", slave.port),
-                  PHONES, PhoneConfig(failback=policy, **CONFIG))
+                  PHONES, PhoneConfig(failback=policy, **CONFIG), first_user=1001, credentials=line_credentials)
     try:
         await fleet.start(rate=400)
         await wait_for(fleet, "master")
         master.kill()
         fault = time.monotonic()
         await wait_for(fleet, "slave")
-        restarted = start_kamailio(tmp_path, master.port, min_expires=1, max_expires=60, default_expires=10)
+        restarted = start_kamailio(tmp_path, master.port, min_expires=1, max_expires=60, default_expires=10,
+                                   database=master.database)
         failback = time.monotonic()
         await wait_for(fleet, "master")
     finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from xivo_ha_simulator.phone import mac_of, provisioned_pair
+from xivo_ha_simulator.phone import Credentials, mac_of, provisioned_line, provisioned_pair
 
 STAND_IN = Path(__file__).resolve().parents[2] / "simulator" / "node" / "provd-stand-in"
 
@@ -57,3 +57,13 @@ def test_an_unknown_phone_gets_404(stand_in):
     _, _, port = stand_in
     with pytest.raises(OSError, match="HTTP 404"):
         provisioned_pair("127.0.0.1", 1002, port=port)
+
+
+def test_a_phone_takes_its_line_credentials_from_its_file(stand_in):
+    module, jsondb, port = stand_in
+    add_phone(jsondb, module, 1001, {"registrar_ip": "10.0.0.10", "username": "user1", "auth_username": "user1",
+                                     "password": "s3cret"})
+    line = provisioned_line("127.0.0.1", 1001, port=port)
+    assert line.credentials == Credentials("user1", "s3cret")
+    add_phone(jsondb, module, 1001, {"registrar_ip": "10.0.0.10"})
+    assert provisioned_line("127.0.0.1", 1001, port=port).credentials is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from xivo_ha.errors import OperationFailed
-from xivo_ha.replication import (
+from xivo_ha.replication.plan import (
     DatabaseInfo,
     Fingerprint,
     Stored,

@@ -276,3 +276,12 @@ def test_canonical_names():
     assert sip.canonical_name("M") == "contact"
     assert sip.canonical_name("Via") == "via"
     assert sip.canonical_name("X-Custom") == "x-custom"
+
+
+def test_uri_user_and_hostport():
+    assert sip.uri_user("sip:user1@10.0.0.1:5062;transport=udp") == "user1"
+    assert sip.uri_user("<sip:10.0.0.1>") is None
+    assert sip.uri_hostport("sip:user1@10.0.0.1:5062;transport=udp") == ("10.0.0.1", 5062)
+    assert sip.uri_hostport("sip:10.0.0.1") == ("10.0.0.1", 5060)
+    assert sip.uri_hostport("sip:u@[::1]:5070") == ("::1", 5070)
+    assert sip.uri_hostport("sip:") is None

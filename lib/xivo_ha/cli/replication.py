@@ -59,44 +59,10 @@ class Replication(Command):
         logger = self.log()
         slave = role.validate_peer(slave_ip)
         config = settings.load()
-        current = role.read()
-        if current.role is not role.Role.MASTER:
-            raise OperationFailed(
-                f"this node is not the master (its role is {current.role.value} in "
-                f"{paths.node(paths.HA_CONF)}): the replication runs on the master only"
-            )
-        if current.remote_address and current.remote_address != slave:
-            logger.warning(
-                "replicating to %s although %s names the slave %s",
-                slave, paths.node(paths.HA_CONF), current.remote_address,
-            )
-        options = config.replication
-        target = replication.Target(
-            address=slave,
-            port=options.slave_port,
-            user=options.slave_user,
-            dbname=options.slave_dbname,
-            connect_timeout=options.connect_timeout,
-            lock_timeout=options.lock_timeout,
-            deadline=float(options.timeout),
-        )
+        self._check_role(slave, logger)
         started = time.monotonic()
         try:
-            with system.exclusive_lock(paths.state(replication.LOCK_FILE), "replication"):
-                report, problem = replication.ask_slave(config, slave)
-                check = replication.serving_check(report, problem, slave, self.force)
-                if not check.go and not self.dry_run:
-                    raise replication.SlaveServing(check.reason)
-                # A slave that could not be asked is said in syslog (info), not on stderr: cron
-                # would mail that every hour, and its database is checked instead.
-                level = logger.warning if check.warn else logger.info if report is None else logger.debug
-                level("%s", check.reason)
-                outcome = replication.replicate(
-                    config.database.dsn, target, options.exclude_tables,
-                    force=self.force, dry_run=self.dry_run, progress=logger.debug,
-                    limits=database.Limits.from_settings(config),
-                    sessions_must_be_ours=check.sessions_must_be_ours and not self.dry_run,
-                )
+            outcome = self._replicate(config, slave, logger)
         except (system.LockBusy, replication.Busy) as exc:
             # Not a failure: nothing was changed, the next run tries again.  Said on
             # stdout (which cron discards) and in syslog; no mail.
@@ -126,6 +92,49 @@ class Replication(Command):
         print(outcome.sentence[0].upper() + outcome.sentence[1:])
         logger.info("%s", outcome.sentence)
         return 0
+
+    @staticmethod
+    def _check_role(slave: str, logger) -> None:
+        """The replication runs on the master only; another slave than ha.conf's is a warning."""
+        current = role.read()
+        if current.role is not role.Role.MASTER:
+            raise OperationFailed(
+                f"this node is not the master (its role is {current.role.value} in "
+                f"{paths.node(paths.HA_CONF)}): the replication runs on the master only"
+            )
+        if current.remote_address and current.remote_address != slave:
+            logger.warning(
+                "replicating to %s although %s names the slave %s",
+                slave, paths.node(paths.HA_CONF), current.remote_address,
+            )
+
+    def _replicate(self, config, slave: str, logger) -> replication.Outcome:
+        """Under the lock: ask the slave whether it serves, then replicate."""
+        options = config.replication
+        target = replication.Target(
+            address=slave,
+            port=options.slave_port,
+            user=options.slave_user,
+            dbname=options.slave_dbname,
+            connect_timeout=options.connect_timeout,
+            lock_timeout=options.lock_timeout,
+            deadline=float(options.timeout),
+        )
+        with system.exclusive_lock(paths.state(replication.LOCK_FILE), "replication"):
+            report, problem = replication.ask_slave(config, slave)
+            check = replication.serving_check(report, problem, slave, self.force)
+            if not check.go and not self.dry_run:
+                raise replication.SlaveServing(check.reason)
+            # A slave that could not be asked is said in syslog (info), not on stderr: cron
+            # would mail that every hour, and its database is checked instead.
+            level = logger.warning if check.warn else logger.info if report is None else logger.debug
+            level("%s", check.reason)
+            return replication.replicate(
+                config.database.dsn, target, options.exclude_tables,
+                force=self.force, dry_run=self.dry_run, progress=logger.debug,
+                limits=database.Limits.from_settings(config),
+                sessions_must_be_ours=check.sessions_must_be_ours and not self.dry_run,
+            )
 
     @staticmethod
     def _print_dry_run(outcome: replication.Outcome) -> None:
