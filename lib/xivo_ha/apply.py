@@ -6,14 +6,20 @@ configs), (g) on an ex-slave, the slave services back on at boot (and started wh
 Restarting every service is left to the caller.  Everything that can be checked is
 checked while observing, before the first write; a step that still fails makes every
 applied step undo itself.
+
+:func:`execute` is the one rollback engine: `xivo-ha cc` and `xivo-ha maintenance` build
+their own :class:`Step` lists and apply them through it too (without the journal, which
+is for role changes).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,51 +33,81 @@ from .settings import Settings
 
 @dataclass(frozen=True)
 class FileState:
+    """A path as read before a change: what undoing the change puts back."""
+
     path: Path
-    content: bytes | None
+    content: bytes | None                  # None: no file there (or a directory)
     mode: int
+    owner: tuple[int, int] | None = None   # None: nothing there
+    is_dir: bool = False
 
     @classmethod
-    def read(cls, path: Path) -> "FileState":
+    def read(cls, path: Path, directory_ok: bool = False) -> "FileState":
+        """The file (or, with ``directory_ok``, the directory) at ``path``; a missing one too."""
         try:
-            return cls(path, path.read_bytes(), path.stat().st_mode & 0o7777)
-        except FileNotFoundError:
+            info = path.stat()
+            if stat.S_ISDIR(info.st_mode) and directory_ok:
+                return cls(path, None, info.st_mode & 0o7777, (info.st_uid, info.st_gid), True)
+            content = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
             return cls(path, None, 0o644)
         except OSError as exc:
             raise OperationFailed(f"cannot read {path}: {exc.strerror}") from None
+        return cls(path, content, info.st_mode & 0o7777, (info.st_uid, info.st_gid))
 
     @classmethod
-    def read_quietly(cls, path: Path) -> "FileState | None":
+    def read_quietly(cls, path: Path, directory_ok: bool = False) -> "FileState | None":
         try:
-            return cls.read(path)
+            return cls.read(path, directory_ok)
         except OperationFailed:
             return None
+
+    def restore(self) -> None:
+        """Put the path back as it was read (a directory created since is removed if empty)."""
+        if self.is_dir:
+            os.chown(self.path, *self.owner)
+            os.chmod(self.path, self.mode)
+        elif self.content is not None:
+            system.write_atomic(self.path, self.content, self.mode)
+            os.chown(self.path, *self.owner)
+        elif self.path.is_dir() and not self.path.is_symlink():
+            self.path.rmdir()
+        else:
+            with contextlib.suppress(NotADirectoryError):
+                system.remove(self.path)
 
 
 @dataclass(frozen=True)
 class Observed:
-    """Everything a role change depends on, read before anything is written."""
+    """Everything a change depends on, read before anything is written.
 
-    current: HaConfig
+    ``current`` is the role (None for changes that do not depend on it); ``files`` every
+    path a step writes or creates; ``sip_expiry`` and ``provd`` what role changes edit.
+    """
+
+    current: HaConfig | None
     files: dict[Path, FileState]
-    sip_expiry: dict[str, str | None]
-    provd: provisioning.Snapshot
+    sip_expiry: dict[str, str | None] = field(default_factory=dict)
+    provd: provisioning.Snapshot = field(default_factory=lambda: provisioning.Snapshot(None, {}, {}, []))
 
 
 @dataclass
 class Step:
-    """One lettered side effect: file writes, then optional commands and a DB change."""
+    """One side effect: file writes and directories, then optional commands and a DB change."""
 
     name: str
     writes: dict[Path, tuple[str | bytes | None, int]] = field(default_factory=dict)
+    directories: dict[Path, tuple[int, tuple[int, int]]] = field(default_factory=dict)  # mode, owner
     commands: list[list[str]] = field(default_factory=list)
     sip_expiry: dict[str, str | None] | None = None
     provd_puts: dict[str, dict] = field(default_factory=dict)
     undo_commands: list[list[str]] | None = None   # None: undoing runs ``commands`` again
     why: str = ""                                  # said once the step is applied
+    said: list[str] | None = None                  # said instead of "wrote …", "ran …" when set
 
     def is_noop(self) -> bool:
-        return not self.writes and self.sip_expiry is None and not self.provd_puts and not self.commands
+        return (not self.writes and not self.directories and self.sip_expiry is None and not self.provd_puts
+                and not self.commands)
 
 
 def role_files() -> dict[str, Path]:
@@ -113,73 +149,77 @@ def plan(target: HaConfig, settings: Settings, observed: Observed, start: bool =
     ``start``: an ex-slave also starts its slave services, not only enables them at boot.
     """
     files = role_files()
-    steps: list[Step] = []
-
-    def wanted(step: Step, path: Path, content: str | bytes | None, mode: int = 0o644) -> None:
-        current = observed.files[path]
-        new = content.encode("utf-8") if isinstance(content, str) else content
-        if current.content != new or (new is not None and current.mode != mode):
-            step.writes[path] = (content, mode)
-
     role_step = Step("a. role in /etc/xivo/ha.conf")
-    wanted(role_step, files["ha"], target.to_json())
-    steps.append(role_step)
+    _want(role_step, observed, files["ha"], target.to_json())
 
-    pg_step = Step("b. slave PostgreSQL access")
+    cron_step = Step("c. cron")
+    for path, content in cron.desired_files(target).items():
+        _want(cron_step, observed, path, content)
+
+    sentinel_step = Step("d. sentinels")
+    _want(sentinel_step, observed, files["primary"], "" if target.role is Role.MASTER else None)
+    _want(sentinel_step, observed, files["secondary"], "" if target.role is Role.SLAVE else None)
+
+    expiry_step = Step("e. SIP expiry")
+    expiry = database.BLANK_SIP_EXPIRY if target.role is Role.DISABLED else database.HA_SIP_EXPIRY
+    if observed.sip_expiry != expiry:
+        expiry_step.sip_expiry = dict(expiry)
+
+    return [role_step, _pg_step(target, settings, observed), cron_step, sentinel_step, expiry_step,
+            _provd_step(target, observed), _services_step(target, settings, observed, start)]
+
+
+def _want(step: Step, observed: Observed, path: Path, content: str | bytes | None, mode: int = 0o644) -> None:
+    """Add the write of ``path`` to ``step`` unless the node holds it already."""
+    current = observed.files[path]
+    new = content.encode("utf-8") if isinstance(content, str) else content
+    if current.content != new or (new is not None and current.mode != mode):
+        step.writes[path] = (content, mode)
+
+
+def _pg_step(target: HaConfig, settings: Settings, observed: Observed) -> Step:
+    step = Step("b. slave PostgreSQL access")
     master_ip = target.remote_address if target.role is Role.SLAVE else None
     for key, edit in (("hba_file", lambda text: pgaccess.edit_hba(text, master_ip)),
                       ("conf_file", lambda text: pgaccess.edit_conf(text, master_ip is not None))):
         path = paths.node(getattr(settings.postgresql, key))
         current = observed.files[path]
         if current.content is not None:
-            wanted(pg_step, path, edit(current.content), current.mode)
-    if pg_step.writes:
-        pg_step.commands.append(list(settings.postgresql.reload_command))
-    steps.append(pg_step)
+            _want(step, observed, path, edit(current.content), current.mode)
+    if step.writes:
+        step.commands.append(list(settings.postgresql.reload_command))
+    return step
 
-    cron_step = Step("c. cron")
-    for path, content in cron.desired_files(target).items():
-        wanted(cron_step, path, content)
-    steps.append(cron_step)
 
-    sentinel_step = Step("d. sentinels")
-    wanted(sentinel_step, files["primary"], "" if target.role is Role.MASTER else None)
-    wanted(sentinel_step, files["secondary"], "" if target.role is Role.SLAVE else None)
-    steps.append(sentinel_step)
-
-    expiry_step = Step("e. SIP expiry")
-    expiry = database.BLANK_SIP_EXPIRY if target.role is Role.DISABLED else database.HA_SIP_EXPIRY
-    if observed.sip_expiry != expiry:
-        expiry_step.sip_expiry = dict(expiry)
-    steps.append(expiry_step)
-
-    provd_step = Step("f. provisioning backup registrar")
+def _provd_step(target: HaConfig, observed: Observed) -> Step:
+    step = Step("f. provisioning backup registrar")
     leaving_slave = target.role is Role.DISABLED and observed.current.role is Role.SLAVE
     backup = target.remote_address if target.role is Role.MASTER else None
-    edits, provd_step.why = provisioning.edited_configs(observed.provd.configs, backup,
-                                           registrar_too=target.role is not Role.SLAVE and not leaving_slave)
+    edits, step.why = provisioning.edited_configs(observed.provd.configs, backup,
+                                                  registrar_too=target.role is not Role.SLAVE and not leaving_slave)
     for config_id, document in edits.items():
         if observed.provd.url:
-            provd_step.provd_puts[config_id] = document
+            step.provd_puts[config_id] = document
         else:
             path = observed.provd.files[config_id]
-            wanted(provd_step, path, provisioning.dump(document), observed.files[path].mode)
-    steps.append(provd_step)
+            _want(step, observed, path, provisioning.dump(document), observed.files[path].mode)
+    return step
 
-    services_step = Step("g. slave services at boot")
+
+def _services_step(target: HaConfig, settings: Settings, observed: Observed, start: bool) -> Step:
+    step = Step("g. slave services at boot")
     if observed.current.role is Role.SLAVE and target.role is not Role.SLAVE:
         manager = services.Manager.from_settings(settings)
-        services_step.undo_commands = []
+        step.undo_commands = []
         for name in manager.services:
-            services_step.commands.append(manager.command(manager.enable_command, name))
+            step.commands.append(manager.command(manager.enable_command, name))
             if start:
-                services_step.commands.append(manager.command(manager.start_command, name))
+                step.commands.append(manager.command(manager.start_command, name))
         for name in reversed(manager.services):
             if start:
-                services_step.undo_commands.append(manager.command(manager.stop_command, name))
-            services_step.undo_commands.append(manager.command(manager.disable_command, name))
-    steps.append(services_step)
-    return steps
+                step.undo_commands.append(manager.command(manager.stop_command, name))
+            step.undo_commands.append(manager.command(manager.disable_command, name))
+    return step
 
 
 def devices_to_sync(steps: list[Step], observed: Observed) -> list[str]:
@@ -323,60 +363,73 @@ def undo_interrupted(settings: Settings, say: Progress) -> None:
     system.remove(journal_path())
 
 
-def execute(steps: list[Step], settings: Settings, observed: Observed, say: Progress,
+def execute(steps: list[Step], settings: Settings | None, observed: Observed, say: Progress,
             target: HaConfig | None = None) -> Outcome:
     """Apply ``steps`` in order; on failure or SIGINT/SIGTERM/SIGHUP undo what was applied
-    and raise OperationFailed.  A journal records the change while it is in progress."""
+    and raise OperationFailed.  For a role change (``target``), a journal records the change
+    while it is in progress, for :func:`undo_interrupted`.  ``settings`` may be None when no
+    step runs commands or edits the SIP expiry rows or provd."""
     applied: list[Step] = []
-    changed: list[str] = []
     current: Step | None = None
-    timeout = settings.services.command_timeout
-    target = observed.current if target is None else target
+    timeout = system.DEFAULT_TIMEOUT if settings is None else settings.services.command_timeout
     try:
         with system.interruptible():
             for step in steps:
                 if step.is_noop():
                     continue
                 current = step
-                _journal_write(target, steps, observed, applied, current)
+                if target is not None:
+                    _journal_write(target, steps, observed, applied, current)
                 _apply_step(step, settings, timeout, observed)
                 applied.append(step)
                 current = None
     except (Exception, system.Interrupted) as exc:  # noqa: BLE001 - any failure rolls back
-        if isinstance(exc, system.Interrupted):
-            reason = f"interrupted by {exc.name}"
-        elif isinstance(exc, OperationFailed):
-            reason = str(exc)
-        else:
-            reason = f"{type(exc).__name__}: {exc}"
-        name = current.name if current else "the role change"
+        name = current.name if current else "the role change" if target is not None else "the change"
         with system.deferred_signals():
             leftovers = _rollback(applied, settings, observed, timeout, failed=current)
-            if not leftovers:
+            if not leftovers and target is not None:
                 system.remove(journal_path())
         if leftovers:
             raise OperationFailed(
-                f"{name} failed: {reason}. Rollback incomplete, still applied: {'; '.join(leftovers)}"
+                f"{name} failed: {_reason(exc)}. Rollback incomplete, still applied: {'; '.join(leftovers)}"
             ) from None
-        raise OperationFailed(f"{name} failed: {reason}. Rolled back: nothing was changed.") from None
-    system.remove(journal_path())
-    for step in applied:
-        for path in step.writes:
-            changed.append(f"{'removed' if step.writes[path][0] is None else 'wrote'} {_shown(path)}")
-        if step.sip_expiry is not None:
-            changed.append("set SIP expiry " + ", ".join(f"{k}={v or 'blank'}" for k, v in step.sip_expiry.items()))
-        if step.why:
-            changed.append(step.why)
-        for config_id in step.provd_puts:
-            changed.append(f"updated provd config {config_id} ({observed.provd.url})")
-        for command in step.commands:
-            changed.append("ran " + " ".join(command))
+        raise OperationFailed(f"{name} failed: {_reason(exc)}. Rolled back: nothing was changed.") from None
+    if target is not None:
+        system.remove(journal_path())
+    changed = [line for step in applied for line in _said(step, observed)]
     for line in changed:
         say(f"  {line}")
     return Outcome([step.name for step in applied], changed)
 
 
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, system.Interrupted):
+        return f"interrupted by {exc.name}"
+    if isinstance(exc, OperationFailed):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror + (f" ({exc.filename})" if exc.filename else "")
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _said(step: Step, observed: Observed) -> list[str]:
+    """What an applied step changed, one line each."""
+    if step.said is not None:
+        return step.said
+    lines = [f"{'removed' if content is None else 'wrote'} {_shown(path)}" for path, (content, _) in step.writes.items()]
+    if step.sip_expiry is not None:
+        lines.append("set SIP expiry " + ", ".join(f"{k}={v or 'blank'}" for k, v in step.sip_expiry.items()))
+    if step.why:
+        lines.append(step.why)
+    lines.extend(f"updated provd config {config_id} ({observed.provd.url})" for config_id in step.provd_puts)
+    lines.extend("ran " + " ".join(command) for command in step.commands)
+    return lines
+
+
 def _apply_step(step: Step, settings: Settings, timeout: float, observed: Observed) -> None:
+    for path, (mode, owner) in step.directories.items():
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+        os.chown(path, *owner)
     for path, (content, mode) in step.writes.items():
         if content is None:
             system.remove(path)
@@ -415,17 +468,13 @@ def _rollback(applied: list[Step], settings: Settings, observed: Observed, timeo
     problems = []
     undo = [*([failed] if failed else []), *reversed(applied)]
     for step in undo:
-        for path in step.writes:
+        for path in [*step.writes, *step.directories]:
             before = observed.files[path]
             try:
-                if before.content is None:
-                    system.remove(path)
-                else:
-                    system.write_atomic(path, before.content, before.mode)
+                before.restore()
             except OSError:
                 pass
-            now = FileState.read_quietly(path)
-            if now != before:
+            if FileState.read_quietly(path, directory_ok=before.is_dir) != before:
                 problems.append(f"{step.name}: {_shown(path)}")
         if step.sip_expiry is not None:
             try:

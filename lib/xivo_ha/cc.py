@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import grp
 import ipaddress
-import os
 import pwd
 import re
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from . import paths, role, system
+from .apply import FileState, Observed, Step, execute
 from .errors import OperationFailed, UsageError
 from .log import LOGGER, Progress
 from .role import Role
@@ -110,57 +108,7 @@ def edit_env(text: str | None, values: dict[str, str | None]) -> str:
     return "\n".join(out) + "\n" if out else ""
 
 
-def env_values(text: str | None) -> dict[str, str]:
-    """The active ``KEY=value`` assignments (last one wins, as docker-compose reads them)."""
-    found = {}
-    for line in (text or "").splitlines():
-        match = _ASSIGNMENT.match(line)
-        if match:
-            found[match.group(1)] = line.split("=", 1)[1].strip()
-    return found
-
-
 # --- applying ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _PathState:
-    path: Path
-    content: bytes | None
-    mode: int
-    owner: tuple[int, int] | None
-    is_dir: bool
-
-    @classmethod
-    def read(cls, path: Path) -> "_PathState":
-        try:
-            info = path.stat()
-            is_dir = path.is_dir()
-            content = None if is_dir else path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            return cls(path, None, 0o644, None, False)
-        except OSError as exc:
-            raise OperationFailed(f"cannot read {shown(path)}: {exc.strerror}. Nothing was changed.") from None
-        return cls(path, content, info.st_mode & 0o7777, (info.st_uid, info.st_gid), is_dir)
-
-    @property
-    def exists(self) -> bool:
-        return self.owner is not None
-
-    def restore(self) -> None:
-        if self.is_dir:
-            os.chown(self.path, *self.owner)
-            os.chmod(self.path, self.mode)
-        elif self.exists:
-            system.write_atomic(self.path, self.content, self.mode)
-            os.chown(self.path, *self.owner)
-        elif self.path.is_dir() and not self.path.is_symlink():
-            self.path.rmdir()
-        else:
-            try:
-                self.path.unlink()
-            except (FileNotFoundError, NotADirectoryError):
-                pass
 
 
 def _daemon_ids() -> tuple[int, int]:
@@ -170,26 +118,8 @@ def _daemon_ids() -> tuple[int, int]:
         raise OperationFailed(f"there is no {LOG_OWNER} user or group on this node. Nothing was changed.") from None
 
 
-def _apply_files(changes: list[tuple[str, str, Callable[[], None]]], before: list[_PathState], say: Progress) -> None:
-    """Run each (action, done, change); on any failure restore every path in ``before`` and raise."""
-    for action, done, change in changes:
-        try:
-            change()
-        except Exception as exc:  # noqa: BLE001 - any failure rolls back
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
-            leftovers = []
-            for state in reversed(before):
-                try:
-                    state.restore()
-                except Exception as undo_exc:  # noqa: BLE001 - report, keep undoing
-                    leftovers.append(f"{shown(state.path)} ({undo_exc})")
-            if leftovers:
-                raise OperationFailed(
-                    f"could not {action}: {reason}{where}. Rollback incomplete: {'; '.join(leftovers)}"
-                ) from None
-            raise OperationFailed(f"could not {action}: {reason}{where}. Rolled back: nothing was changed.") from None
-        say(f"  {done}")
+def _observe(*node_paths: str) -> Observed:
+    return Observed(None, {p: FileState.read(p, directory_ok=True) for p in map(paths.node, node_paths)})
 
 
 def enable(settings: Settings, reporting_host: str, elasticsearch: str, apply: bool, say: Progress) -> list[str]:
@@ -202,62 +132,50 @@ def enable(settings: Settings, reporting_host: str, elasticsearch: str, apply: b
             f"this node is {'a ' + config.role.value if config.role is not Role.DISABLED else 'not in HA'}: "
             "DB Replic's HA mode is for the slave (the master's DB Replic runs normally). Nothing was changed."
         )
-    env_path = paths.node(paths.CC_CUSTOM_ENV)
-    log_dir = paths.node(paths.CC_LOG_DIR)
-    sentinel = paths.node(paths.CC_SENTINEL)
+    observed = _observe(paths.CC_CUSTOM_ENV, paths.CC_LOG_DIR, paths.CC_SENTINEL)
+    env, log_dir, sentinel = observed.files.values()
     uid, gid = _daemon_ids()
-    before = [_PathState.read(p) for p in (env_path, log_dir, sentinel)]
-    if before[0].is_dir:
+    if env.is_dir:
         raise OperationFailed(f"{paths.CC_CUSTOM_ENV} is a directory. Nothing was changed.")
-    current = before[0].content.decode("utf-8", errors="replace") if before[0].exists else None
+    current = env.content.decode("utf-8", errors="replace") if env.content is not None else None
     wanted = {"REPORTING_DB_HOST": reporting_host, "ELASTICSEARCH": elasticsearch, "IS_HA_SLAVE": "true"}
-    new_text = edit_env(current, wanted)
-
-    def write_env() -> None:
-        system.write_atomic(env_path, new_text, before[0].mode if before[0].exists else 0o644)
-        if before[0].exists:
-            os.chown(env_path, *before[0].owner)
-
-    def make_log_dir() -> None:
-        log_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        os.chown(log_dir, uid, gid)
-
-    say("xivo-ha: configuring DB Replic in HA slave mode")
     assignments = ", ".join(f"{k}={v}" for k, v in wanted.items())
-    _apply_files([
-        (f"write {paths.CC_CUSTOM_ENV}", f"set {assignments} in {paths.CC_CUSTOM_ENV}", write_env),
-        (f"create {paths.CC_LOG_DIR}", f"created {paths.CC_LOG_DIR} owned {LOG_OWNER}:{LOG_OWNER}", make_log_dir),
-        (f"touch {paths.CC_SENTINEL}", f"touched {paths.CC_SENTINEL}", lambda: system.touch(sentinel)),
-    ], before, say)
+    steps = [
+        Step(f"write {paths.CC_CUSTOM_ENV}", writes={env.path: (edit_env(current, wanted), env.mode)},
+             said=[f"set {assignments} in {paths.CC_CUSTOM_ENV}"]),
+        Step(f"create {paths.CC_LOG_DIR}", directories={log_dir.path: (0o755, (uid, gid))},
+             said=[f"created {paths.CC_LOG_DIR} owned {LOG_OWNER}:{LOG_OWNER}"]),
+        Step(f"touch {paths.CC_SENTINEL}", said=[f"touched {paths.CC_SENTINEL}"],
+             writes={} if sentinel.owner is not None else {sentinel.path: ("", 0o644)}),
+    ]
+    say("xivo-ha: configuring DB Replic in HA slave mode")
+    execute(steps, settings, observed, say)
     LOGGER.info("XiVO CC DB Replic HA mode enabled (reporting DB %s, Elasticsearch %s)",
                    reporting_host, elasticsearch)
-    steps = [list(settings.cc.install_command), list(settings.cc.start_command), list(settings.cc.monitoring_command)]
-    return _remaining(steps, settings, apply, say)
+    commands = [list(settings.cc.install_command), list(settings.cc.start_command),
+                list(settings.cc.monitoring_command)]
+    return _remaining(commands, settings, apply, say)
 
 
 def disable(settings: Settings, apply: bool, say: Progress) -> list[str]:
     """Remove the HA-mode keys and the sentinel (any role: undoing is always allowed)."""
-    env_path = paths.node(paths.CC_CUSTOM_ENV)
-    sentinel = paths.node(paths.CC_SENTINEL)
-    before = [_PathState.read(p) for p in (env_path, sentinel)]
-    changes = []
-    if before[0].exists and not before[0].is_dir:
-        current = before[0].content.decode("utf-8", errors="replace")
+    observed = _observe(paths.CC_CUSTOM_ENV, paths.CC_SENTINEL)
+    env, sentinel = observed.files.values()
+    steps = []
+    if env.content is not None:
+        current = env.content.decode("utf-8", errors="replace")
         new_text = edit_env(current, {key: None for key in KEYS})
         if new_text != current:
-            def write_env() -> None:
-                system.write_atomic(env_path, new_text, before[0].mode)
-                os.chown(env_path, *before[0].owner)
-            changes.append((f"write {paths.CC_CUSTOM_ENV}", f"removed {', '.join(KEYS)} from {paths.CC_CUSTOM_ENV}",
-                            write_env))
-    if before[1].exists:
-        changes.append((f"remove {paths.CC_SENTINEL}", f"removed {paths.CC_SENTINEL}",
-                        lambda: system.remove(sentinel)))
-    if not changes:
+            steps.append(Step(f"write {paths.CC_CUSTOM_ENV}", writes={env.path: (new_text, env.mode)},
+                              said=[f"removed {', '.join(KEYS)} from {paths.CC_CUSTOM_ENV}"]))
+    if sentinel.owner is not None:
+        steps.append(Step(f"remove {paths.CC_SENTINEL}", writes={sentinel.path: (None, sentinel.mode)},
+                          said=[f"removed {paths.CC_SENTINEL}"]))
+    if not steps:
         say("xivo-ha: DB Replic HA mode is not configured on this node: nothing to undo")
         return []
     say("xivo-ha: removing DB Replic's HA slave mode")
-    _apply_files(changes, before, say)
+    execute(steps, settings, observed, say)
     say(f"  kept {paths.CC_LOG_DIR} and its logs")
     LOGGER.info("XiVO CC DB Replic HA mode disabled")
     return _remaining([list(settings.cc.monitoring_command)], settings, apply, say)
@@ -296,9 +214,3 @@ def _remaining(steps: Sequence[list[str]], settings: Settings, apply: bool, say:
         )
     return left
 
-
-def shown(path: Path) -> str:
-    try:
-        return "/" + str(path.relative_to(paths.root()))
-    except ValueError:
-        return str(path)

@@ -179,6 +179,29 @@ def check_role_consistency(facts: Facts, node: str = LOCAL) -> Check:
     peer = ha.get("remote_address") or ""
     problems = [facts["interrupted_change"]] if facts.get("interrupted_change") else []
     maintenance_on = bool((facts.get("maintenance") or {}).get("on"))
+    problems += _cron_problems(facts, current, maintenance_on)
+    sentinels = facts.get("sentinels") or {}
+    want_primary = current == Role.MASTER.value
+    want_secondary = current == Role.SLAVE.value
+    for name, wanted_present in (("is-primary", want_primary), ("is-secondary", want_secondary)):
+        present = bool(sentinels.get(name))
+        if present != wanted_present:
+            problems.append(f"/var/lib/xivo/{name} is {'present' if present else 'missing'}")
+    problems += _pg_access_problems(facts.get("pg_access") or {}, current, peer)
+    if problems:
+        remedy = f"run `{_enable_command(facts)}`: it rewrites every HA file and line idempotently"
+        if maintenance_on:
+            remedy = "run `xivo-ha maintenance off`, then " + remedy[4:]
+        return fail(check_id, f"{current} node, but " + "; ".join(problems), remedy, node)
+    if current == Role.DISABLED.value:
+        return ok(check_id, "HA is disabled: no HA cron file, sentinel or slave PostgreSQL access", node)
+    what = "cron, sentinel" + (" and PostgreSQL access for the master" if want_secondary else "")
+    return ok(check_id, f"{current} of {peer}: ha.conf, {what} agree", node)
+
+
+def _cron_problems(facts: Facts, current: str | None, maintenance_on: bool) -> list[str]:
+    """How the HA cron files differ from those of the node's role."""
+    problems = []
     expected = facts.get("cron_expected") or {}
     for name, actual in sorted((facts.get("cron") or {}).items()):
         wanted = expected.get(name)
@@ -195,43 +218,32 @@ def check_role_consistency(facts: Facts, node: str = LOCAL) -> Check:
             problems.append(f"{name} does not hold the jobs of `{_enable_command(facts)}`")
         if paused and not maintenance_on:
             problems.append(f"{name} has paused jobs but maintenance is off")
-    sentinels = facts.get("sentinels") or {}
-    want_primary = current == Role.MASTER.value
-    want_secondary = current == Role.SLAVE.value
-    for name, wanted_present in (("is-primary", want_primary), ("is-secondary", want_secondary)):
-        present = bool(sentinels.get(name))
-        if present != wanted_present:
-            problems.append(f"/var/lib/xivo/{name} is {'present' if present else 'missing'}")
-    access = facts.get("pg_access") or {}
+    return problems
+
+
+def _pg_access_problems(access: dict, current: str | None, peer: str) -> list[str]:
+    """How the slave PostgreSQL access differs from the node's role (master ``peer`` on a slave)."""
+    problems = []
     if current == Role.SLAVE.value:
         if access.get("error"):
-            problems.append(access["error"])
-        else:
-            if access.get("hba_master") != peer:
-                allowed = access.get("hba_master")
-                problems.append(
-                    f"pg_hba.conf lets {allowed} in, not the master {peer}" if allowed
-                    else f"pg_hba.conf has no `{pgaccess.hba_rule(peer)}` line"
-                )
-            elif access.get("hba_applies", pgaccess.hba_rule(peer)) != pgaccess.hba_rule(peer):
-                problems.append(f"pg_hba.conf: `{access['hba_applies']}` comes first and applies to the "
-                                f"master {peer}, not our `{pgaccess.hba_rule(peer)}`")
-            if not access.get("listens_everywhere"):
-                problems.append(f"postgresql.conf lacks `{pgaccess.LISTEN_LINE}`")
+            return [access["error"]]
+        if access.get("hba_master") != peer:
+            allowed = access.get("hba_master")
+            problems.append(
+                f"pg_hba.conf lets {allowed} in, not the master {peer}" if allowed
+                else f"pg_hba.conf has no `{pgaccess.hba_rule(peer)}` line"
+            )
+        elif access.get("hba_applies", pgaccess.hba_rule(peer)) != pgaccess.hba_rule(peer):
+            problems.append(f"pg_hba.conf: `{access['hba_applies']}` comes first and applies to the "
+                            f"master {peer}, not our `{pgaccess.hba_rule(peer)}`")
+        if not access.get("listens_everywhere"):
+            problems.append(f"postgresql.conf lacks `{pgaccess.LISTEN_LINE}`")
     elif not access.get("error"):
         if access.get("hba_master"):
             problems.append(f"pg_hba.conf still lets {access['hba_master']} replicate into this {current} node")
         if access.get("listens_everywhere"):
             problems.append(f"postgresql.conf still has our `{pgaccess.LISTEN_LINE}`")
-    if problems:
-        remedy = f"run `{_enable_command(facts)}`: it rewrites every HA file and line idempotently"
-        if maintenance_on:
-            remedy = "run `xivo-ha maintenance off`, then " + remedy[4:]
-        return fail(check_id, f"{current} node, but " + "; ".join(problems), remedy, node)
-    if current == Role.DISABLED.value:
-        return ok(check_id, "HA is disabled: no HA cron file, sentinel or slave PostgreSQL access", node)
-    what = "cron, sentinel" + (" and PostgreSQL access for the master" if want_secondary else "")
-    return ok(check_id, f"{current} of {peer}: ha.conf, {what} agree", node)
+    return problems
 
 
 def check_maintenance(facts: Facts, limits: Limits, node: str = LOCAL) -> Check:
@@ -749,16 +761,9 @@ def _read(path) -> str | None:
 
 def _addresses() -> list[dict]:
     try:
-        result = system.run(["ip", "-o", "-4", "addr", "show"], timeout=10)
+        return [asdict(entry) for entry in system.ipv4_addresses()]
     except OperationFailed:
         return []
-    found = []
-    for line in result.stdout.splitlines():
-        fields = line.split()
-        if "inet" in fields and len(fields) > 1:
-            address, _, prefix = fields[fields.index("inet") + 1].partition("/")
-            found.append({"address": address, "prefix": int(prefix or 32), "interface": fields[1]})
-    return found
 
 
 def parse_route(text: str) -> dict:

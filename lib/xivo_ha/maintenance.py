@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import cron, paths, role, system
+from .apply import FileState, Observed, Step, execute
 from .errors import OperationFailed, UsageError
 from .log import LOGGER, Progress
 from .role import Role
@@ -158,12 +159,10 @@ def read() -> Maintenance | None:
         ) from None
 
 
-def _write(entry: Maintenance) -> None:
+def _record_text(entry: Maintenance) -> str:
     data = asdict(entry)
     data["since"] = entry.since_text()
-    state_dir = paths.node(paths.STATE_DIR)
-    state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-    system.write_atomic(state_path(), json.dumps(data, indent=2) + "\n", 0o644)
+    return json.dumps(data, indent=2) + "\n"
 
 
 def paused_cron_files() -> list[Path]:
@@ -228,13 +227,11 @@ def _turn_on(reason: str, say: Progress, now: float | None) -> Maintenance:
             "(or `xivo-ha doctor`) first. Nothing was changed."
         )
     entry = Maintenance(time.time() if now is None else now, reason, config.role.value, name)
-    mode = _mode(path)
-    system.write_atomic(path, pause_text(text), mode)
-    try:
-        _write(entry)
-    except BaseException:
-        system.write_atomic(path, text, mode)
-        raise
+    paths.node(paths.STATE_DIR).mkdir(mode=0o750, parents=True, exist_ok=True)
+    observed = Observed(config, {p: FileState.read(p) for p in (path, state_path())})
+    execute([Step(f"pause {name}", writes={path: (pause_text(text), _mode(path))}, said=[]),
+             Step(f"record {shown(state_path())}", writes={state_path(): (_record_text(entry), 0o644)}, said=[])],
+            None, observed, say)
     jobs = len(active_jobs(text))
     say(f"paused {jobs} job{'s' if jobs != 1 else ''} in {name}")
     LOGGER.info("maintenance on (%s): paused %s%s", config.role.value, name,
@@ -259,12 +256,19 @@ def _turn_off(settings: Settings, say: Progress, replicate: bool) -> OffOutcome:
     entry = read()
     config = role.read()
     outcome = OffOutcome([], [])
-    for path in paused_cron_files():
-        text = system.read_text(path) or ""
-        system.write_atomic(path, resume_text(text), _mode(path))
+    paused = paused_cron_files()
+    observed = Observed(config, {p: FileState.read(p) for p in (*paused, state_path())})
+    steps = [Step(f"resume {shown(p)}", said=[],
+                  writes={p: (resume_text(observed.files[p].content.decode("utf-8")), observed.files[p].mode)})
+             for p in paused]
+    record = observed.files[state_path()]
+    if record.content is not None:
+        steps.append(Step(f"remove {shown(state_path())}", writes={state_path(): (None, record.mode)}, said=[]))
+    execute(steps, settings, observed, say)
+    for path in paused:
         outcome.resumed.append(shown(path))
         say(f"resumed the jobs in {shown(path)}")
-    if system.remove(state_path()):
+    if record.content is not None:
         LOGGER.info("maintenance off: resumed %s", ", ".join(outcome.resumed) or "no cron file")
     if entry is None and not outcome.resumed:
         say("maintenance is not on: nothing to resume")

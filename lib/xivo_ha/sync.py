@@ -20,14 +20,12 @@ Node paths are resolved under ``$XIVO_HA_ROOT``; on the slave they are under
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import os
 import pwd
 import re
 import shlex
-import secrets
 import shutil
 import stat
 import tempfile
@@ -713,10 +711,11 @@ def _open_directory(base: Path, parts: Sequence[str], owner: tuple[int, int]) ->
 def _place(source: Path, base: Path, relative: str, owner: tuple[int, int]) -> None:
     """Write the content of the staged ``source`` as ``base/relative``: ours, 0640.
 
-    The copy is created under a random name with ``O_EXCL|O_NOFOLLOW`` in the
-    target's own directory, then renamed over the target (a link there is replaced,
-    not followed).  Owner, group, mode are :func:`failback_owner` and
-    :data:`FAILBACK_FILE_MODE`; only the content and the times come from the slave.
+    :func:`system.write_atomic_at` creates the copy under a random name with
+    ``O_EXCL|O_NOFOLLOW`` in the target's own directory, then renames it over the target
+    (a link there is replaced, not followed).  Owner, group, mode are
+    :func:`failback_owner` and :data:`FAILBACK_FILE_MODE`; only the content and the
+    times come from the slave.
     """
     *parents, name = relative.split("/")
     directory = _open_directory(base, parents, owner)
@@ -726,24 +725,13 @@ def _place(source: Path, base: Path, relative: str, owner: tuple[int, int]) -> N
             info = os.fstat(src)
             if not stat.S_ISREG(info.st_mode):
                 raise OperationFailed(f"{source} is not a regular file")
-            temporary = f".{name}.{secrets.token_hex(8)}.xivo-ha"
-            out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          0o600, dir_fd=directory)
-            try:
-                try:
-                    while chunk := os.read(src, 1 << 20):
-                        os.write(out, chunk)
-                    os.fchown(out, *owner)
-                    os.fchmod(out, FAILBACK_FILE_MODE)
-                    os.utime(out, ns=(info.st_atime_ns, info.st_mtime_ns))
-                    os.fsync(out)
-                finally:
-                    os.close(out)
-                os.rename(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temporary, dir_fd=directory)
-                raise
+
+            def copy(out: int) -> None:
+                while chunk := os.read(src, 1 << 20):
+                    os.write(out, chunk)
+
+            system.write_atomic_at(directory, name, copy, FAILBACK_FILE_MODE, owner,
+                                   (info.st_atime_ns, info.st_mtime_ns))
         finally:
             os.close(src)
     except OSError as exc:

@@ -2,7 +2,7 @@
 
 Every process runs through plumbum with an argument list (never a shell string) and a
 timeout.  Files are written atomically (temporary file in the same directory, fsync,
-rename) with an explicit mode.
+rename, fsync of the directory) with an explicit mode.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, NoReturn, Sequence
+from typing import Callable, Iterator, Mapping, NoReturn, Sequence
 
 from plumbum import local
 from plumbum.commands.processes import CommandNotFound
@@ -215,26 +215,54 @@ def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     data = content.encode("utf-8") if isinstance(content, str) else content
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        existing = path.stat()
-    except FileNotFoundError:
-        existing = None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if existing is not None:
-            os.chown(tmp, existing.st_uid, existing.st_gid)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
         try:
-            os.unlink(tmp)
+            existing = os.stat(path.name, dir_fd=directory)
         except FileNotFoundError:
-            pass
+            existing = None
+        owner = None if existing is None else (existing.st_uid, existing.st_gid)
+        write_atomic_at(directory, path.name, lambda fd: _write_all(fd, data), mode, owner)
+    finally:
+        os.close(directory)
+
+
+def write_atomic_at(directory: int, name: str, fill: Callable[[int], None], mode: int,
+                    owner: tuple[int, int] | None = None, times_ns: tuple[int, int] | None = None) -> None:
+    """Replace ``name`` in the open ``directory`` in one rename, durably.
+
+    ``fill(fd)`` writes the content into a new file of a random name, created with
+    ``O_EXCL|O_NOFOLLOW`` next to the target (a link there is replaced, never followed);
+    then its owner, mode and times are set, its data fsynced, it is renamed over ``name``
+    and the directory is fsynced, so that the rename survives a crash.  On any failure
+    the new file is removed and ``name`` is left as it was.
+    """
+    temporary = f".{name}.{secrets.token_hex(8)}.xivo-ha"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600, dir_fd=directory)
+    try:
+        try:
+            fill(fd)
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+            if times_ns is not None:
+                os.utime(fd, ns=times_ns)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary, dir_fd=directory)
         raise
+    os.fsync(directory)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def remove(path: Path) -> bool:
@@ -277,12 +305,28 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
         os.close(fd)
 
 
-def local_ipv4_addresses() -> frozenset[str]:
-    """This host's IPv4 addresses (every interface), from ``ip -o -4 addr show``."""
-    result = run(["ip", "-o", "-4", "addr", "show"], timeout=10)
-    addresses = set()
-    for line in result.stdout.splitlines():
+@dataclass(frozen=True)
+class Address:
+    address: str
+    prefix: int
+    interface: str
+
+
+def parse_ipv4_addresses(text: str) -> list[Address]:
+    """``ip -o -4 addr show`` output → one :class:`Address` per ``inet`` line."""
+    found = []
+    for line in text.splitlines():
         fields = line.split()
-        if "inet" in fields:
-            addresses.add(fields[fields.index("inet") + 1].split("/")[0])
-    return frozenset(addresses)
+        if "inet" in fields[:-1]:
+            address, _, prefix = fields[fields.index("inet") + 1].partition("/")
+            found.append(Address(address, int(prefix or 32), fields[1]))
+    return found
+
+
+def ipv4_addresses() -> list[Address]:
+    """This host's IPv4 addresses (every interface), from ``ip -o -4 addr show``."""
+    return parse_ipv4_addresses(run(["ip", "-o", "-4", "addr", "show"], timeout=10).stdout)
+
+
+def local_ipv4_addresses() -> frozenset[str]:
+    return frozenset(entry.address for entry in ipv4_addresses())

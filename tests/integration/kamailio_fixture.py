@@ -15,9 +15,8 @@ authentication, and the role ``asterisk`` with a password that Kamailio logs
 in as over TCP, as XiVO's Asterisk does.  ``start_kamailio`` makes one of its
 own unless it is given one (``database=``, e.g. to restart a registrar on the
 same data); it stops the one it made.  The ``kamailio`` fixture gives one with small
-expiry bounds, stopped at teardown: import it into a test module
-(``from kamailio_fixture import kamailio``), as pytest puts the test's
-directory on ``sys.path``; a script adds ``tests/integration`` itself.
+expiry bounds, stopped at teardown; tests/integration/conftest.py offers it to
+every integration test.  A script adds ``tests/integration`` to ``sys.path`` itself.
 """
 
 from __future__ import annotations

@@ -12,8 +12,7 @@ from datetime import datetime
 
 import pytest
 
-from sshd_fixture import sshd  # noqa: F401  (fixture)
-from test_doctor import LOOPBACK, ok, pair  # noqa: F401  (fixture)
+from test_doctor import LOOPBACK, ok
 from xivo_ha.bundle import MONTHS
 
 pytestmark = pytest.mark.integration

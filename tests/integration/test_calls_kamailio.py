@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from kamailio_fixture import kamailio, kamailio_binary, line_credentials  # noqa: F401  (fixture)
+from kamailio_fixture import kamailio_binary, line_credentials
 
 from xivo_ha_simulator.events import CALL_ANSWERED, CALL_CONNECTED, CALL_ENDED, CALL_FAILED, CALL_PLACED
 from xivo_ha_simulator.phone import Fleet, Phone, PhoneConfig, Registrar

@@ -14,8 +14,7 @@ import time
 import pytest
 
 from pg import free_port
-from test_doctor import LOOPBACK, ok, pair  # noqa: F401  (fixture)
-from sshd_fixture import sshd  # noqa: F401  (fixture)
+from test_doctor import LOOPBACK, ok
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from kamailio_fixture import LineDatabase
-from netns import REPO, Lab, SlaveServices, lab, pid_alive, slave_services, witness_lab  # noqa: F401
+from netns import REPO, Lab, SlaveServices, pid_alive
 
 pytestmark = pytest.mark.integration
 

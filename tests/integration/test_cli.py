@@ -7,7 +7,6 @@ import subprocess
 import pytest
 
 from node import make_node
-from syslog_fixture import syslog_socket  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +16,7 @@ DAEMON_INFO = "<30>"  # facility daemon (3) * 8 + severity info (6)
 
 
 @pytest.fixture
-def node(tmp_path, asterisk_db, syslog_socket):  # noqa: F811
+def node(tmp_path, asterisk_db, syslog_socket):
     root = tmp_path / "node"
     root.mkdir()
     return make_node(root, asterisk_db, {"XIVO_HA_SYSLOG_SOCKET": str(syslog_socket.path)})
@@ -28,7 +27,7 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return result
 
 
-def test_each_role_change_is_one_syslog_line_with_what_it_changed(node, syslog_socket):  # noqa: F811
+def test_each_role_change_is_one_syslog_line_with_what_it_changed(node, syslog_socket):
     ok(node.run("enable", "master", SLAVE))
     [line] = syslog_socket.drain()
     assert line.startswith(f"{DAEMON_INFO}xivo-ha[")
@@ -46,12 +45,12 @@ def test_each_role_change_is_one_syslog_line_with_what_it_changed(node, syslog_s
     assert "removed /etc/cron.d/xivo-ha-slave" in line
 
 
-def test_a_refused_role_change_logs_nothing(node, syslog_socket):  # noqa: F811
+def test_a_refused_role_change_logs_nothing(node, syslog_socket):
     assert node.run("enable", "master", "not-an-ip").returncode == 2
     assert syslog_socket.drain() == []
 
 
-def test_maintenance_on_and_off_are_one_syslog_line_each(node, syslog_socket):  # noqa: F811
+def test_maintenance_on_and_off_are_one_syslog_line_each(node, syslog_socket):
     ok(node.run("enable", "master", SLAVE))
     syslog_socket.drain()
     ok(node.run("maintenance", "on", "--reason", "upgrade"))
@@ -62,7 +61,7 @@ def test_maintenance_on_and_off_are_one_syslog_line_each(node, syslog_socket):  
     assert "maintenance off: resumed /etc/cron.d/xivo-ha-master" in line
 
 
-def test_the_log_file_gets_the_lines_once_the_package_created_it(node, syslog_socket):  # noqa: F811
+def test_the_log_file_gets_the_lines_once_the_package_created_it(node, syslog_socket):
     ok(node.run("enable", "master", SLAVE))
     log_file = node.path("/var/log/xivo-ha.log")
     assert not log_file.exists()  # never created by the commands themselves

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from netns import REPO, SlaveServices, lab  # noqa: F401  (fixture)
+from netns import REPO, SlaveServices
 from node import Node, make_node
 from pg import SCHEMA, free_port
-from sshd_fixture import sshd  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +82,7 @@ class Pair:
 
 
 @pytest.fixture
-def pair(tmp_path, sshd, asterisk_db, second_postgres_server):  # noqa: F811
+def pair(tmp_path, sshd, asterisk_db, second_postgres_server):
     slave_db = second_postgres_server.create_database()
     master_services = SlaveServices(tmp_path / "master-services")
     slave_services = SlaveServices(tmp_path / "slave-services")
@@ -97,7 +96,7 @@ def pair(tmp_path, sshd, asterisk_db, second_postgres_server):  # noqa: F811
         second_postgres_server.drop_database(slave_db.name)
 
 
-def _build_pair(tmp_path, sshd, master_db, slave_db, master_services, slave_services) -> Pair:  # noqa: F811
+def _build_pair(tmp_path, sshd, master_db, slave_db, master_services, slave_services) -> Pair:
     slave_root = sshd.slave_root
     slave_env = {"XIVO_HA_ALLOW_LOOPBACK_PEER": "1", **services_env(slave_services, ["asterisk"])}
     slave = make_node(slave_root, slave_db, slave_env)
@@ -498,7 +497,7 @@ def test_different_database_locale_on_the_peer(pair, second_postgres_server):
 
 
 @pytest.fixture
-def ns_slave(lab, tmp_path, asterisk_db):  # noqa: F811
+def ns_slave(lab, tmp_path, asterisk_db):
     """A slave node whose network is the lab's slave namespace; its master is the lab's master."""
     root = tmp_path / "ns-slave"
     root.mkdir()
@@ -516,7 +515,7 @@ def ns_slave(lab, tmp_path, asterisk_db):  # noqa: F811
         services.cleanup()
 
 
-def ns_checks(lab, node, *extra_env: tuple[str, str]) -> dict:  # noqa: F811
+def ns_checks(lab, node, *extra_env: tuple[str, str]) -> dict:
     env = {**os.environ, **node.env, **dict(extra_env)}
     result = lab.run_in_slave([sys.executable, str(REPO / "bin" / "xivo-ha"), "doctor", "--json", "--local-only"],
                               env=env)
@@ -524,7 +523,7 @@ def ns_checks(lab, node, *extra_env: tuple[str, str]) -> dict:  # noqa: F811
     return {(c["id"], c["node"]): c for c in json.loads(result.stdout)}
 
 
-def test_subnet_and_icmp_between_namespaces(lab, ns_slave):  # noqa: F811
+def test_subnet_and_icmp_between_namespaces(lab, ns_slave):
     checks = ns_checks(lab, ns_slave)
     assert checks[("same-subnet", "pair")]["status"] == "OK"
     assert f"10.231.{lab.octet}.0/24" in checks[("same-subnet", "pair")]["finding"]
@@ -532,14 +531,14 @@ def test_subnet_and_icmp_between_namespaces(lab, ns_slave):  # noqa: F811
     assert [key for key, c in checks.items() if c["status"] != "OK"] == []
 
 
-def test_subnet_smaller_than_configured_fails(lab, ns_slave):  # noqa: F811
+def test_subnet_smaller_than_configured_fails(lab, ns_slave):
     checks = ns_checks(lab, ns_slave, ("XIVO_HA_DOCTOR_SUBNET_PREFIX", "31"))
     check = checks[("same-subnet", "pair")]
     assert check["status"] == "FAIL"
     assert f"{lab.slave_address}" in check["finding"] and "/31" in check["finding"]
 
 
-def test_master_not_answering_ping_fails(lab, ns_slave):  # noqa: F811
+def test_master_not_answering_ping_fails(lab, ns_slave):
     lab.master_link(False)
     checks = ns_checks(lab, ns_slave)
     check = checks[("icmp-slave-to-master", "pair")]

@@ -16,12 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from netns import lab, slave_services  # noqa: F401  (fixtures)
 from pg import free_port
-from sshd_fixture import sshd  # noqa: F401  (fixture)
-from test_check_master import slave, syslog  # noqa: F401  (fixtures)
-from test_replication import Syslog, master_db, master_node, replicate, slave_db  # noqa: F401  (fixtures)
-from test_sync import make_key, master, write, xivo_sync  # noqa: F401  (fixtures)
+from test_replication import Syslog, replicate
+from test_sync import make_key, write, xivo_sync
 from xivo_ha import role
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,7 +53,7 @@ def mail_programs(tmp_path: Path):
 
 
 @pytest.fixture
-def mta(slave, tmp_path):  # noqa: F811
+def mta(slave, tmp_path):
     bin_dir, hook, mails, hooks = mail_programs(tmp_path)
     slave.env.update({"PATH": f"{bin_dir}:/usr/bin:/bin:/usr/sbin:/sbin", "XIVO_HA_NOTIFY_HOOK": hook})
     return mails, hooks
@@ -75,7 +72,7 @@ def subjects(mails: list[str]) -> list[str]:
     return sorted(next(line for line in m.splitlines() if line.startswith("Subject: ")) for m in mails)
 
 
-def test_one_mail_per_failover_and_failback(slave, mta):  # noqa: F811
+def test_one_mail_per_failover_and_failback(slave, mta):
     mails, hooks = mta
     for _ in range(2):
         assert slave.check().returncode == 0
@@ -102,7 +99,7 @@ def test_one_mail_per_failover_and_failback(slave, mta):  # noqa: F811
     assert [h[0] for h in hooks()] == ["failover", "failback"]
 
 
-def test_a_failed_start_is_mailed_once(slave, mta):  # noqa: F811
+def test_a_failed_start_is_mailed_once(slave, mta):
     mails, hooks = mta
     slave.names.append("broken")
     slave.services.add_broken("broken")
@@ -132,7 +129,7 @@ def journal(tmp_path, monkeypatch):
     catcher.close()
 
 
-def test_replication_failure_and_recovery_are_mailed_once(master_node, slave_db, journal, mta_env,  # noqa: F811
+def test_replication_failure_and_recovery_are_mailed_once(master_node, slave_db, journal, mta_env,
                                                           monkeypatch):
     mails, hooks = mta_env
     lines = journal
@@ -164,14 +161,14 @@ def test_replication_failure_and_recovery_are_mailed_once(master_node, slave_db,
     assert len(lines("Slave replication failed")) == 1
 
 
-def test_a_replication_that_always_worked_is_not_mailed(master_node, mta_env):  # noqa: F811
+def test_a_replication_that_always_worked_is_not_mailed(master_node, mta_env):
     mails, hooks = mta_env
     for _ in range(2):
         assert replicate("127.0.0.1").returncode == 0
     assert mails() == [] and hooks() == []
 
 
-def test_sync_failure_and_recovery_are_mailed_once(master, sshd, journal, mta_env):  # noqa: F811
+def test_sync_failure_and_recovery_are_mailed_once(master, sshd, journal, mta_env):
     mails, hooks = mta_env
     lines = journal
     key = make_key(master)

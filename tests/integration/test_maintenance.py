@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from datetime import datetime
 
 import pytest
 
-from node import make_node, recorder
+from node import REPO, make_node, recorder
 
 pytestmark = pytest.mark.integration
 
@@ -145,6 +148,23 @@ def test_cron_regenerate_keeps_the_jobs_paused(node):
     assert node.path(MASTER_CRON).read_bytes() == original
     ok(node.run("cron", "regenerate"))
     assert node.path(MASTER_CRON).read_bytes() == original
+
+
+def test_on_rolls_the_cron_back_when_the_record_cannot_be_written(node):
+    ok(node.run("enable", "master", SLAVE))
+    state = node.path("/var/lib/xivo-ha")
+    files = node.tree()
+    # The record's file system is full: one 4 KiB page, taken by the lock file's pid.
+    script = (f"mount -t tmpfs -o size=4k,mode=0750 tmpfs {state} && "
+              f"exec {sys.executable} {REPO / 'bin' / 'xivo-ha'} maintenance on --reason upgrade")
+    result = subprocess.run(["unshare", "--mount", "sh", "-c", script], env={**os.environ, **node.env},
+                            capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 1, result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "No space left on device" in result.stderr and "Rolled back: nothing was changed" in result.stderr
+    assert node.tree() == files
+    assert MARKER not in node.path(MASTER_CRON).read_text()
 
 
 @pytest.mark.parametrize("args", [("enable", "slave", MASTER), ("enable", "master", "10.20.30.3"), ("disable",)])

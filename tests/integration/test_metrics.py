@@ -15,11 +15,8 @@ import subprocess
 
 import pytest
 
-from netns import lab, slave_services  # noqa: F401  (fixtures)
 from pg import free_port
-from sshd_fixture import sshd  # noqa: F401  (fixture)
-from test_check_master import slave, syslog  # noqa: F401  (fixtures)
-from test_doctor import LOOPBACK, ok, pair  # noqa: F401  (fixture)
+from test_doctor import LOOPBACK
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +105,7 @@ def test_master_textfile_after_replication_and_sync(pair):
     assert value(families, "xivo_ha_job_success", job="sync", result="success") == 1
 
 
-def test_slave_textfile_counts_one_failover_and_one_failback(slave):  # noqa: F811
+def test_slave_textfile_counts_one_failover_and_one_failback(slave):
     assert slave.check().returncode == 0
     families = read(slave.root)
     assert value(families, "xivo_ha_info", role="slave") == 1
@@ -137,7 +134,7 @@ def test_slave_textfile_counts_one_failover_and_one_failback(slave):  # noqa: F8
     assert value(families, "xivo_ha_probe_consecutive_failures") == 0
 
 
-def test_slave_textfile_has_the_result_and_timing_of_each_probe(slave):  # noqa: F811
+def test_slave_textfile_has_the_result_and_timing_of_each_probe(slave):
     master = slave.lab.master_address
     slave.env.update({"XIVO_HA_PROBE_SIP_PROBE": "on", "XIVO_HA_PROBE_SIP_TIMEOUT": "2"})
     assert slave.check().returncode == 0  # the master pings, nothing listens on its port 5060

@@ -13,8 +13,7 @@ import threading
 
 import pytest
 
-from kamailio_fixture import kamailio, kamailio_binary  # noqa: F401  (fixture)
-from netns import lab, witness_lab  # noqa: F401  (fixtures)
+from kamailio_fixture import kamailio_binary
 from xivo_ha import probes
 
 pytestmark = pytest.mark.integration

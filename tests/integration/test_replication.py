@@ -518,8 +518,7 @@ def test_the_whole_run_has_a_deadline(master_node, master_db, slave_db, short_li
 
 # --- a slave that serves is not overwritten (asked over the HA key, real sshd) ------------
 
-from sshd_fixture import sshd  # noqa: E402,F401  (fixture of `pair`)
-from test_doctor import LOOPBACK, pair  # noqa: E402,F401  (fixture)
+from test_doctor import LOOPBACK  # noqa: E402
 
 
 def serving_state(**changes) -> str:
@@ -533,7 +532,7 @@ def serving_state(**changes) -> str:
 
 
 @pytest.fixture
-def serving_pair(pair, tmp_path):  # noqa: F811
+def serving_pair(pair, tmp_path):
     """The pair after a failover: the slave serves, and a user changed something on it."""
     pair.slave.path("/var/lib/xivo-ha").mkdir(parents=True, exist_ok=True)
     pair.slave.path("/var/lib/xivo-ha/failover.json").write_text(serving_state())
@@ -546,11 +545,11 @@ def serving_pair(pair, tmp_path):  # noqa: F811
     return pair
 
 
-def replicate_from(pair, *args: str, env: dict | None = None):  # noqa: F811
+def replicate_from(pair, *args: str, env: dict | None = None):
     return pair.master.run(*args, LOOPBACK, command="xivo-master-slave-db-replication", env=env)
 
 
-def changed_on_slave(pair) -> int:  # noqa: F811
+def changed_on_slave(pair) -> int:
     rows = pair.slave.db.query("SELECT count(*) FROM staticsip WHERE var_val = 'changed during the failover'")
     return rows[0][0]
 

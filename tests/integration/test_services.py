@@ -10,7 +10,7 @@ import time
 import pytest
 
 from kamailio_fixture import LineDatabase
-from netns import REPO, SlaveServices, pid_alive, slave_services  # noqa: F401  (fixture)
+from netns import REPO, SlaveServices, pid_alive
 from xivo_ha import probes
 
 pytestmark = pytest.mark.integration

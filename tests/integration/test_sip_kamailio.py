@@ -13,7 +13,7 @@ import socket
 import time
 
 import pytest
-from kamailio_fixture import kamailio, kamailio_binary, line_credentials, start_kamailio  # noqa: F401
+from kamailio_fixture import kamailio_binary, line_credentials, start_kamailio
 
 from xivo_ha_simulator import report, sip
 from xivo_ha_simulator.events import PROBE_FAILED, PROBE_OK, REGISTER_FAILED, REGISTERED, SWITCHED

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from netns import REPO, lab  # noqa: F401  (fixture)
+from netns import REPO
 from node import make_node
 from pg import free_port
 
@@ -120,7 +120,7 @@ def test_probe_from_the_master_connects_to_the_slaves_ssh_port(node):
     assert f"peer 127.0.0.1: NOT reachable (tcp/{closed}: Connection refused)" in text
 
 
-def test_probe_of_a_master_that_is_down(lab, tmp_path, asterisk_db):  # noqa: F811
+def test_probe_of_a_master_that_is_down(lab, tmp_path, asterisk_db):
     root = tmp_path / "ns-slave"
     root.mkdir()
     server = asterisk_db.server

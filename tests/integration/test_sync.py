@@ -1,8 +1,9 @@
 """xivo-sync against a real sshd on 127.0.0.1 with real rsync and ssh.
 
 The master's files are under ``node_root`` (``XIVO_HA_ROOT``); the slave's are under
-``sshd.slave_root``, which ``[sync] remote_root`` points at.  The first tests are
-pure (the decisions behind the commands); the others run ``bin/xivo-sync``.
+``sshd.slave_root``, which ``[sync] remote_root`` points at.  The first test is
+about the push's plan and values; the others run ``bin/xivo-sync``.  The pure merge
+and rsync-output decisions are tested in tests/unit/test_sync_merge.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from sshd_fixture import sshd  # noqa: F401  (fixture)
 from xivo_ha import role, settings, sync, system
 from xivo_ha.errors import UsageError
 
@@ -31,78 +31,6 @@ VM = "var/spool/asterisk/voicemail/default/1001"
 # ---------------------------------------------------------------------------
 # Pure decisions
 # ---------------------------------------------------------------------------
-
-def state(mtime: int, size: int = 10) -> sync.FileState:
-    return sync.FileState(mtime, size)
-
-
-def test_merge_copies_new_files_and_only_replaces_older_master_files():
-    data = sync.MergeInput(
-        staged={"var/lib/xivo/sounds/recordings/new.wav": state(100),
-                "var/lib/xivo/sounds/recordings/older-on-master.wav": state(200),
-                "var/lib/xivo/sounds/recordings/newer-on-master.wav": state(200),
-                "var/lib/xivo/sounds/recordings/same-age.wav": state(200, 11)},
-        master={"var/lib/xivo/sounds/recordings/older-on-master.wav": state(100),
-                "var/lib/xivo/sounds/recordings/newer-on-master.wav": state(300),
-                "var/lib/xivo/sounds/recordings/same-age.wav": state(200, 12)},
-        digests={},
-    )
-    kinds = {a.source.rsplit("/", 1)[1]: a.kind for a in sync.plan_merge(data)}
-    assert kinds == {"new.wav": "copy", "older-on-master.wav": "update", "newer-on-master.wav": "keep",
-                     "same-age.wav": "keep"}
-
-
-def test_merge_renumbers_a_colliding_voicemail_message_as_a_whole():
-    data = sync.MergeInput(
-        staged={f"{VM}/INBOX/msg0000.txt": state(500), f"{VM}/INBOX/msg0000.wav": state(500),
-                f"{VM}/INBOX/msg0001.txt": state(510), f"{VM}/INBOX/msg0001.wav": state(510),
-                f"{VM}/Old/msg0000.txt": state(400), f"{VM}/unavail.wav": state(450)},
-        master={f"{VM}/INBOX/msg0000.txt": state(100), f"{VM}/INBOX/msg0000.wav": state(100)},
-        digests={f"{VM}/INBOX/msg0000.txt": "slave-a", f"{VM}/INBOX/msg0001.txt": "slave-b",
-                 f"{VM}/Old/msg0000.txt": "master-x"},
-        master_numbers={f"{VM}/INBOX": frozenset({0, 2}), f"{VM}/Old": frozenset({0})},
-        master_messages={VM: frozenset({"master-x", "master-y"})},
-    )
-    actions = {a.source: a for a in sync.plan_merge(data)}
-    # slave msg0000 collides with the master's msg0000: moved whole to the first free number.
-    assert actions[f"{VM}/INBOX/msg0000.txt"].target == f"{VM}/INBOX/msg0001.txt"
-    assert actions[f"{VM}/INBOX/msg0000.wav"].target == f"{VM}/INBOX/msg0001.wav"
-    # slave msg0001 is then taken too (by the renumbered one): next free after 0, 1, 2 is 3.
-    assert actions[f"{VM}/INBOX/msg0001.txt"].target == f"{VM}/INBOX/msg0003.txt"
-    assert actions[f"{VM}/INBOX/msg0001.wav"].target == f"{VM}/INBOX/msg0003.wav"
-    assert "msg0001 is another message on the master" in actions[f"{VM}/INBOX/msg0001.txt"].describe()
-    # Already on the master (same .txt, any folder): not copied again.
-    assert actions[f"{VM}/Old/msg0000.txt"].kind == "keep"
-    # A greeting is an ordinary file.
-    assert actions[f"{VM}/unavail.wav"].kind == "copy"
-    assert all(a.kind != "update" or a.source == a.target for a in actions.values())
-
-
-def test_merge_keeps_a_free_number():
-    data = sync.MergeInput(
-        staged={f"{VM}/INBOX/msg0004.txt": state(1), f"{VM}/INBOX/msg0004.wav": state(1)},
-        master={}, digests={f"{VM}/INBOX/msg0004.txt": "d"},
-        master_numbers={f"{VM}/INBOX": frozenset({0, 1})},
-    )
-    assert [(a.kind, a.target) for a in sync.plan_merge(data)] == [
-        ("copy", f"{VM}/INBOX/msg0004.txt"), ("copy", f"{VM}/INBOX/msg0004.wav")]
-
-
-def test_itemized_rsync_output():
-    output = "\n".join([
-        "cd+++++++++ etc/",
-        ".d..t...... etc/asterisk/",
-        "<f+++++++++ etc/asterisk/extensions_extra.d/a.conf",
-        "<f.st...... etc/asterisk/extensions_extra.d/b.conf",
-        "cL+++++++++ etc/asterisk/link -> target",
-        "*deleting   etc/asterisk/extensions_extra.d/old.conf",
-        ">f+++++++++ var/spool/x",
-    ])
-    changes = sync.ItemizedChanges.parse(output)
-    assert changes.changed == ("etc/asterisk/extensions_extra.d/a.conf", "etc/asterisk/extensions_extra.d/b.conf",
-                               "etc/asterisk/link -> target", "var/spool/x")
-    assert changes.deleted == ("etc/asterisk/extensions_extra.d/old.conf",)
-
 
 def test_push_plan_and_unsafe_values(node_root):
     plan = sync.plan_push(["/etc/a", "/etc/b/"], lambda d: d == "/etc/a")
@@ -126,7 +54,7 @@ def test_push_plan_and_unsafe_values(node_root):
 # ---------------------------------------------------------------------------
 
 @pytest.fixture
-def master(node_root, sshd, monkeypatch):  # noqa: F811
+def master(node_root, sshd, monkeypatch):
     monkeypatch.setenv("XIVO_HA_ALLOW_LOOPBACK_PEER", "1")
     monkeypatch.setenv("XIVO_HA_SYNC_SSH_PORT", str(sshd.port))
     monkeypatch.setenv("XIVO_HA_SYNC_REMOTE_ROOT", str(sshd.slave_root))
@@ -152,7 +80,7 @@ def make_key(master_root: Path) -> Path:
 
 
 @pytest.fixture
-def keyed_master(master, sshd):  # noqa: F811
+def keyed_master(master, sshd):
     """A master whose key the slave already accepts (xivo-sync -i was run earlier)."""
     key = make_key(master)
     sshd.authorize(key.with_name("xivo_id_rsa.pub").read_text())
@@ -176,18 +104,18 @@ def job(master_root: Path, name: str) -> dict:
     return json.loads((master_root / "var/lib/xivo-ha" / f"{name}.json").read_text())
 
 
-def forced(sshd) -> str:  # noqa: F811
+def forced(sshd) -> str:
     """The option xivo-sync -i gives the key: the slave's forced command."""
     return f'command="{sshd.peer_command}"'
 
 
-def needs_password(sshd):  # noqa: F811
+def needs_password(sshd):
     if sshd.password is None:
         pytest.skip("no private mount namespace here: the test sshd cannot offer a root password")
 
 
 @pytest.mark.integration
-def test_init_creates_the_key_and_authorizes_it_once(master, sshd):  # noqa: F811
+def test_init_creates_the_key_and_authorizes_it_once(master, sshd):
     needs_password(sshd)
     result = xivo_sync("-i", "--password-from-env", "--host-key-fingerprint", sshd.host_key_fingerprint,
                        env_extra={"SSHPASS": sshd.password})
@@ -218,7 +146,7 @@ def test_init_creates_the_key_and_authorizes_it_once(master, sshd):  # noqa: F81
 
 
 @pytest.mark.integration
-def test_init_appends_like_ssh_copy_id_and_reuses_an_existing_key(master, sshd):  # noqa: F811
+def test_init_appends_like_ssh_copy_id_and_reuses_an_existing_key(master, sshd):
     needs_password(sshd)
     key = make_key(master)
     public_line = key.with_name("xivo_id_rsa.pub").read_text().strip()
@@ -234,7 +162,7 @@ def test_init_appends_like_ssh_copy_id_and_reuses_an_existing_key(master, sshd):
 
 
 @pytest.mark.integration
-def test_init_with_a_wrong_password_fails_cleanly(master, sshd):  # noqa: F811
+def test_init_with_a_wrong_password_fails_cleanly(master, sshd):
     needs_password(sshd)
     result = xivo_sync("-i", "--password-from-env", "--host-key-fingerprint", sshd.host_key_fingerprint,
                        env_extra={"SSHPASS": "not-the-password"})
@@ -253,7 +181,7 @@ def test_init_password_from_env_requires_the_variable(master):
 
 
 @pytest.mark.integration
-def test_push_mirrors_directories_and_touches_nothing_else(keyed_master, sshd):  # noqa: F811
+def test_push_mirrors_directories_and_touches_nothing_else(keyed_master, sshd):
     master, slave = keyed_master, sshd.slave_root
     write(master / "etc/asterisk/extensions_extra.d/custom.conf", "[custom]\n", mtime=1_600_000_000)
     write(master / "etc/asterisk/extensions_extra.d/sub/deep.conf", "deep\n")
@@ -289,7 +217,7 @@ def test_push_mirrors_directories_and_touches_nothing_else(keyed_master, sshd): 
 
 
 @pytest.mark.integration
-def test_push_without_a_key_says_how_to_make_one(master, sshd):  # noqa: F811
+def test_push_without_a_key_says_how_to_make_one(master, sshd):
     write(master / "etc/asterisk/extensions_extra.d/custom.conf", "x\n")
     result = xivo_sync()
     assert result.returncode == 1
@@ -299,7 +227,7 @@ def test_push_without_a_key_says_how_to_make_one(master, sshd):  # noqa: F811
 
 
 @pytest.mark.integration
-def test_push_with_a_key_the_slave_refuses_fails(master, sshd):  # noqa: F811
+def test_push_with_a_key_the_slave_refuses_fails(master, sshd):
     make_key(master)
     sshd.pin_host_key(master / "var/lib/xivo-ha/known_hosts")
     write(master / "etc/asterisk/extensions_extra.d/custom.conf", "x\n")
@@ -312,7 +240,7 @@ def test_push_with_a_key_the_slave_refuses_fails(master, sshd):  # noqa: F811
 
 @pytest.mark.integration
 @pytest.mark.parametrize("args", [[], ["-i"], ["--failback"]])
-def test_refused_unless_master(master, sshd, args):  # noqa: F811
+def test_refused_unless_master(master, sshd, args):
     role.write(role.HaConfig(role.Role.SLAVE, "127.0.0.1"))
     result = xivo_sync(*args)
     assert result.returncode == 1
@@ -321,7 +249,7 @@ def test_refused_unless_master(master, sshd, args):  # noqa: F811
 
 
 @pytest.mark.integration
-def test_failback_brings_back_without_deleting_or_overwriting_newer(keyed_master, sshd):  # noqa: F811
+def test_failback_brings_back_without_deleting_or_overwriting_newer(keyed_master, sshd):
     master, slave = keyed_master, sshd.slave_root
     # The master had two messages and a greeting before it went down.
     write(master / VM / "INBOX/msg0000.txt", "[message]\ncallerid=Alice\norigtime=100\n", mtime=1000)
@@ -381,7 +309,7 @@ def test_failback_brings_back_without_deleting_or_overwriting_newer(keyed_master
 
 
 @pytest.mark.integration
-def test_failback_when_the_slave_cannot_be_reached(keyed_master, sshd):  # noqa: F811
+def test_failback_when_the_slave_cannot_be_reached(keyed_master, sshd):
     sshd.stop()
     result = xivo_sync("--failback")
     assert result.returncode == 1
@@ -397,7 +325,7 @@ MONITOR = "var/spool/asterisk/monitor"
 
 
 @pytest.mark.integration
-def test_failback_never_follows_a_planted_link_and_takes_regular_files_only(keyed_master, sshd):  # noqa: F811
+def test_failback_never_follows_a_planted_link_and_takes_regular_files_only(keyed_master, sshd):
     master, slave = keyed_master, sshd.slave_root
     secret = write(master / "etc/shadow-like", "root only\n")
     os.chmod(secret, 0o600)
@@ -433,7 +361,7 @@ def test_failback_never_follows_a_planted_link_and_takes_regular_files_only(keye
 
 
 @pytest.mark.integration
-def test_failback_sets_owner_and_modes_itself(keyed_master, sshd):  # noqa: F811
+def test_failback_sets_owner_and_modes_itself(keyed_master, sshd):
     master, slave = keyed_master, sshd.slave_root
     setuid = write(slave / MONITOR / "setuid.wav", "s")
     os.chmod(setuid, 0o4755)
@@ -454,7 +382,7 @@ def test_failback_sets_owner_and_modes_itself(keyed_master, sshd):  # noqa: F811
 
 
 @pytest.mark.integration
-def test_push_keeps_the_slave_s_own_implied_parents(keyed_master, sshd):  # noqa: F811
+def test_push_keeps_the_slave_s_own_implied_parents(keyed_master, sshd):
     master, slave = keyed_master, sshd.slave_root
     write(master / "etc/asterisk/extensions_extra.d/a.conf", "a")
     os.chmod(master / "etc", 0o700)
@@ -478,8 +406,8 @@ def test_push_keeps_the_slave_s_own_implied_parents(keyed_master, sshd):  # noqa
     ("DIRECTORIES", "/root"), ("DIRECTORIES", "/var/lib/xivo-ha/x"), ("DIRECTORIES", "/var/lib"),
     ("FAILBACK_DIRECTORIES", "/etc/cron.d"), ("FAILBACK_DIRECTORIES", "/"),
 ])
-def test_directories_overlapping_ha_state_are_refused(keyed_master, sshd, setting, value):  # noqa: F811
-    master, slave = keyed_master, sshd.slave_root
+def test_directories_overlapping_ha_state_are_refused(keyed_master, sshd, setting, value):
+    slave = sshd.slave_root
     before = files_under(slave)
     result = xivo_sync(*([] if setting == "DIRECTORIES" else ["--failback"]),
                        env_extra={f"XIVO_HA_SYNC_{setting}": value})
@@ -490,7 +418,7 @@ def test_directories_overlapping_ha_state_are_refused(keyed_master, sshd, settin
 
 
 @pytest.mark.integration
-def test_a_second_run_is_refused_while_one_holds_the_lock(keyed_master, sshd):  # noqa: F811
+def test_a_second_run_is_refused_while_one_holds_the_lock(keyed_master, sshd):
     write(keyed_master / "etc/asterisk/extensions_extra.d/a.conf", "a")
     with system.exclusive_lock(keyed_master / "var/lib/xivo-ha/sync.lock", "test"):
         for args in ((), ("--failback",)):
@@ -503,7 +431,7 @@ def test_a_second_run_is_refused_while_one_holds_the_lock(keyed_master, sshd):  
 
 @pytest.mark.integration
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
-def test_a_signal_during_failback_removes_the_staging_copy(keyed_master, sshd, signame):  # noqa: F811
+def test_a_signal_during_failback_removes_the_staging_copy(keyed_master, sshd, signame):
     master, slave = keyed_master, sshd.slave_root
     big = slave / MONITOR / "big.wav"
     big.parent.mkdir(parents=True)
@@ -531,7 +459,7 @@ def test_a_signal_during_failback_removes_the_staging_copy(keyed_master, sshd, s
 # ---------------------------------------------------------------------------
 
 @pytest.mark.integration
-def test_init_without_a_terminal_or_a_fingerprint_changes_nothing(master, sshd):  # noqa: F811
+def test_init_without_a_terminal_or_a_fingerprint_changes_nothing(master, sshd):
     result = xivo_sync("-i", "--password-from-env", env_extra={"SSHPASS": "secret"})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
@@ -544,7 +472,7 @@ def test_init_without_a_terminal_or_a_fingerprint_changes_nothing(master, sshd):
 
 
 @pytest.mark.integration
-def test_init_with_another_fingerprint_sends_no_password(master, sshd):  # noqa: F811
+def test_init_with_another_fingerprint_sends_no_password(master, sshd):
     other = "SHA256:" + "A" * 43
     result = xivo_sync("-i", "--password-from-env", "--host-key-fingerprint", other,
                        env_extra={"SSHPASS": "secret"})
@@ -556,7 +484,7 @@ def test_init_with_another_fingerprint_sends_no_password(master, sshd):  # noqa:
 
 
 @pytest.mark.integration
-def test_ssh_refuses_a_host_key_that_was_not_pinned(keyed_master, sshd):  # noqa: F811
+def test_ssh_refuses_a_host_key_that_was_not_pinned(keyed_master, sshd):
     (keyed_master / "var/lib/xivo-ha/known_hosts").write_text("")
     write(keyed_master / "etc/asterisk/extensions_extra.d/custom.conf", "x\n")
     result = xivo_sync()
@@ -567,7 +495,7 @@ def test_ssh_refuses_a_host_key_that_was_not_pinned(keyed_master, sshd):  # noqa
 
 
 @pytest.mark.integration
-def test_init_restricts_an_unrestricted_key_already_installed(keyed_master, sshd):  # noqa: F811
+def test_init_restricts_an_unrestricted_key_already_installed(keyed_master, sshd):
     public = (keyed_master / "root/.ssh/xivo_id_rsa.pub").read_text().strip()
     write(sshd.authorized_keys, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtheradminkey admin@laptop\n" + public + "\n")
     result = xivo_sync("-i", "--host-key-fingerprint", sshd.host_key_fingerprint)
@@ -583,7 +511,7 @@ def test_init_restricts_an_unrestricted_key_already_installed(keyed_master, sshd
 
 @pytest.mark.integration
 @pytest.mark.parametrize("answer", ["n", "y"])
-def test_init_on_a_terminal_shows_the_fingerprint_and_asks(master, sshd, answer):  # noqa: F811
+def test_init_on_a_terminal_shows_the_fingerprint_and_asks(master, sshd, answer):
     needs_password(sshd)
     controller, terminal = os.openpty()
     try:
@@ -613,7 +541,7 @@ def test_init_on_a_terminal_shows_the_fingerprint_and_asks(master, sshd, answer)
 # ---------------------------------------------------------------------------
 
 @pytest.fixture
-def confined_master(keyed_master, sshd):  # noqa: F811
+def confined_master(keyed_master, sshd):
     """A master whose key `xivo-sync -i` installed on the slave, behind the forced command."""
     result = xivo_sync("-i", "--host-key-fingerprint", sshd.host_key_fingerprint)
     assert result.returncode == 0, result.stderr
@@ -621,7 +549,7 @@ def confined_master(keyed_master, sshd):  # noqa: F811
     return keyed_master
 
 
-def with_key(master: Path, sshd, request: str) -> subprocess.CompletedProcess:  # noqa: F811
+def with_key(master: Path, sshd, request: str) -> subprocess.CompletedProcess:
     """``request`` sent to the slave with the HA key, as anyone holding the key could."""
     argv = ["ssh", "-F", "none", "-p", str(sshd.port), "-i", str(master / "root/.ssh/xivo_id_rsa"),
             "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
@@ -630,7 +558,7 @@ def with_key(master: Path, sshd, request: str) -> subprocess.CompletedProcess:  
 
 
 @pytest.fixture
-def slave_syslog(sshd):  # noqa: F811
+def slave_syslog(sshd):
     """The lines the slave's programs send to syslog."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(str(sshd.syslog_socket))
@@ -649,7 +577,7 @@ def slave_syslog(sshd):  # noqa: F811
 
 
 @pytest.mark.integration
-def test_push_and_failback_work_through_the_forced_command(confined_master, sshd):  # noqa: F811
+def test_push_and_failback_work_through_the_forced_command(confined_master, sshd):
     master, slave = confined_master, sshd.slave_root
     write(master / "etc/asterisk/extensions_extra.d/custom.conf", "[custom]\n", mtime=1_600_000_000)
     write(master / "var/lib/asterisk/agi-bin/script.agi", "#!/bin/sh\n").chmod(0o750)
@@ -683,7 +611,7 @@ def test_push_and_failback_work_through_the_forced_command(confined_master, sshd
     ("rsync --server --sender -lDtrRe.iLsfxCIvu . {slave}/./var/spool/asterisk/monitor/../../../../etc",
      "not {slave}/./<directory>"),
 ])
-def test_anything_else_over_the_key_is_refused_and_logged(confined_master, sshd, slave_syslog,  # noqa: F811
+def test_anything_else_over_the_key_is_refused_and_logged(confined_master, sshd, slave_syslog,
                                                           request_text, why):
     slave = sshd.slave_root
     write(slave / "etc/passwd", "root:x:0:0::/root:/bin/sh\n")
@@ -701,7 +629,7 @@ def test_anything_else_over_the_key_is_refused_and_logged(confined_master, sshd,
 
 
 @pytest.mark.integration
-def test_a_real_rsync_into_the_slave_s_etc_is_refused(confined_master, sshd):  # noqa: F811
+def test_a_real_rsync_into_the_slave_s_etc_is_refused(confined_master, sshd):
     master, slave = confined_master, sshd.slave_root
     write(slave / "etc/passwd", "root:x:0:0::/root:/bin/sh\n")
     write(master / "evil/passwd", "root::0:0::/root:/bin/sh\n")
@@ -714,7 +642,7 @@ def test_a_real_rsync_into_the_slave_s_etc_is_refused(confined_master, sshd):  #
 
 
 @pytest.mark.integration
-def test_a_symlinked_destination_directory_is_not_followed(confined_master, sshd):  # noqa: F811
+def test_a_symlinked_destination_directory_is_not_followed(confined_master, sshd):
     """rsync itself follows a destination directory that is a link (it chdirs into it):
     the forced command opens the directory without following links, and refuses."""
     master, slave = confined_master, sshd.slave_root
@@ -732,7 +660,7 @@ def test_a_symlinked_destination_directory_is_not_followed(confined_master, sshd
 
 
 @pytest.mark.integration
-def test_the_forced_command_reads_the_slave_s_own_directories(confined_master, sshd):  # noqa: F811
+def test_the_forced_command_reads_the_slave_s_own_directories(confined_master, sshd):
     """The slave allows what its own settings name; the master's settings do not widen it."""
     master, slave = confined_master, sshd.slave_root
     write(slave / "etc/xivo-ha/xivo-ha.conf", "[sync]\ndirectories = /etc/asterisk/extensions_extra.d\n")
@@ -746,7 +674,7 @@ def test_the_forced_command_reads_the_slave_s_own_directories(confined_master, s
 
 
 @pytest.mark.integration
-def test_a_failback_directory_reached_through_a_link_is_not_read(confined_master, sshd):  # noqa: F811
+def test_a_failback_directory_reached_through_a_link_is_not_read(confined_master, sshd):
     """The asterisk user owns /var/spool/asterisk: a link there would have rsync read root's files."""
     master, slave = confined_master, sshd.slave_root
     write(slave / "root/private/monitor/ssh_host_ed25519_key", "the slave's private host key\n")
@@ -760,7 +688,7 @@ def test_a_failback_directory_reached_through_a_link_is_not_read(confined_master
 
 
 @pytest.mark.integration
-def test_init_adds_the_forced_command_to_an_older_restricted_line(keyed_master, sshd):  # noqa: F811
+def test_init_adds_the_forced_command_to_an_older_restricted_line(keyed_master, sshd):
     public = (keyed_master / "root/.ssh/xivo_id_rsa.pub").read_text().strip()
     write(sshd.authorized_keys, f'from="127.0.0.1",restrict {public}\n')
     result = xivo_sync("-i", "--host-key-fingerprint", sshd.host_key_fingerprint)
