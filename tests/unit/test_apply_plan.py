@@ -25,7 +25,7 @@ def fresh(config) -> Observed:
     """A XiVO node never put in HA: no HA files, stock PostgreSQL files, blank SIP expiry."""
     files = {path: FileState(path, None, 0o644) for path in apply.role_files().values()}
     for key, content in (("hba_file", HBA), ("conf_file", CONF)):
-        path = paths.node(config.postgresql[key])
+        path = paths.node(getattr(config.postgresql, key))
         files[path] = FileState(path, content, 0o640, (0, 0))
     return Observed(DISABLED, files, dict(database.BLANK_SIP_EXPIRY), NO_PROVD)
 
