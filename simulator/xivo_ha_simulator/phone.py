@@ -617,8 +617,13 @@ class Phone(asyncio.DatagramProtocol):
         name = "Proxy-Authorization" if header == "Proxy-Authenticate" else "Authorization"
         return [(name, value)], challenge.nonce
 
-    def _take_challenge(self, node: Registrar, tx: _Transaction, response: sip.SIP) -> str | None:
-        """Keep the challenge of a 401/407 to answer it; None if answered, else why not."""
+    def _keep_challenge(self, node: Registrar, method: str, tx: _Transaction, response: sip.SIP,
+                        answered: int, fresh: bool) -> str | None:
+        """Keep the challenge of a 401/407 to answer ``method``'s next request; None if kept, else why not.
+
+        ``answered``: challenges already answered in this exchange; ``fresh``: the last answer
+        used a nonce just received (a new challenge to it, not stale, means wrong credentials).
+        """
         if self.credentials is None:
             return "no credentials"
         header = "WWW-Authenticate" if response.status_code == 401 else "Proxy-Authenticate"
@@ -626,15 +631,21 @@ class Phone(asyncio.DatagramProtocol):
             challenge = sip.parse_challenge(response.get_header(header) or "")
         except sip.SipParseError as exc:
             return str(exc)
-        if tx.nonce is not None and self._fresh_nonce and not challenge.stale:
+        if tx.nonce is not None and fresh and not challenge.stale:
             return "credentials refused"
-        if self._auth_answers >= MAX_AUTH_ANSWERS:
+        if answered >= MAX_AUTH_ANSWERS:
             return "challenged again"
-        self._auth_answers += 1
-        self._fresh_nonce = True
-        self._challenges[(node.name, "REGISTER")] = (header, challenge)
-        self._nc[(node.name, "REGISTER")] = 0
+        self._challenges[(node.name, method)] = (header, challenge)
+        self._nc[(node.name, method)] = 0
         return None
+
+    def _take_challenge(self, node: Registrar, tx: _Transaction, response: sip.SIP) -> str | None:
+        """Keep the challenge of a 401/407 to a REGISTER; None if answered, else why not."""
+        why = self._keep_challenge(node, "REGISTER", tx, response, self._auth_answers, self._fresh_nonce)
+        if why is None:
+            self._auth_answers += 1
+            self._fresh_nonce = True
+        return why
 
     def _register_done(self, tx: _Transaction, response: sip.SIP | None) -> None:
         node = tx.node
@@ -817,21 +828,10 @@ class Phone(asyncio.DatagramProtocol):
         call.timer = self.loop.call_later(self.config.scaled(self.config.hold_time), self._hang_up, call, remote_uri)
 
     def _call_challenge(self, call: _Call, tx: _Transaction, response: sip.SIP) -> str | None:
-        if self.credentials is None:
-            return "no credentials"
-        header = "WWW-Authenticate" if response.status_code == 401 else "Proxy-Authenticate"
-        try:
-            challenge = sip.parse_challenge(response.get_header(header) or "")
-        except sip.SipParseError as exc:
-            return str(exc)
-        if tx.nonce is not None and call.auth_answers and not challenge.stale:
-            return "credentials refused"
-        if call.auth_answers >= MAX_AUTH_ANSWERS:
-            return "challenged again"
-        call.auth_answers += 1
-        self._challenges[(call.node.name, "INVITE")] = (header, challenge)
-        self._nc[(call.node.name, "INVITE")] = 0
-        return None
+        why = self._keep_challenge(call.node, "INVITE", tx, response, call.auth_answers, call.auth_answers > 0)
+        if why is None:
+            call.auth_answers += 1
+        return why
 
     def _call_failed(self, call: _Call, reason: str) -> None:
         self._calls.pop(call.call_id, None)

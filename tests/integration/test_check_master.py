@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 
 from kamailio_fixture import LineDatabase
 from netns import REPO, Lab, SlaveServices, pid_alive
+from syslog_fixture import Syslog
 
 pytestmark = pytest.mark.integration
 
@@ -30,27 +30,6 @@ FAST_PING = {
     "XIVO_HA_PROBE_PING_INTERVAL": "0.2",
     "XIVO_HA_PROBE_PING_TIMEOUT": "1",
 }
-
-
-class Syslog:
-    """A datagram socket standing in for /dev/log."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-
-    def drain(self) -> list[str]:
-        messages = []
-        while True:
-            try:
-                messages.append(self.sock.recv(65535).decode(errors="replace").rstrip("\0\n"))
-            except BlockingIOError:
-                return messages
-
-    def close(self):
-        self.sock.close()
 
 
 class Slave:

@@ -90,7 +90,8 @@ def test_a_group_without_sub_command_prints_help_on_stderr_and_exits_2(node, arg
 @pytest.mark.parametrize("args,command,message", [
     (("bogus",), "xivo-ha", "xivo-ha: unknown command 'bogus': see xivo-ha --help"),
     (("cron", "bogus"), "xivo-ha", "xivo-ha: unknown cron command 'bogus': expected `regenerate`"),
-    (("maintenance", "pause"), "xivo-ha", "xivo-ha: unknown maintenance command 'pause': expected on, off or status"),
+    (("maintenance", "pause"), "xivo-ha", "xivo-ha: unknown maintenance command 'pause': "
+                                               "expected on, off, status or remind"),
     (("cc", "start"), "xivo-ha", "xivo-ha: unknown cc command 'start': expected enable or disable"),
     (("restart",), "xivo-manage-slave-services",
      "xivo-manage-slave-services: unknown action 'restart': expected start, stop or status"),

@@ -36,25 +36,30 @@ class Command(cli.Application):
     def log(self) -> logging.Logger:
         return log.LOGGER
 
-    # plumbum prints a wrong command line on stdout, with the whole help: here it is one
-    # line on stderr, exit 2, like every other bad input.
+    # plumbum prints a wrong command line on stdout, with the whole help: here it goes to
+    # bad_command_line (by default one line on stderr, exit 2, like every other bad input).
     def _parse_args(self, argv):
-        with self._usage_errors():
-            return super()._parse_args(argv)
-
-    def _validate_args(self, swfuncs, tailargs):
-        with self._usage_errors():
-            return super()._validate_args(swfuncs, tailargs)
-
-    @contextlib.contextmanager
-    def _usage_errors(self):
         try:
-            yield
+            return super()._parse_args(argv)
         except (ShowHelp, ShowHelpAll, ShowVersion):
             raise
         except SwitchError as exc:
-            first = (str(exc).splitlines() or [""])[0].rstrip(":") or "wrong command line"
-            raise UsageError(f"{first[0].lower()}{first[1:]}: see `{self.PROGNAME} --help`") from None
+            return self.bad_command_line(exc, ({}, []))
+
+    def _validate_args(self, swfuncs, tailargs):
+        try:
+            return super()._validate_args(swfuncs, tailargs)
+        except (ShowHelp, ShowHelpAll, ShowVersion):
+            raise
+        except SwitchError as exc:
+            return self.bad_command_line(exc, ([], []))
+
+    def bad_command_line(self, exc: SwitchError, nothing: tuple):
+        """What a wrong command line does: raise a one-line UsageError.  A command that answers
+        otherwise (the monitoring plugin) overrides it and returns ``nothing`` (no switch, no
+        argument) to reach its main."""
+        first = (str(exc).splitlines() or [""])[0].rstrip(":") or "wrong command line"
+        raise UsageError(f"{first[0].lower()}{first[1:]}: see `{self.PROGNAME} --help`") from None
 
 
 class Group(Command):

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from plumbum import cli
-from plumbum.cli.application import ShowHelp, ShowHelpAll, ShowVersion
 from plumbum.cli.switches import SwitchError
 
 from . import Command
 from .. import check, settings
 from ..errors import XivoHaError
-
-META = (ShowHelp, ShowHelpAll, ShowVersion)
 
 
 class Check(Command):
@@ -30,26 +27,10 @@ class Check(Command):
     peer = cli.Flag(["--peer"], help="Also fetch the peer's facts over ssh with the HA key (slower; "
                                      "from the master)")
 
-    # A wrong command line is UNKNOWN (exit 3, one status line), not plumbum's exit 2 with help.
-    def _parse_args(self, argv):
-        try:
-            return super()._parse_args(argv)
-        except SwitchError as exc:
-            if isinstance(exc, META):
-                raise
-            self.usage_error = str(exc)
-            return {}, []
-
-    def _validate_args(self, swfuncs, tailargs):
-        if self.usage_error:
-            return [], []
-        try:
-            return super()._validate_args(swfuncs, tailargs)
-        except SwitchError as exc:
-            if isinstance(exc, META):
-                raise
-            self.usage_error = str(exc)
-            return [], []
+    # A wrong command line is UNKNOWN (exit 3, one status line), not exit 2 with a usage error.
+    def bad_command_line(self, exc: SwitchError, nothing: tuple):
+        self.usage_error = self.usage_error or str(exc)
+        return nothing
 
     def main(self):
         if self.usage_error:
