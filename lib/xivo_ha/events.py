@@ -120,7 +120,10 @@ def _record(event: str, period: str) -> bool:
 
     Under the events lock: replication and sync run at the same minute, and each must
     keep the other's state.  Still busy after the tries, it is written without the lock.
+    A run that changes nothing (the usual case) reads the state and takes no lock.
     """
+    if not changed(_load(), event, period):
+        return False
     for _ in range(LOCK_TRIES):
         try:
             with system.exclusive_lock(paths.state(LOCK_FILE), "event update"):

@@ -74,6 +74,10 @@ def test_cluster_is_configured_by_the_toolkit(sim_cluster):
     # On the slave, cron is not running at K = 10 but the toolkit wrote XiVO's line.
     cron = sim_cluster.exec("slave", ["cat", "/etc/cron.d/xivo-ha-slave"]).stdout
     assert f"* * * * * root /usr/sbin/xivo-check-master-status {info.master} >/dev/null" in cron
+    # The files holding the asterisk role's password are not world-readable.
+    modes = sim_cluster.exec("master", ["stat", "-c", "%a %U:%G", "/etc/xivo-ha-simulator/node.conf",
+                                        "/run/kamailio/kamailio.cfg"]).stdout.split("\n")
+    assert modes[:2] == ["600 root:root", "640 root:kamailio"]
 
 
 def slave_metrics(cluster) -> dict[str, float]:
