@@ -1,6 +1,12 @@
-"""What a phone logs: the event kinds and the :class:`Event` record.
+"""What the simulated users see: the event kinds and the :class:`Event` record.
 
-The phones (``phone``) write them, the report (``report``) reads them.
+Three sources write them, each keyed by the phone id of the user concerned,
+and the report (``report``) reads them:
+
+* the phones (``phone``): registrations, probes, the calls they place and answer;
+* the PSTN caller: the calls the trunk carrier sends to each phone's DID
+  (``CALL_PLACED``/``CALL_CONNECTED``/``CALL_FAILED``, info ``to`` = the DID);
+* the CTI clients (XiVO Client stand-ins): ``CTI_*`` below.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ CALL_CONNECTED = "call_connected"  # node, info: to, setup (s from the first INV
 CALL_FAILED = "call_failed"  # node, info: to, reason
 CALL_ANSWERED = "call_answered"  # an incoming call answered, info: from (user of the caller)
 CALL_ENDED = "call_ended"  # the caller's BYE, info: to, reason (absent when its 200 came)
+CTI_CONNECTED = "cti_connected"  # node the client logged in to
+CTI_LOST = "cti_lost"  # node, info: reason (the connection to a logged-in client dropped)
+CTI_CONNECT_FAILED = "cti_connect_failed"  # node, info: reason (one connection attempt failed)
 
 NONE = "none"  # label of "registered nowhere" in counts and plots
 
