@@ -1,34 +1,72 @@
-"""What the phones saw, turned into downtime figures, a verdict and report files.
+"""What the users saw, turned into outage figures, a verdict and report files.
 
-The maths is pure: it takes the fault time (and the failback time, if any)
-and each phone's event list, and returns a :class:`Report`.  The writers then
-produce ``report.json`` (every phone's events), ``junit.xml`` (one test case
-per criterion) and ``timeline.png`` (phones registered per node over time).
+The maths is pure: it takes the fault time (and the failback time, if any),
+each phone's event list, the PSTN calls to each phone and each user's CTI
+client events, and returns a :class:`Report`.  The writers then produce
+``report.json`` (every phone's figures and events), ``junit.xml`` (one test
+case per criterion) and ``timeline.png`` (phones registered per node, and the
+share of calls that succeeded, over time).
 
-Definitions, per phone:
+Phones are keyed by their number: the fleet labels each phone with its
+extension (``phone.user``), and a call's ``to`` is that extension, so the
+calls *to* phone ``p`` are the other phones' calls whose ``to`` is ``p``.  The
+PSTN mapping is keyed by the callee's phone id, the CTI mapping by the user's.
 
-* **downtime** = time from the fault to the phone's first successful
-  registration (a ``registered`` event) at or after the fault, on any node.
-  A phone that never registers again has an infinite downtime (``None`` in
-  the per-phone data, ``null`` in JSON).
-* **failback downtime** = time from the failback to the phone's first
-  successful registration *on the primary* at or after the failback.
+**Attempts.**  A call attempt is a ``call_placed`` event and the result that
+follows it in the caller's list for the same ``to`` (``call_connected``: a
+success, ``call_failed``: a failure; a ``call_retried`` between them is part of
+the same attempt, so a call connected through the backup after Timer B is a
+success).  An attempt with no result when the phones stopped is left out.
+Attempts are counted **before** (placed before the fault), **during** (placed
+between the fault and its restore, or the end when it was never restored) and
+**after** the fault (placed after the restore).
+
+**Outage** (per phone, per direction: outgoing = its own calls, incoming = the
+other phones' calls to it, PSTN = the carrier's calls to it, CTI = its user's
+client).  Results are taken in the order they came.  An outage is a run of
+failed attempts whose result came at or after the fault, and it lasts
+
+* from the fault, when no attempt of that direction had succeeded since the
+  fault (the fault is what took the service down; it is only sampled later),
+  or when a run of failures was already under way at the fault;
+* otherwise from the moment the run's first failed attempt was placed (a
+  success after the fault proved the service up until then: a second outage
+  after a failback, or a flap),
+
+to the result of the next successful attempt.  A run that no success ends is
+*never* back: infinite (``null`` in JSON, counted in ``never``).  A phone has
+any number of outages: its **longest** and its **total** are reported (a
+flapping fault makes several).  A phone with no attempt in a direction whose
+result came after the fault is **unmeasured** there: nothing shows that it can
+call (or be called), so it is listed and fails a decisive criterion, never
+passed silently.  For CTI a connection lost, or one connection attempt failed,
+is a failure at that instant, a login a success; a client with no CTI event
+at all is unmeasured.
+
+**Registration** (as before): the downtime is the time from the fault to the
+phone's first successful registration at or after the fault, on any node; the
+failback downtime from the failback to its first registration *on the
+primary* after it.
 
 Times are measured on the monotonic clock of the simulator.  With a time
 scale K (every SIP timer and expiry divided by K) a measured second stands for
 K real seconds: figures compared with the bound (300 s by default) are
 "real-equivalent", i.e. measured seconds x K.  Percentiles use the
-nearest-rank method over all phones, never-registered phones counting as
-infinite, so a p95 is finite only if at least 95 % of the phones came back.
+nearest-rank method over the measured phones, a phone never back counting as
+infinite, so a p95 is finite only if at least 95 % of them came back.
 
-The verdict is PASS when every phone was registered when the fault hit and
-no phone's downtime (nor failback downtime, when there was a failback) is
-over the bound.  For a fault the master serves through (``constants.SERVED``)
-it is PASS when every phone was registered when the fault hit, none moved to
-the slave or lost its registration, and the slave never started its services;
-the downtimes are then reported in junit.xml but do not decide.  Each
-criterion is a :class:`Criterion`, made once by :func:`compute`; the writers
-only render them.
+**Verdict.**  For a fault that takes the master down (``constants.OUTAGE``) it
+is PASS when every phone was registered when the fault hit, and every phone's
+longest outgoing, incoming and (when PSTN calls exist) PSTN outage is within
+the bound, every phone measured in each.  Registration and CTI figures are
+criteria of junit.xml but do not decide: registration alone no longer passes,
+and the issue asks CTI reconnection to be reported.  For a fault the master
+serves through (``constants.SERVED``) it is PASS when every phone was
+registered when the fault hit, none moved to the slave or lost its
+registration, the slave never started its services, and calls kept working:
+calls were placed during the fault and none of them failed.  Each criterion is
+a :class:`Criterion`, made once by :func:`compute`; the writers only render
+them.
 """
 
 from __future__ import annotations
@@ -40,12 +78,37 @@ import os
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .constants import DEFAULT_BOUND, OUTAGE, SERVED
-from .events import EXPIRED, NONE, REGISTER_FAILED, REGISTERED, STOPPED, SWITCHED, Event
+from .events import (
+    CALL_CONNECTED,
+    CALL_FAILED,
+    CALL_PLACED,
+    CTI_CONNECT_FAILED,
+    CTI_CONNECTED,
+    CTI_LOST,
+    EXPIRED,
+    NONE,
+    REGISTER_FAILED,
+    REGISTERED,
+    STOPPED,
+    SWITCHED,
+    Event,
+)
+
+OUTGOING = "outgoing"
+INCOMING = "incoming"
+PSTN = "pstn"
+REGISTRATION = "registration"
+CTI = "cti"
+CALL_DIRECTIONS = (OUTGOING, INCOMING, PSTN)
+DIRECTIONS = (INCOMING, OUTGOING, PSTN, REGISTRATION, CTI)  # report.json's order
+PERIODS = ("before", "during", "after")
+INTERNAL = "internal"  # the phones' calls to each other, each counted once
+SUCCESS_BUCKET = 30.0  # real-equivalent seconds per bar of the call-success panel
 
 # --------------------------------------------------------------------------- maths
 
@@ -134,12 +197,254 @@ def downtime_stats(
     )
 
 
+# --------------------------------------------------------------------------- calls and CTI
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One call: when it was placed, when and how it ended, and the other party."""
+
+    placed: float
+    ended: float | None  # None: no result when the phones stopped
+    ok: bool
+    node: str | None  # where its result came from
+    reason: str | None  # why it failed
+    peer: str  # the callee of an outgoing call (its ``to``), the caller of an incoming one
+
+
+def call_attempts(events: Iterable[Event]) -> list[Attempt]:
+    """One caller's attempts, in the order placed.
+
+    Each result is paired with an open call to its ``to``: a connection with
+    the one placed ``setup`` seconds before it, a failure with the oldest.
+    """
+    entries: list[list] = []
+    open_calls: dict[str, list[int]] = {}
+    for event in events:
+        if event.kind not in (CALL_PLACED, CALL_CONNECTED, CALL_FAILED):
+            continue
+        info = event.info or {}
+        to = str(info.get("to", ""))
+        if event.kind == CALL_PLACED:
+            open_calls.setdefault(to, []).append(len(entries))
+            entries.append([event.t, None, False, event.node, None, to])
+            continue
+        waiting = open_calls.get(to)
+        if not waiting:
+            continue
+        pick = 0
+        if event.kind == CALL_CONNECTED and "setup" in info:
+            placed = event.t - float(info["setup"])
+            pick = min(range(len(waiting)), key=lambda i: abs(entries[waiting[i]][0] - placed))
+        entry = entries[waiting.pop(pick)]
+        entry[1:5] = [event.t, event.kind == CALL_CONNECTED, event.node,
+                      None if event.kind == CALL_CONNECTED else str(info.get("reason", ""))]
+    return [Attempt(*entry) for entry in entries]
+
+
+def incoming_attempts(events: Mapping[str, Sequence[Event]]) -> dict[str, list[Attempt]]:
+    """The calls to each phone, from every other phone's list, by the callee's number (``peer``: the caller)."""
+    to_phone: dict[str, list[Attempt]] = {}
+    for caller, evs in events.items():
+        for attempt in call_attempts(evs):
+            to_phone.setdefault(attempt.peer, []).append(replace(attempt, peer=caller))
+    for attempts in to_phone.values():
+        attempts.sort(key=lambda a: a.placed)
+    return to_phone
+
+
+@dataclass(frozen=True)
+class Outage:
+    start: float
+    end: float | None  # None: never back
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.end is None else self.end - self.start
+
+
+def outage_runs(samples: Iterable[tuple[float, float, bool]], since: float) -> list[Outage]:
+    """The outages since ``since`` of ``(began, ended, ok)`` samples (see the module's definition)."""
+    runs: list[Outage] = []
+    start = None
+    ok_since = False
+    for began, ended, ok in sorted(samples, key=lambda s: s[1]):
+        if ended < since:
+            start = None if ok else since  # a run under way at the fault counts from the fault
+            continue
+        if ok:
+            if start is not None:
+                runs.append(Outage(start, ended))
+                start = None
+            ok_since = True
+        elif start is None:
+            start = max(since, began) if ok_since else since
+    if start is not None:
+        runs.append(Outage(start, None))
+    return runs
+
+
+@dataclass(frozen=True)
+class PhoneOutages:
+    """One phone, one direction: its outages since the fault and what they are made of."""
+
+    outages: tuple[Outage, ...] = ()
+    tries: int = 0  # attempts whose result came at or after the fault (CTI: events of the whole run)
+    failures: int = 0  # of those, the failed ones
+    last_failure: str | None = None  # "node: reason" of the last failed attempt
+    periods: dict = field(default_factory=dict)  # "before"/"during"/"after" -> (attempts, failures)
+
+    @property
+    def measured(self) -> bool:
+        return self.tries > 0
+
+    @property
+    def never(self) -> bool:
+        return any(o.end is None for o in self.outages)
+
+    @property
+    def longest(self) -> float | None:
+        """Measured seconds; ``None``: never back."""
+        return None if self.never else max((o.duration for o in self.outages), default=0.0)
+
+    @property
+    def total(self) -> float | None:
+        return None if self.never else sum(o.duration for o in self.outages)
+
+
+def period_of(t: float, fault: float, restored: float | None) -> str:
+    if t < fault:
+        return "before"
+    return "during" if restored is None or t < restored else "after"
+
+
+def period_counts(attempts: Iterable[Attempt], fault: float, restored: float | None) -> dict[str, tuple[int, int]]:
+    """(attempts, failures) placed before, during and after the fault; unfinished attempts left out."""
+    counts = {period: [0, 0] for period in PERIODS}
+    for attempt in attempts:
+        if attempt.ended is None:
+            continue
+        entry = counts[period_of(attempt.placed, fault, restored)]
+        entry[0] += 1
+        entry[1] += not attempt.ok
+    return {period: (n, failed) for period, (n, failed) in counts.items()}
+
+
+def _why(node: str | None, reason: str | None) -> str:
+    return f"{node or '?'}: {reason or 'failed'}"
+
+
+def call_outages(attempts: Sequence[Attempt], fault: float, restored: float | None = None) -> PhoneOutages:
+    """One phone's outages of one call direction since ``fault``."""
+    done = [a for a in attempts if a.ended is not None]
+    after = sorted((a for a in done if a.ended >= fault), key=lambda a: a.ended)
+    failed = [a for a in after if not a.ok]
+    return PhoneOutages(
+        outages=tuple(outage_runs(((a.placed, a.ended, a.ok) for a in done), fault)),
+        tries=len(after),
+        failures=len(failed),
+        last_failure=_why(failed[-1].node, failed[-1].reason) if failed else None,
+        periods=period_counts(done, fault, restored),
+    )
+
+
+def cti_outages(events: Iterable[Event], fault: float) -> PhoneOutages:
+    """One CTI client's outages since ``fault``: losses and failed connections until the next login."""
+    samples, failures, last = [], 0, None
+    for event in events:
+        if event.kind == CTI_CONNECTED:
+            samples.append((event.t, event.t, True))
+        elif event.kind in (CTI_LOST, CTI_CONNECT_FAILED):
+            samples.append((event.t, event.t, False))
+            if event.t >= fault:
+                failures += 1
+                last = _why(event.node, str((event.info or {}).get("reason", event.kind)))
+    return PhoneOutages(tuple(outage_runs(samples, fault)), len(samples), failures, last)
+
+
+@dataclass(frozen=True)
+class OutageStats:
+    """Longest outage per phone over the phones of one direction, real-equivalent seconds."""
+
+    direction: str
+    phones: int  # measured phones
+    p50: float | None
+    p95: float | None
+    max: float | None
+    max_total: float | None  # the largest total outage of a phone (several outages: flapping)
+    over_bound: tuple[str, ...]  # phones whose longest outage is over the bound, or never ended
+    never: tuple[str, ...]
+    unmeasured: tuple[str, ...]  # phones with no attempt since the fault
+    bound: float
+    time_scale: float
+
+    @property
+    def ok(self) -> bool:
+        return self.phones > 0 and not self.over_bound and not self.unmeasured
+
+
+def outage_stats(direction: str, per_phone: Mapping[str, PhoneOutages], time_scale: float = 1.0,
+                 bound: float = DEFAULT_BOUND) -> OutageStats:
+    measured = {pid: o for pid, o in per_phone.items() if o.measured}
+    longest = {pid: None if o.longest is None else o.longest * time_scale for pid, o in measured.items()}
+    totals = [None if o.total is None else o.total * time_scale for o in measured.values()]
+    return OutageStats(
+        direction=direction,
+        phones=len(measured),
+        p50=percentile(list(longest.values()), 50),
+        p95=percentile(list(longest.values()), 95),
+        max=percentile(list(longest.values()), 100),
+        max_total=percentile(totals, 100),
+        over_bound=tuple(sorted(pid for pid, d in longest.items() if d is None or d > bound)),
+        never=tuple(sorted(pid for pid, o in measured.items() if o.never)),
+        unmeasured=tuple(sorted(pid for pid, o in per_phone.items() if not o.measured)),
+        bound=bound,
+        time_scale=time_scale,
+    )
+
+
+def phone_calls(events: Mapping[str, Sequence[Event]], fault: float, restored: float | None = None,
+                pstn: Mapping[str, Sequence[Event]] | None = None) -> dict[str, dict[str, PhoneOutages]]:
+    """direction -> phone -> its outages: outgoing and incoming for every phone, PSTN for the PSTN's phones."""
+    incoming = incoming_attempts(events)
+    out = {
+        OUTGOING: {pid: call_outages(call_attempts(evs), fault, restored) for pid, evs in events.items()},
+        INCOMING: {pid: call_outages(incoming.get(pid, []), fault, restored) for pid in events},
+    }
+    if has_calls(pstn):
+        out[PSTN] = {pid: call_outages(call_attempts(evs), fault, restored) for pid, evs in pstn.items()}
+    return out
+
+
+def has_calls(events: Mapping[str, Sequence[Event]] | None) -> bool:
+    return bool(events) and any(e.kind == CALL_PLACED for evs in events.values() for e in evs)
+
+
+def calls_unsettled(events: Mapping[str, Sequence[Event]], since: float) -> set[str]:
+    """Phones not yet shown able to call and be called since ``since``: no attempt, or an outage still open.
+
+    What the observation waits for before it ends.
+    """
+    waiting = set()
+    for direction in phone_calls(events, since).values():
+        waiting.update(pid for pid, o in direction.items() if not o.measured or o.never)
+    return waiting
+
+
+def calls_unmeasured(events: Mapping[str, Sequence[Event]], since: float) -> set[str]:
+    """Phones with no call attempt, in one direction or the other, whose result came since ``since``."""
+    return {pid for direction in phone_calls(events, since).values()
+            for pid, o in direction.items() if not o.measured}
+
+
+
 @dataclass(frozen=True)
 class SlaveActivity:
     """How often the slave started (failover) and stopped (failback) its services during the run."""
 
     failovers: int
     failbacks: int
+    serving_since: tuple[float, ...] = ()  # when it started serving, monotonic (one per failover)
 
 
 @dataclass(frozen=True)
@@ -150,6 +455,7 @@ class Criterion:
     sentence: str
     failure: str | None = None  # why it is not met; None: met
     decisive: bool = True  # it decides the verdict; otherwise a figure reported in junit.xml only
+    direction: str | None = None  # the outage direction it judges (outgoing, ..., registration), if any
 
     @property
     def ok(self) -> bool:
@@ -176,6 +482,12 @@ class Report:
     lost_registration: int  # phones registered at the fault that lost it before the restore
     expect: str = OUTAGE  # what the fault expects of the cluster (constants.OUTAGE or SERVED)
     slave: SlaveActivity | None = None
+    restored: float | None = None
+    calls: dict = field(default_factory=dict)  # outgoing/incoming/pstn/cti -> phone id -> PhoneOutages
+    outages: dict = field(default_factory=dict)  # outgoing/incoming/pstn/cti -> OutageStats
+    call_counts: dict = field(default_factory=dict)  # internal/pstn -> period -> (attempts, failures)
+    attempts: dict = field(default_factory=dict)  # internal (by caller)/pstn (by callee) -> phone id -> Attempts
+    sources: dict = field(default_factory=dict)  # pstn/cti -> the events given, by phone id
     # The verdict, set once by compute():
     criteria: list = field(default_factory=list)  # Criterion, in junit.xml's order
     passed: bool = False
@@ -206,13 +518,17 @@ def compute(
     expect: str = OUTAGE,
     slave: SlaveActivity | None = None,
     restored: float | None = None,
+    pstn: Mapping[str, Sequence[Event]] | None = None,
+    cti: Mapping[str, Sequence[Event]] | None = None,
 ) -> Report:
-    """Per-phone downtimes, their statistics and the verdict: the only place a verdict is made.
+    """Per-phone outages, their statistics and the verdict: the only place a verdict is made.
 
-    ``events`` maps a phone id to its events in time order; times are
-    monotonic seconds like the events'.  ``restored`` is when the fault was
-    undone (registrations lost after it do not count); ``slave`` is what the
-    slave did, needed to judge a fault during which the master keeps serving.
+    ``events`` maps a phone id to its events in time order; ``pstn`` the
+    callee's phone id to the PSTN calls to it, ``cti`` the user's phone id to
+    its CTI client's events; times are monotonic seconds like the events'.
+    ``restored`` is when the fault was undone (registrations lost after it do
+    not count; calls placed after it are "after"); ``slave`` is what the slave
+    did, needed to judge a fault during which the master keeps serving.
     """
     if expect == SERVED and slave is None:
         raise ValueError("a fault the master serves through is judged on the slave's activity: pass slave=")
@@ -242,11 +558,25 @@ def compute(
         lost_registration=lost_registration(events, fault_time, restored),
         expect=expect,
         slave=slave,
+        restored=restored,
     )
+    report.calls = phone_calls(events, fault_time, restored, pstn)
+    if cti:
+        report.calls[CTI] = {pid: cti_outages(evs, fault_time) for pid, evs in cti.items()}
+    report.outages = {direction: outage_stats(direction, per_phone, time_scale, bound)
+                      for direction, per_phone in report.calls.items()}
+    report.attempts = {INTERNAL: {pid: call_attempts(evs) for pid, evs in events.items()}}
+    if PSTN in report.calls:
+        report.attempts[PSTN] = {pid: call_attempts(evs) for pid, evs in pstn.items()}
+    report.call_counts = {kind: period_counts((a for attempts in by_phone.values() for a in attempts),
+                                              fault_time, restored)
+                          for kind, by_phone in report.attempts.items()}
+    report.sources = {name: dict(given) for name, given in ((PSTN, pstn), (CTI, cti)) if given}
     report.criteria = _criteria(report)
     decisive = [c for c in report.criteria if c.decisive]
     report.passed = all(c.ok for c in decisive)
-    report.reasons = [c.sentence for c in decisive]
+    report.reasons = [c.sentence if c.ok or c.failure == c.sentence else f"{c.failure} ({c.sentence})"
+                      for c in decisive]
     if slave is not None and expect != SERVED:
         report.reasons.append(f"the slave started its services {how_often(slave.failovers)} and stopped them "
                               f"{how_often(slave.failbacks)}")
@@ -283,7 +613,7 @@ def lost_registration(events: Mapping[str, Sequence[Event]], since: float, until
 
 
 def _criteria(report: Report) -> list[Criterion]:
-    """The criteria of the report's fault: phones registered, downtimes within the bound, no failover."""
+    """The criteria of the report's fault, in junit.xml's order (see the module's verdict)."""
     phones = report.phones
     registered = phones - report.registered_at_fault.get(NONE, 0)
     all_registered = phones > 0 and registered == phones
@@ -294,6 +624,12 @@ def _criteria(report: Report) -> list[Criterion]:
         None if all_registered else f"{phones - registered} of {phones} phones were not registered",
     )]
     served = report.expect == SERVED
+    for direction in CALL_DIRECTIONS:
+        stats = report.outages.get(direction)
+        if stats is not None:
+            criteria.append(Criterion(f"{LABELS[direction]} back within {stats.bound:g}s",
+                                      _outage_sentence(stats), None if stats.ok else _outage_failure(report, stats),
+                                      decisive=not served, direction=direction))
     for label, stats, measured in (
         ("failover", report.failover, report.downtimes),
         ("failback", report.failback, report.failback_downtimes),
@@ -301,7 +637,13 @@ def _criteria(report: Report) -> list[Criterion]:
         if stats is not None:
             failure = None if stats.ok else _over_bound(stats, measured, report.time_scale)
             criteria.append(Criterion(f"{label} downtime within {stats.bound:g}s", _stats_sentence(label, stats),
-                                      failure, decisive=not served))
+                                      failure, decisive=False,
+                                      direction=REGISTRATION if label == "failover" else None))
+    if CTI in report.outages:
+        stats = report.outages[CTI]
+        criteria.append(Criterion(f"{LABELS[CTI]} within {stats.bound:g}s", _outage_sentence(stats),
+                                  None if stats.ok else _outage_failure(report, stats), decisive=False,
+                                  direction=CTI))
     if served:
         failovers = report.slave.failovers
         met = (registered == phones and report.failovers_seen == 0 and failovers == 0
@@ -310,7 +652,78 @@ def _criteria(report: Report) -> list[Criterion]:
                     f"started its services {how_often(failovers)}, {report.lost_registration} phones lost "
                     f"their registration")
         criteria.append(Criterion("no failover while the master serves", sentence, None if met else sentence))
+        criteria.append(_calls_kept_working(report))
     return criteria
+
+
+LABELS = {OUTGOING: "outgoing calls", INCOMING: "incoming calls", PSTN: "PSTN calls", CTI: "CTI reconnection",
+          REGISTRATION: "registration"}
+
+
+def _outage_sentence(stats: OutageStats) -> str:
+    what = LABELS[stats.direction]
+    if stats.phones == 0:
+        return f"{what}: no phone had an attempt since the fault ({len(stats.unmeasured)} unmeasured)"
+    text = (f"{what}: longest outage per phone p50 {_fmt_seconds(stats.p50)}, p95 {_fmt_seconds(stats.p95)}, "
+            f"max {_fmt_seconds(stats.max)} (real-equivalent); {len(stats.over_bound)} of {stats.phones} "
+            f"phones over the {stats.bound:g}s bound")
+    if stats.never:
+        text += f", {len(stats.never)} never back"
+    if stats.unmeasured:
+        text += f"; {len(stats.unmeasured)} phones without an attempt since the fault"
+    return text
+
+
+def _outage_failure(report: Report, stats: OutageStats, listed: int = 10) -> str:
+    """Why a direction is not met, naming the phones (the worst first) and their last failure."""
+    per_phone = report.calls[stats.direction]
+    parts = []
+    if stats.phones == 0:
+        parts.append(f"no phone had an attempt since the fault ({LABELS[stats.direction]})")
+    if stats.over_bound:
+        worst = sorted(stats.over_bound, key=lambda pid: math.inf if per_phone[pid].longest is None
+                       else per_phone[pid].longest, reverse=True)
+        named = ", ".join(
+            f"{pid} " + ("never back" if per_phone[pid].longest is None
+                         else f"{per_phone[pid].longest * report.time_scale:.1f}s")
+            + (f" (last failure {per_phone[pid].last_failure})" if per_phone[pid].last_failure else "")
+            for pid in worst[:listed])
+        more = f" and {len(worst) - listed} more" if len(worst) > listed else ""
+        parts.append(f"{LABELS[stats.direction]}: {len(stats.over_bound)} of {stats.phones} phones over "
+                     f"{stats.bound:g}s: {named}{more}")
+    if stats.unmeasured and stats.phones:
+        more = f" and {len(stats.unmeasured) - listed} more" if len(stats.unmeasured) > listed else ""
+        parts.append(f"{LABELS[stats.direction]}: no attempt since the fault for "
+                     f"{', '.join(stats.unmeasured[:listed])}{more}, which cannot be judged")
+    return "; ".join(parts)
+
+
+def _calls_kept_working(report: Report, listed: int = 10) -> Criterion:
+    """SERVED faults: calls were placed while the fault lasted, and none failed."""
+    during = {kind: counts["during"] for kind, counts in report.call_counts.items()}
+    placed = sum(n for n, _ in during.values())
+    failed = sum(f for _, f in during.values())
+    sentence = (f"calls while the master served: {placed} placed during the fault, {failed} failed ("
+                + ", ".join(f"{kind} {n}/{f}" for kind, (n, f) in during.items()) + " placed/failed)")
+    failure = None
+    if placed == 0:
+        failure = "no call was placed during the fault: nothing shows that calls kept working"
+    elif failed:
+        bad = [f"{caller}->{a.peer} ({_why(a.node, a.reason)})"
+               for caller, a in _failed_during(report)][:listed]
+        failure = f"{failed} calls failed during the fault: {', '.join(bad)}"
+    return Criterion("calls kept working while the master serves", sentence, failure)
+
+
+def _failed_during(report: Report) -> list[tuple[str, Attempt]]:
+    """(caller, attempt) of the calls placed during the fault that failed, by the time they were placed."""
+    found = []
+    for kind, by_phone in report.attempts.items():
+        for pid, attempts in by_phone.items():
+            found += [(pid, a) if kind == INTERNAL else ("PSTN", replace(a, peer=pid)) for a in attempts
+                      if a.ended is not None and not a.ok
+                      and period_of(a.placed, report.fault_time, report.restored) == "during"]
+    return sorted(found, key=lambda item: item[1].placed)
 
 
 def _over_bound(stats: DowntimeStats, measured: Mapping[str, float | None], time_scale: float) -> str:
@@ -403,9 +816,59 @@ def _stats_dict(stats: DowntimeStats | None) -> dict | None:
     return data
 
 
+def _outage_dict(stats: OutageStats, decisive: bool) -> dict:
+    return {
+        "p50": _json_number(stats.p50),
+        "p95": _json_number(stats.p95),
+        "max": _json_number(stats.max),
+        "max_total": _json_number(stats.max_total),
+        "phones": stats.phones,
+        "never": len(stats.never),
+        "over_bound": list(stats.over_bound),
+        "unmeasured": list(stats.unmeasured),
+        "decisive": decisive,
+    }
+
+
+def _registration_dict(stats: DowntimeStats, measured: Mapping[str, float | None], decisive: bool) -> dict:
+    over = sorted(pid for pid, d in measured.items() if d is None or d * stats.time_scale > stats.bound)
+    return {"p50": _json_number(stats.p50), "p95": _json_number(stats.p95), "max": _json_number(stats.max),
+            "phones": stats.phones, "never": stats.never, "over_bound": over, "decisive": decisive}
+
+
+def outages_dict(report: Report) -> dict:
+    """report.json's ``outages``: each direction's figures (real-equivalent seconds), then ``over_bound``.
+
+    A direction without data (no PSTN calls, no CTI clients) has p50/p95/max ``null``
+    and 0 phones; an infinite figure (a phone never back) is ``null`` too, with
+    ``never`` > 0.  ``over_bound``: the phones that could not call or be called
+    again within the bound (outgoing, incoming or PSTN).
+    """
+    decisive = {c.direction for c in report.criteria if c.decisive}
+    empty = OutageStats("", 0, None, None, None, None, (), (), (), report.bound, report.time_scale)
+    out = {}
+    for direction in DIRECTIONS:
+        if direction == REGISTRATION:
+            out[direction] = _registration_dict(report.failover, report.downtimes, direction in decisive)
+            continue
+        out[direction] = _outage_dict(report.outages.get(direction, empty), direction in decisive)
+    out["over_bound"] = sorted({pid for direction in CALL_DIRECTIONS if direction in report.outages
+                                for pid in report.outages[direction].over_bound})
+    return out
+
+
+def _phone_outages_dict(o: PhoneOutages) -> dict:
+    data = {"longest": _json_number(o.longest), "total": _json_number(o.total), "never": o.never,
+            "outages": [[round(x.start, 6), None if x.end is None else round(x.end, 6)] for x in o.outages],
+            "tries": o.tries, "failures": o.failures, "last_failure": o.last_failure}
+    if o.periods:
+        data["attempts"] = {period: {"attempts": n, "failures": f} for period, (n, f) in o.periods.items()}
+    return data
+
+
 def to_dict(report: Report, events: Mapping[str, Sequence[Event]] | None = None,
             simulation: Mapping | None = None) -> dict:
-    """The report as JSON-ready data; infinite downtimes become ``null``.
+    """The report as JSON-ready data; infinite durations become ``null``.
 
     ``simulation`` (what the run did besides the phones: scenario, slave, cluster)
     goes in last, as ``"simulation"``.
@@ -415,17 +878,33 @@ def to_dict(report: Report, events: Mapping[str, Sequence[Event]] | None = None,
         entry = {"downtime": _json_number(measured)}
         if report.failback_downtimes is not None:
             entry["failback_downtime"] = _json_number(report.failback_downtimes.get(pid))
+        for direction, per_phone in report.calls.items():
+            if pid in per_phone:
+                entry[direction] = _phone_outages_dict(per_phone[pid])
         if events is not None:
             entry["events"] = [e.to_dict() for e in events.get(pid, ())]
+            for name, given in report.sources.items():
+                if pid in given:
+                    entry[f"{name}_events"] = [e.to_dict() for e in given[pid]]
         phones[pid] = entry
     data = {
         "verdict": report.verdict,
         "reasons": report.reasons,
         "definitions": {
+            "outage": "per phone and direction, a run of failed attempts whose result came after the fault: "
+            "from the fault (no success since it, or a run under way at it), else from the run's first "
+            "failed attempt, to the next success; never ended: null (never back)",
+            "outgoing": "the phone's own calls",
+            "incoming": "the other phones' calls to the phone's number",
+            "pstn": "the carrier's calls to the phone's DID",
+            "cti": "the user's CTI client: a lost connection or a failed connection attempt until the next login",
+            "unmeasured": "phones with no attempt since the fault: they fail a decisive criterion",
+            "attempts": "calls placed before the fault, during it (until the restore) and after; "
+            "calls without a result when the phones stopped are left out",
             "downtime": "fault -> first successful registration after it, any node",
             "failback_downtime": "failback -> first successful registration on the primary after it",
-            "units": "per-phone values: measured seconds; statistics: real-equivalent seconds "
-            "(measured x time_scale); null: never registered again",
+            "units": "per-phone values: measured seconds (monotonic clock); statistics: real-equivalent "
+            "seconds (measured x time_scale); null: never back",
         },
         "phones": report.phones,
         "time_scale": report.time_scale,
@@ -436,6 +915,11 @@ def to_dict(report: Report, events: Mapping[str, Sequence[Event]] | None = None,
         "failback": None
         if report.failback_time is None
         else {"t": report.failback_time, "wall": report.failback_wall},
+        "restored": report.restored,
+        "slave_serving_since": list(report.slave.serving_since) if report.slave is not None else [],
+        "outages": outages_dict(report),
+        "calls": {kind: {period: {"attempts": n, "failures": f} for period, (n, f) in counts.items()}
+                  for kind, counts in report.call_counts.items()},
         "registered_at_fault": report.registered_at_fault,
         "failovers_seen": report.failovers_seen,
         "failover_downtime": _stats_dict(report.failover),
@@ -502,6 +986,10 @@ def junit_tree(report: Report, suite: str = "failover-simulation") -> ET.Element
         ("failover_p50", _json_number(report.failover.p50)),
         ("failover_p95", _json_number(report.failover.p95)),
         ("failover_max", _json_number(report.failover.max)),
+        *((f"{direction}_{q}", _json_number(getattr(stats, q)))
+          for direction, stats in report.outages.items() for q in ("p50", "p95", "max")),
+        *((f"{kind}_{period}", f"{n} placed, {f} failed")
+          for kind, counts in report.call_counts.items() for period, (n, f) in counts.items()),
     ):
         ET.SubElement(props, "property", name=name, value="null" if value is None else str(value))
     for criterion in report.criteria:
@@ -522,8 +1010,28 @@ def write_junit(report: Report, path: str | os.PathLike) -> Path:
     return path
 
 
+def success_share(attempts: Iterable[Attempt], origin: float, width: float) -> tuple[list[float], list[float]]:
+    """Share of the calls placed in each bucket of ``width`` seconds (from ``origin``) that succeeded.
+
+    Returns the buckets' left edges (relative to ``origin``) and shares in 0..1;
+    buckets without a finished call are left out.  Calls without a result are not counted.
+    """
+    buckets: dict[int, list[int]] = {}
+    for attempt in attempts:
+        if attempt.ended is None:
+            continue
+        entry = buckets.setdefault(math.floor((attempt.placed - origin) / width), [0, 0])
+        entry[0] += 1
+        entry[1] += attempt.ok
+    keys = sorted(buckets)
+    return [k * width for k in keys], [buckets[k][1] / buckets[k][0] for k in keys]
+
+
 def write_timeline(report: Report, events: Mapping[str, Sequence[Event]], path: str | os.PathLike) -> Path:
-    """Phones registered per node over time; fault and failback as vertical lines."""
+    """Phones registered per node over time, and below it the share of calls that succeeded per bucket.
+
+    The fault, the failback and each moment the slave started serving are vertical lines on both.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -540,7 +1048,8 @@ def write_timeline(report: Report, events: Mapping[str, Sequence[Event]], path: 
     end = max([until if until is not None else max(last, default=report.fault_time), report.fault_time,
                report.failback_time or report.fault_time])
     xs = [t - origin for t in times]
-    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
+    fig, (ax, calls) = plt.subplots(2, 1, sharex=True, figsize=(10, 7), dpi=100,
+                                    gridspec_kw={"height_ratios": [3, 2]})
     try:
         for label, ys in series.items():
             if not ys:
@@ -548,16 +1057,28 @@ def write_timeline(report: Report, events: Mapping[str, Sequence[Event]], path: 
             style = {"linestyle": ":", "color": "grey"} if label == NONE else {}
             before = report.phones if label == NONE else 0  # nobody is registered at first
             ax.step([0.0] + xs + [end - origin], [before] + ys + [ys[-1]], where="post", label=label, **style)
-        ax.axvline(report.fault_time - origin, color="red", linestyle="--", label="fault")
-        if report.failback_time is not None:
-            ax.axvline(report.failback_time - origin, color="green", linestyle="--", label="failback")
+        width = SUCCESS_BUCKET / report.time_scale
+        for kind, by_phone in report.attempts.items():
+            left, share = success_share((a for attempts in by_phone.values() for a in attempts), origin, width)
+            if left:
+                calls.step(left + [left[-1] + width], [100 * x for x in share] + [100 * share[-1]], where="post",
+                           label=f"{'internal' if kind == INTERNAL else 'PSTN'} calls")
+        serving = report.slave.serving_since if report.slave is not None else ()
+        for axes in (ax, calls):
+            axes.axvline(report.fault_time - origin, color="red", linestyle="--", label="fault")
+            if report.failback_time is not None:
+                axes.axvline(report.failback_time - origin, color="green", linestyle="--", label="failback")
+            for i, t in enumerate(serving):
+                axes.axvline(t - origin, color="purple", linestyle="-.", label="slave serving" if i == 0 else None)
+            axes.grid(True, alpha=0.3)
+            axes.legend(loc="best", fontsize="small")
         scale = f" (x{report.time_scale:g} for real-equivalent)" if report.time_scale != 1 else ""
-        ax.set_xlabel(f"measured seconds since start{scale}")
+        calls.set_xlabel(f"measured seconds since start{scale}")
         ax.set_ylabel("phones registered")
+        calls.set_ylabel(f"calls that succeeded, %\n(per {SUCCESS_BUCKET:g}s real-equivalent)")
         ax.set_title(f"{report.phones} phones, {report.primary} -> {report.backup}: {report.verdict}")
         ax.set_ylim(bottom=0)
-        ax.grid(True, alpha=0.3)
-        ax.legend(loc="best")
+        calls.set_ylim(-5, 105)
         fig.tight_layout()
         png = io.BytesIO()
         fig.savefig(png, format="png")
@@ -580,26 +1101,41 @@ def write_all(report: Report, events: Mapping[str, Sequence[Event]], directory: 
 
 
 def format_table(report: Report) -> str:
-    """The figures as a small terminal table, verdict last."""
-    rows = [("", "p50", "p95", "max", f"over {report.bound:g}s", "never")]
-    for label, stats in (("failover", report.failover), ("failback", report.failback)):
-        if stats is None:
-            continue
-        rows.append((
-            label,
-            _fmt_seconds(stats.p50),
-            _fmt_seconds(stats.p95),
-            _fmt_seconds(stats.max),
-            f"{stats.over_bound}/{stats.phones}",
-            str(stats.never),
-        ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    """The figures as a small terminal table (longest outage per phone), call counts, verdict last."""
+    lines = figures(report)
     at_fault = ", ".join(f"{k} {v}" for k, v in sorted(report.registered_at_fault.items()))
     lines.append("")
     lines.append(f"phones {report.phones}, time scale x{report.time_scale:g} (figures are real-equivalent)")
     lines.append(f"registered at fault: {at_fault}; switched to backup after the fault: {report.failovers_seen}")
+    lines.extend(calls_lines(report))
     lines.append(f"verdict: {report.verdict}")
     return "\n".join(lines)
+
+
+def figures(report: Report) -> list[str]:
+    """The table's lines: per direction, the longest outage per phone (p50/p95/max) and the phones over the bound."""
+    rows = [("", "p50", "p95", "max", "max total", f"over {report.bound:g}s", "never", "no attempt")]
+    for direction in (OUTGOING, INCOMING, PSTN, CTI):
+        stats = report.outages.get(direction)
+        if stats is None:
+            continue
+        rows.append((LABELS[direction], _fmt_seconds(stats.p50), _fmt_seconds(stats.p95), _fmt_seconds(stats.max),
+                     _fmt_seconds(stats.max_total), f"{len(stats.over_bound)}/{stats.phones}", str(len(stats.never)),
+                     str(len(stats.unmeasured))))
+    for label, stats in (("registration", report.failover), ("failback registration", report.failback)):
+        if stats is None:
+            continue
+        rows.append((label, _fmt_seconds(stats.p50), _fmt_seconds(stats.p95), _fmt_seconds(stats.max), "-",
+                     f"{stats.over_bound}/{stats.phones}", str(stats.never), "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def calls_lines(report: Report) -> list[str]:
+    """One line per kind of call: placed and failed, before, during and after the fault."""
+    return [f"{'internal' if kind == INTERNAL else 'PSTN'} calls placed (failed): "
+            + ", ".join(f"{period} {n} ({f})" for period, (n, f) in counts.items())
+            for kind, counts in report.call_counts.items()]

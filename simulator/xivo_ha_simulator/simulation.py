@@ -22,7 +22,7 @@ from typing import TextIO
 from . import faults
 from . import report as rep
 from .cluster import MASTER, PROJECT, SLAVE, BringUp, Checker, Cluster, ClusterError
-from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE, OUTAGE, SERVED
+from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE, OUTAGE, SERVED, SERVING
 from .events import NONE
 from .phone import Credentials, Fleet, FleetThread, PhoneConfig, Registrar, provisioned_line
 
@@ -126,6 +126,7 @@ class Simulation:
         self.k = float(options.time_scale)
         self.started = time.monotonic()
         self.facts: dict = {}  # what the fault's steps reported (e.g. packets dropped)
+        self.settings: dict = {}  # the slave settings of this run, "section.key" -> value
 
     def say(self, text: str) -> None:
         self.out.write(f"[{time.monotonic() - self.started:6.1f}s] {text}\n")
@@ -193,7 +194,8 @@ class Simulation:
             wanted[("failover", "failures_before_failover")] = str(self.o.failures_before_failover)
         for (section, key), value in wanted.items():
             cluster.set_setting(SLAVE, section, key, value)
-        return {f"{section}.{key}": value for (section, key), value in wanted.items()}
+        self.settings = {f"{section}.{key}": value for (section, key), value in wanted.items()}
+        return self.settings
 
     def fleet(self, info: BringUp) -> tuple[FleetThread, PhoneConfig]:
         """The phones, provisioned from the master, on a thread of their own (not started)."""
@@ -251,7 +253,8 @@ class Simulation:
         report = rep.compute(events, observation.fault_time, observation.failback_time, time_scale=k,
                              bound=o.bound, primary=MASTER, backup=SLAVE, fault_wall=observation.fault_wall,
                              failback_wall=observation.failback_wall, expect=fault.expect,
-                             slave=rep.SlaveActivity(checker.failovers(), checker.failbacks()),
+                             slave=rep.SlaveActivity(checker.failovers(), checker.failbacks(),
+                                                     tuple(e.t for e in checker.events if e.mode == SERVING)),
                              restored=observation.restored)
         checks = SlaveChecks(*checker.checks_between(observation.fault_time, observation.restored))
         timings["observation"] = round(time.monotonic() - observation.fault_time, 1)
@@ -307,23 +310,33 @@ class Simulation:
 
     def _observed_enough(self, runner: FleetThread, now: float, t0: float, t1: float | None,
                          restore_at: float | None, window: float) -> bool:
-        """After a failback: every phone home, or the window is over; without a restore: the same since the fault."""
+        """After a failback: every phone home and calling both ways again, or the window is over; without a
+        restore: the same since the fault.  After the window the observation goes on (up to its hard limit)
+        while a phone has had no call, in one direction or the other, since the fault: the verdict needs one.
+        """
         if t1 is not None:
-            return self._all_registered_since(runner, t1, MASTER) or now > t1 + window
+            return self._back_since(runner, t1, MASTER) or (now > t1 + window and not self._unmeasured(runner, t0))
         if restore_at is None:
-            if self.fault.expect == OUTAGE and self._all_registered_since(runner, t0, None):
+            if self.fault.expect == OUTAGE and self._back_since(runner, t0, None):
                 return True
-            return now > t0 + window
+            return now > t0 + window and not self._unmeasured(runner, t0)
         return False
 
     @staticmethod
-    def _all_registered_since(runner: FleetThread, since: float, node: str | None) -> bool:
+    def _events(runner: FleetThread) -> dict:
         # Reading the phones' event lists from this thread: each list only grows,
         # and a stale read only delays the end by one tick.
-        for phone in runner.fleet.phones:
-            if rep.first_registration(list(phone.events), since, node) is None:
-                return False
-        return True
+        return {phone.user: list(phone.events) for phone in runner.fleet.phones}
+
+    def _back_since(self, runner: FleetThread, since: float, node: str | None) -> bool:
+        """Every phone registered (on ``node`` if given) since ``since``, and calls settled both ways."""
+        events = self._events(runner)
+        if any(rep.first_registration(evs, since, node) is None for evs in events.values()):
+            return False
+        return self.o.call_rate == 0 or not rep.calls_unsettled(events, since)
+
+    def _unmeasured(self, runner: FleetThread, since: float) -> bool:
+        return self.o.call_rate > 0 and bool(rep.calls_unmeasured(self._events(runner), since))
 
     # ---------------------------------------------------------------- files and table
 
@@ -338,6 +351,8 @@ class Simulation:
             "sip_probe": self.o.sip_probe,
             "failback_after": self.o.failback_after,
             "failback_policy": self.o.failback_policy,
+            "call_rate": self.o.call_rate,
+            "fault_steps": [step.describe() for step in self.fault.inject],
             "slave_settings": settings,
             "slave_failovers": report.slave.failovers,
             "slave_failbacks": report.slave.failbacks,
@@ -361,7 +376,8 @@ class Simulation:
         slave = report.slave
         if self.fault.expect == SERVED:
             at_fault = ", ".join(f"{k} {v}" for k, v in sorted(report.registered_at_fault.items()))
-            lines = [
+            lines = rep.figures(report) + [
+                "",
                 f"phones {report.phones}, time scale x{report.time_scale:g}; the master kept serving "
                 f"({self.fault.summary})",
                 f"registered at fault: {at_fault}",
@@ -370,9 +386,12 @@ class Simulation:
                 f"slave: started its services {rep.how_often(slave.failovers)}, saw the master down in "
                 f"{outcome.checks.master_down} of its {outcome.checks.during_fault} checks during the fault",
             ]
+            if self.settings:
+                lines.append("slave settings: " + ", ".join(f"{k}={v}" for k, v in self.settings.items()))
             if "packets_dropped" in self.facts:
                 lines.append(f"packets dropped by the fault: {self.facts['packets_dropped']} of "
                              f"{self.facts.get('packets_from_peer', '?')} from the slave")
+            lines.extend(rep.calls_lines(report))
         else:
             lines = [rep.format_table(report).rsplit("\nverdict:", 1)[0]]
             lines.append(f"slave: started its services {rep.how_often(slave.failovers)}, stopped them "

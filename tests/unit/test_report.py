@@ -41,6 +41,35 @@ def fleet():
     }
 
 
+
+def call(t, end, to, ok=True, node="master", reason="timeout"):
+    """One outgoing call: placed at ``t``, connected (or failed) at ``end``."""
+    result = ev(end, "call_connected", node, to=to, setup=end - t) if ok else \
+        ev(end, "call_failed", node, to=to, reason=reason)
+    return [ev(t, "call_placed", node, to=to), result]
+
+
+def with_calls(events, **calls):
+    """``events`` with each phone's calls (``a=[call(...), ...]``) merged in, in time order."""
+    out = {pid: list(evs) for pid, evs in events.items()}
+    for pid, made in calls.items():
+        out[pid] = sorted(out[pid] + [e for pair in made for e in pair], key=lambda e: e.t)
+    return out
+
+
+def calling_fleet():
+    """a and b of fleet(), calling each other: calls fail until both are on the slave (b at 140)."""
+    events = {k: v for k, v in fleet().items() if k in ("a", "b")}
+    return with_calls(
+        events,
+        a=[call(50, 50.1, "b"), call(103, 106.2, "b", ok=False),
+           call(116, 116.1, "b", ok=False, node="slave", reason="480 Temporarily Unavailable"),
+           call(141, 141.1, "b", node="slave"), call(230, 230.1, "b")],
+        b=[call(60, 60.1, "a"), call(135, 138.2, "a", ok=False), call(141, 141.2, "a", node="slave"),
+           call(231, 231.1, "a")],
+    )
+
+
 def test_downtime_is_fault_to_first_registration_on_any_node():
     events = fleet()
     assert report.downtime(events["a"], FAULT) == 15
@@ -77,15 +106,32 @@ def test_compute_counts_real_equivalent_seconds_against_the_bound():
     assert r.passed is False and r.verdict == "FAIL"
 
 
-def test_pass_when_every_phone_is_back_within_the_bound():
-    events = {k: v for k, v in fleet().items() if k in ("a", "b")}
+def test_pass_when_every_phone_can_call_and_be_called_within_the_bound():
+    events = calling_fleet()
     r = report.compute(events, FAULT, FAILBACK, time_scale=10, bound=300)
-    assert r.failover.max == 400 and not r.passed  # b: 40 s x 10
+    # a: from the fault to its call connected at 141.1; b: to 141.2.  x10: 411 and 412 s.
+    out, inc = r.outages["outgoing"], r.outages["incoming"]
+    assert (out.p50, out.max, out.over_bound) == (pytest.approx(411), pytest.approx(412), ("a", "b"))
+    assert inc.over_bound == ("a", "b") and not r.passed
     r = report.compute(events, FAULT, FAILBACK, time_scale=5, bound=300)
+    assert (r.outages["outgoing"].max, r.outages["incoming"].max) == (pytest.approx(206), pytest.approx(206))
     assert (r.failover.p50, r.failover.max) == (75, 200)
     assert (r.failback.p50, r.failback.max) == (50, 125)
     assert r.passed and r.verdict == "PASS"
+    # registered, outgoing, incoming: registration and failback are reported, not decisive.
     assert len(r.reasons) == 3
+    assert [c.name for c in r.criteria if not c.decisive] == ["failover downtime within 300s",
+                                                              "failback downtime within 300s"]
+
+
+def test_registration_alone_no_longer_passes():
+    events = {k: v for k, v in fleet().items() if k in ("a", "b")}
+    r = report.compute(events, FAULT, FAILBACK, time_scale=5, bound=300)
+    assert r.failover.ok and r.failback.ok
+    assert not r.passed
+    assert r.outages["outgoing"].unmeasured == ("a", "b") and r.outages["outgoing"].phones == 0
+    assert any("no phone had an attempt since the fault (outgoing calls)" in c.failure for c in r.criteria
+               if c.failure)
 
 
 def test_a_phone_unregistered_at_the_fault_fails_the_run():
@@ -151,6 +197,8 @@ def test_writers(tmp_path):
     assert data["verdict"] == "FAIL"
     assert data["failover_downtime"]["p50"] == 150
     assert data["failover_downtime"]["max"] is None  # infinite
+    assert data["outages"]["registration"] == {"p50": 150, "p95": None, "max": None, "phones": 4, "never": 1,
+                                               "over_bound": ["b", "c"], "decisive": False}
     assert data["per_phone"]["a"]["downtime"] == 15
     assert data["per_phone"]["c"]["downtime"] is None
     assert data["per_phone"]["a"]["failback_downtime"] == 10
@@ -160,11 +208,12 @@ def test_writers(tmp_path):
     suite = ET.parse(paths["junit"]).getroot()
     assert suite.tag == "testsuite"
     cases = suite.findall("testcase")
-    assert int(suite.get("tests")) == len(cases) == 3
+    assert int(suite.get("tests")) == len(cases) == 5
     failed = [c.get("name") for c in cases if c.find("failure") is not None]
-    assert failed == ["failover downtime within 300s", "failback downtime within 300s"]
-    assert int(suite.get("failures")) == 2
-    message = cases[1].find("failure").get("message")
+    assert failed == ["outgoing calls back within 300s", "incoming calls back within 300s",
+                      "failover downtime within 300s", "failback downtime within 300s"]
+    assert int(suite.get("failures")) == 4
+    message = cases[3].find("failure").get("message")
     assert "2 of 4 phones" in message and "c=never" in message
 
     png = paths["timeline"].read_bytes()
@@ -172,12 +221,15 @@ def test_writers(tmp_path):
 
 
 def test_table_shows_figures_and_verdict():
-    r = report.compute(fleet(), FAULT, FAILBACK, time_scale=10, bound=300)
+    r = report.compute(calling_fleet(), FAULT, FAILBACK, time_scale=10, bound=300, restored=FAILBACK)
     table = report.format_table(r)
     lines = table.splitlines()
-    assert lines[0].split() == ["p50", "p95", "max", "over", "300s", "never"]
-    assert lines[2].split() == ["failover", "150.0s", "never", "never", "2/4", "1"]
-    assert lines[3].split() == ["failback", "250.0s", "never", "never", "2/4", "2"]
+    assert lines[0].split() == ["p50", "p95", "max", "max", "total", "over", "300s", "never", "no", "attempt"]
+    assert lines[2].split() == ["outgoing", "calls", "411.0s", "412.0s", "412.0s", "412.0s", "2/2", "0", "0"]
+    assert lines[3].split() == ["incoming", "calls", "411.0s", "412.0s", "412.0s", "412.0s", "2/2", "0", "0"]
+    assert lines[4].split() == ["registration", "150.0s", "400.0s", "400.0s", "-", "1/2", "0", "-"]
+    assert lines[5].split() == ["failback", "registration", "100.0s", "250.0s", "250.0s", "-", "0/2", "0", "-"]
+    assert "internal calls placed (failed): before 2 (0), during 5 (3), after 2 (0)" in lines
     assert lines[-1] == "verdict: FAIL"
 
 
@@ -188,12 +240,18 @@ def test_bound_edge_uses_scaled_seconds(scale, expected):
     assert report.compute(events, FAULT, time_scale=scale).failover.ok is expected
 
 
-def served_fleet():
-    """Two phones the master keeps serving: they refresh on it before and after the fault."""
-    return {
+def served_fleet(**replaced):
+    """Two phones the master keeps serving: they refresh on it before and after the fault, and call each other.
+
+    ``replaced``: registration events instead of a phone's own.
+    """
+    events = {
         "a": [ev(0, "started"), ev(1, "registered", "master"), ev(110, "registered", "master")],
         "b": [ev(0, "started"), ev(2, "registered", "master"), ev(120, "registered", "master")],
     }
+    events.update(replaced)
+    return with_calls(events, a=[call(50, 50.1, "b"), call(105, 105.1, "b")],
+                      b=[call(60, 60.1, "a"), call(115, 115.1, "a"), call(135, 135.1, "a")])
 
 
 def test_a_fault_the_master_serves_through_passes_only_without_failover():
@@ -202,37 +260,56 @@ def test_a_fault_the_master_serves_through_passes_only_without_failover():
     assert r.passed and r.verdict == "PASS"
     assert r.reasons == ["2 of 2 phones were registered when the fault hit",
                          "expected no failover: 0 phones moved to the slave, the slave started its services "
-                         "0 times, 0 phones lost their registration"]
-    assert [c.name for c in r.criteria] == ["phones registered before the fault", "failover downtime within 300s",
-                                            "no failover while the master serves"]
+                         "0 times, 0 phones lost their registration",
+                         "calls while the master served: 2 placed during the fault, 0 failed "
+                         "(internal 2/0 placed/failed)"]
+    assert [c.name for c in r.criteria] == ["phones registered before the fault", "outgoing calls back within 300s",
+                                            "incoming calls back within 300s", "failover downtime within 300s",
+                                            "no failover while the master serves",
+                                            "calls kept working while the master serves"]
+    assert [c.name for c in r.criteria if c.decisive] == ["phones registered before the fault",
+                                                          "no failover while the master serves",
+                                                          "calls kept working while the master serves"]
     started = report.compute(served_fleet(), FAULT, time_scale=10, expect=SERVED,
                              slave=report.SlaveActivity(failovers=1, failbacks=1), restored=130)
     assert not started.passed
-    assert "the slave started its services once" in started.reasons[-1]
+    assert "the slave started its services once" in started.reasons[-2]
     with pytest.raises(ValueError):
         report.compute(served_fleet(), FAULT, expect=SERVED)
 
 
+def test_a_served_fault_fails_when_a_call_fails_or_none_is_placed():
+    calm = report.SlaveActivity(failovers=0, failbacks=0)
+    events = with_calls(served_fleet(), a=[call(120, 123.2, "b", ok=False)])
+    r = report.compute(events, FAULT, time_scale=10, expect=SERVED, slave=calm, restored=130)
+    assert not r.passed
+    failed = [c for c in r.criteria if c.name == "calls kept working while the master serves"][0]
+    assert failed.failure == "1 calls failed during the fault: a->b (master: timeout)"
+    # The same failure after the restore is not the fault's doing.
+    assert report.compute(events, FAULT, time_scale=10, expect=SERVED, slave=calm, restored=119).passed
+    quiet = {pid: [e for e in evs if not e.kind.startswith("call_")] for pid, evs in served_fleet().items()}
+    r = report.compute(quiet, FAULT, time_scale=10, expect=SERVED, slave=calm, restored=130)
+    assert not r.passed
+    assert r.criteria[-1].failure == "no call was placed during the fault: nothing shows that calls kept working"
+
+
 def test_a_served_fault_fails_on_a_lost_registration_but_not_on_a_slow_refresh():
     calm = report.SlaveActivity(failovers=0, failbacks=0)
-    events = served_fleet()
-    events["b"] = [ev(0, "started"), ev(2, "registered", "master"), ev(125, "expired", "master"),
-                   ev(126, "registered", "master")]
+    events = served_fleet(b=[ev(0, "started"), ev(2, "registered", "master"), ev(125, "expired", "master"),
+                             ev(126, "registered", "master")])
     r = report.compute(events, FAULT, time_scale=10, expect=SERVED, slave=calm, restored=130)
     assert r.lost_registration == 1 and not r.passed
     # A registration lost after the restore is not the fault's doing.
     assert report.compute(events, FAULT, time_scale=10, expect=SERVED, slave=calm, restored=124).passed
     # No phone lost its registration, one refreshed late: reported in junit.xml, not decisive.
-    slow = served_fleet()
-    slow["b"] = [ev(0, "started"), ev(2, "registered", "master"), ev(140, "registered", "master")]
+    slow = served_fleet(b=[ev(0, "started"), ev(2, "registered", "master"), ev(140, "registered", "master")])
     r = report.compute(slow, FAULT, time_scale=10, expect=SERVED, slave=calm, restored=130)
     assert r.passed
     assert [c.name for c in r.criteria if not c.ok] == ["failover downtime within 300s"]
 
 
 def test_an_outage_verdict_names_what_the_slave_did():
-    events = {k: v for k, v in fleet().items() if k in ("a", "b")}
-    r = report.compute(events, FAULT, FAILBACK, time_scale=5, slave=report.SlaveActivity(1, 2))
+    r = report.compute(calling_fleet(), FAULT, FAILBACK, time_scale=5, slave=report.SlaveActivity(1, 2))
     assert r.passed
     assert r.reasons[-1] == "the slave started its services once and stopped them 2 times"
     assert len(r.reasons) == 4
@@ -258,7 +335,7 @@ def test_write_all_writes_the_simulation_and_every_criterion_once(tmp_path):
     assert (data["verdict"], data["reasons"]) == ("PASS", r.reasons)
     suite = ET.parse(out / "junit.xml").getroot()
     assert [c.get("name") for c in suite.findall("testcase")] == [c.name for c in r.criteria]
-    assert (suite.get("tests"), suite.get("failures")) == ("3", "0")
+    assert (suite.get("tests"), suite.get("failures")) == ("6", "0")
 
 
 def test_write_atomic_keeps_what_was_there_when_the_rename_fails(tmp_path):
@@ -269,3 +346,206 @@ def test_write_atomic_keeps_what_was_there_when_the_rename_fails(tmp_path):
         report.write_atomic(target, b"{}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
     assert (target / "kept").read_text() == "x"
+
+
+# --------------------------------------------------------------------------- calls: outages per phone
+
+
+def registered(pid_count=3):
+    """Phones 1001.. registered on the master before the fault and on the slave 12 s after it."""
+    return {str(1001 + i): [ev(0, "started"), ev(1 + i, "registered", "master"), ev(112, "registered", "slave")]
+            for i in range(pid_count)}
+
+
+def test_call_attempts_pair_each_result_with_its_call():
+    events = sorted(call(10, 13.2, "1002", ok=False) + call(11, 11.1, "1003") + call(12, 12.5, "1002"),
+                    key=lambda e: e.t)
+    events.insert(3, ev(13.2, "call_retried", "slave", to="1002", reason="no answer"))
+    events += [ev(20, "call_placed", "master", to="1003")]  # no result when the phones stopped
+    attempts = report.call_attempts(events)
+    assert [(a.placed, a.ended, a.ok, a.peer) for a in attempts] == [
+        (10, 13.2, False, "1002"),  # retried, then failed: one attempt
+        (11, 11.1, True, "1003"),
+        (12, 12.5, True, "1002"),  # connected 0.5 s after it was placed: the later call to 1002
+        (20, None, False, "1003"),
+    ]
+    assert attempts[0].reason == "timeout" and attempts[0].node == "master"
+    # Without a setup time, a result goes to the oldest open call to that number.
+    plain = [ev(1, "call_placed", "master", to="x"), ev(2, "call_placed", "master", to="x"),
+             ev(3, "call_connected", "master", to="x")]
+    assert [(a.placed, a.ended) for a in report.call_attempts(plain)] == [(1, 3), (2, None)]
+
+
+def test_an_outage_runs_from_the_fault_to_the_next_success():
+    events = with_calls(registered(), **{
+        "1001": [call(90, 90.1, "1002"), call(102, 105.2, "1002", ok=False),
+                 call(110, 110.1, "1003", ok=False, reason="480 Temporarily Unavailable"),
+                 call(118, 118.1, "1002", node="slave")],
+        "1002": [call(101, 101.1, "1001", node="slave")],
+        "1003": [call(104, 107.2, "1001", ok=False), call(113, 113.3, "1001", node="slave")],
+    })
+    r = report.compute(events, FAULT, time_scale=10, restored=None)
+    out = r.calls["outgoing"]["1001"]
+    assert out.outages == (report.Outage(FAULT, 118.1),)
+    assert (out.longest, out.total) == (pytest.approx(18.1), pytest.approx(18.1))
+    assert (out.tries, out.failures, out.last_failure) == (3, 2, "master: 480 Temporarily Unavailable")
+    assert out.periods == {"before": (1, 0), "during": (3, 2), "after": (0, 0)}
+    # 1002 succeeded at once; 1001 was called by 1002 (ok) then by 1003 (failed, then ok at 113.3).
+    assert r.calls["outgoing"]["1002"].longest == 0.0
+    incoming = r.calls["incoming"]["1001"]
+    assert incoming.outages == (report.Outage(104, 113.3),)  # a success at 101.1 came first
+    assert r.calls["incoming"]["1003"].outages == (report.Outage(FAULT, None),)
+    stats = r.outages["outgoing"]
+    # 1002: 0 s, 1003: from the fault to 113.3, 1001: to 118.1 (x10)
+    assert (stats.p50, stats.max, stats.over_bound) == (pytest.approx(133), pytest.approx(181), ())
+    assert r.outages["incoming"].over_bound == ("1003",) and r.outages["incoming"].never == ("1003",)
+    assert not r.passed
+    reason = [c.failure for c in r.criteria if c.name == "incoming calls back within 300s"][0]
+    assert reason == ("incoming calls: 1 of 3 phones over 300s: 1003 never back "
+                      "(last failure master: 480 Temporarily Unavailable)")
+    assert r.call_counts == {"internal": {"before": (1, 0), "during": (6, 3), "after": (0, 0)}}
+
+
+def test_flapping_makes_two_outages_longest_and_total():
+    flaps = [call(102, 105.2, "1002", ok=False), call(110, 110.1, "1002"),  # 100 -> 110.1
+             call(120, 123.2, "1002", ok=False), call(125, 128.2, "1002", ok=False),
+             call(131, 131.3, "1002")]  # 120 -> 131.3
+    events = with_calls(registered(2), **{"1001": flaps, "1002": [call(140, 140.1, "1001")]})
+    r = report.compute(events, FAULT, time_scale=10, restored=130)
+    phone = r.calls["outgoing"]["1001"]
+    assert phone.outages == (report.Outage(FAULT, 110.1), report.Outage(120, 131.3))
+    assert phone.longest == pytest.approx(11.3) and phone.total == pytest.approx(21.4)
+    assert r.calls["incoming"]["1002"].total == pytest.approx(21.4)  # the same calls, seen by the callee
+    assert r.outages["outgoing"].max == pytest.approx(113) and r.outages["outgoing"].max_total == pytest.approx(214)
+    assert phone.periods == {"before": (0, 0), "during": (4, 3), "after": (1, 0)}
+    assert r.passed
+
+
+def test_a_phone_never_called_is_unmeasured_and_fails_the_verdict():
+    # 1001 and 1002 call each other; nobody calls 1003, which calls 1001 fine.
+    events = with_calls(registered(), **{
+        "1001": [call(113, 113.1, "1002", node="slave")],
+        "1002": [call(114, 114.1, "1001", node="slave")],
+        "1003": [call(115, 115.1, "1001", node="slave"), call(80, 80.1, "1002")],
+    })
+    r = report.compute(events, FAULT, time_scale=10)
+    assert r.calls["incoming"]["1003"].measured is False
+    stats = r.outages["incoming"]
+    assert (stats.phones, stats.unmeasured, stats.over_bound) == (2, ("1003",), ())
+    assert not r.passed
+    failure = [c.failure for c in r.criteria if c.name == "incoming calls back within 300s"][0]
+    assert failure == "incoming calls: no attempt since the fault for 1003, which cannot be judged"
+    assert report.calls_unmeasured(events, FAULT) == {"1003"}
+
+
+def test_a_phone_never_back_fails_with_its_last_failure():
+    events = with_calls(registered(2), **{
+        "1001": [call(103, 106.2, "1002", ok=False), call(113, 113.1, "1002", ok=False, node="slave",
+                                                        reason="401 Unauthorized (credentials refused)")],
+        "1002": [call(104, 107.2, "1001", ok=False), call(114, 114.1, "1001", ok=False, node="slave",
+                                                        reason="401 Unauthorized (credentials refused)")],
+    })
+    r = report.compute(events, FAULT, time_scale=10)
+    for direction in ("outgoing", "incoming"):
+        stats = r.outages[direction]
+        assert (stats.p50, stats.max, stats.never, stats.over_bound) == (math.inf, math.inf, ("1001", "1002"),
+                                                                         ("1001", "1002"))
+    assert r.calls["outgoing"]["1001"].longest is None and r.calls["outgoing"]["1001"].total is None
+    assert not r.passed
+    assert r.reasons[1].startswith(
+        "outgoing calls: 2 of 2 phones over 300s: 1001 never back (last failure slave: 401 Unauthorized "
+        "(credentials refused)), 1002 never back")
+    assert report.calls_unsettled(events, FAULT) == {"1001", "1002"}
+    data = report.to_dict(r)
+    assert data["outages"]["outgoing"]["max"] is None and data["outages"]["outgoing"]["never"] == 2
+    assert data["outages"]["over_bound"] == ["1001", "1002"]
+    assert data["per_phone"]["1001"]["outgoing"]["never"] is True
+    assert data["per_phone"]["1001"]["outgoing"]["outages"] == [[FAULT, None]]
+
+
+def test_pstn_calls_decide_when_the_carrier_calls():
+    events = with_calls(registered(2), **{"1001": [call(113, 113.1, "1002", node="slave")],
+                                          "1002": [call(114, 114.1, "1001", node="slave")]})
+    did = {"1001": [e for pair in (call(50, 50.1, "0140001001"), call(105, 108.2, "0140001001", ok=False),
+                                   call(150, 150.1, "0140001001", node="slave")) for e in pair],
+           "1002": [e for pair in (call(120, 120.1, "0140001002", node="slave"),) for e in pair]}
+    r = report.compute(events, FAULT, time_scale=10, pstn=did)
+    assert r.calls["pstn"]["1001"].outages == (report.Outage(FAULT, 150.1),)
+    assert r.outages["pstn"].over_bound == ("1001",)  # 501 s real-equivalent
+    assert not r.passed
+    assert [c.name for c in r.criteria if not c.ok] == ["PSTN calls back within 300s"]
+    assert r.call_counts["pstn"] == {"before": (1, 0), "during": (3, 1), "after": (0, 0)}
+    # Without PSTN events the verdict rests on internal calls.
+    assert report.compute(events, FAULT, time_scale=10, pstn={"1001": []}).passed
+    assert "pstn" not in report.compute(events, FAULT, time_scale=10).outages
+    data = report.to_dict(r, events)
+    assert [e["event"] for e in data["per_phone"]["1002"]["pstn_events"]] == ["call_placed", "call_connected"]
+    assert data["outages"]["pstn"]["decisive"] is True and data["outages"]["cti"]["phones"] == 0
+
+
+def test_cti_reconnection_is_reported_not_decisive():
+    events = with_calls(registered(2), **{"1001": [call(113, 113.1, "1002", node="slave")],
+                                          "1002": [call(114, 114.1, "1001", node="slave")]})
+    cti = {
+        "1001": [ev(5, "cti_connected", "master"), ev(104, "cti_lost", "master", reason="reset"),
+                 ev(104, "cti_connect_failed", "master", reason="refused"), ev(107, "cti_connected", "slave")],
+        "1002": [ev(5, "cti_connected", "master"), ev(101, "cti_lost", "master", reason="reset"),
+                 ev(140, "cti_connect_failed", "slave", reason="refused")],
+        "1003": [],
+    }
+    r = report.compute(events, FAULT, time_scale=10, cti=cti)
+    assert r.calls["cti"]["1001"].outages == (report.Outage(FAULT, 107),)
+    assert r.calls["cti"]["1002"].never
+    stats = r.outages["cti"]
+    assert (stats.max, stats.over_bound, stats.unmeasured) == (math.inf, ("1002",), ("1003",))
+    criterion = [c for c in r.criteria if c.direction == "cti"][0]
+    assert criterion.name == "CTI reconnection within 300s" and not criterion.ok and not criterion.decisive
+    assert "1002 never back (last failure slave: refused)" in criterion.failure
+    assert r.passed
+
+
+def test_calls_unsettled_waits_for_a_success_both_ways():
+    events = with_calls(registered(2), **{"1001": [call(103, 106.2, "1002", ok=False)]})
+    assert report.calls_unsettled(events, FAULT) == {"1001", "1002"}
+    events = with_calls(events, **{"1001": [call(113, 113.1, "1002", node="slave")]})
+    # 1001 can call and 1002 be called; nobody called 1001 yet, 1002 called nobody.
+    assert report.calls_unsettled(events, FAULT) == {"1001", "1002"}
+    assert report.calls_unmeasured(events, FAULT) == {"1001", "1002"}
+    events = with_calls(events, **{"1002": [call(114, 114.1, "1001", node="slave")]})
+    assert report.calls_unsettled(events, FAULT) == set()
+
+
+def test_success_share_per_bucket_by_the_time_calls_were_placed():
+    attempts = report.call_attempts(sorted(
+        call(1, 1.1, "x") + call(2, 5.2, "x", ok=False) + call(4, 4.1, "x") + call(7, 7.1, "x")
+        + [ev(8, "call_placed", "master", to="x")], key=lambda e: e.t))
+    assert report.success_share(attempts, origin=0.0, width=3.0) == ([0.0, 3.0, 6.0], [0.5, 1.0, 1.0])
+
+
+def test_report_json_carries_outages_calls_and_the_slave_serving(tmp_path):
+    events = with_calls(registered(2), **{"1001": [call(103, 106.2, "1002", ok=False),
+                                                   call(113, 113.1, "1002", node="slave")],
+                                          "1002": [call(114, 114.1, "1001", node="slave")]})
+    slave = report.SlaveActivity(1, 0, serving_since=(109.5,))
+    r = report.compute(events, FAULT, time_scale=10, slave=slave)
+    paths = report.write_all(r, events, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert list(data["outages"]) == ["incoming", "outgoing", "pstn", "registration", "cti", "over_bound"]
+    assert data["outages"]["outgoing"] == {"p50": 0.0, "p95": pytest.approx(131), "max": pytest.approx(131),
+                                           "max_total": pytest.approx(131), "phones": 2, "never": 0,
+                                           "over_bound": [], "unmeasured": [], "decisive": True}
+    assert data["outages"]["registration"]["decisive"] is False
+    assert data["outages"]["pstn"] == {"p50": None, "p95": None, "max": None, "max_total": None, "phones": 0,
+                                       "never": 0, "over_bound": [], "unmeasured": [], "decisive": False}
+    assert data["calls"] == {"internal": {"before": {"attempts": 0, "failures": 0},
+                                          "during": {"attempts": 3, "failures": 1},
+                                          "after": {"attempts": 0, "failures": 0}}}
+    assert data["per_phone"]["1001"]["outgoing"]["attempts"]["during"] == {"attempts": 2, "failures": 1}
+    assert data["slave_serving_since"] == [109.5]
+    assert data["verdict"] == "PASS"
+    suite = ET.parse(paths["junit"]).getroot()
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert props["outgoing_max"] == "13.1" or float(props["outgoing_max"]) == pytest.approx(131)
+    assert props["internal_during"] == "3 placed, 1 failed"
+    png = paths["timeline"].read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000

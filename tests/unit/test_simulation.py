@@ -23,10 +23,13 @@ def ev(t, kind, node=None, **info):
 
 
 def phones():
+    """Two phones the master keeps serving, calling each other during the fault."""
     return {
-        "1001": [ev(0, "started"), ev(1, "registered", "master"), ev(110, "registered", "master"),
+        "1001": [ev(0, "started"), ev(1, "registered", "master"), ev(105, "call_placed", "master", to="1002"),
+                 ev(105.1, "call_connected", "master", to="1002", setup=0.1), ev(110, "registered", "master"),
                  ev(131, "stopped")],
-        "1002": [ev(0, "started"), ev(2, "registered", "master"), ev(120, "registered", "master"),
+        "1002": [ev(0, "started"), ev(2, "registered", "master"), ev(112, "call_placed", "master", to="1001"),
+                 ev(112.1, "call_connected", "master", to="1001", setup=0.1), ev(120, "registered", "master"),
                  ev(131, "stopped")],
     }
 
@@ -53,15 +56,19 @@ def test_a_served_run_writes_one_verdict_everywhere(tmp_path):
     sim = data["simulation"]
     assert data["verdict"] == sim["verdict"] == "PASS"
     assert data["reasons"] == sim["reasons"] == outcome.report.reasons
-    assert sim["reasons"][-1].startswith("expected no failover: 0 phones moved to the slave")
+    assert sim["reasons"][-2].startswith("expected no failover: 0 phones moved to the slave")
+    assert sim["reasons"][-1].startswith("calls while the master served: 2 placed during the fault, 0 failed")
     assert (sim["slave_checks_during_fault"], sim["slave_checks_master_down"]) == (3, 1)
     assert (sim["packets_dropped"], sim["lost_registration"], sim["counts_at_end"]) == (12, 0, {"master": 2})
     suite = ET.parse(outcome.files["junit"]).getroot()
     names = [c.get("name") for c in suite.findall("testcase")]
-    assert names[-1] == "no failover while the master serves" and suite.get("tests") == str(len(names))
+    assert names[-2:] == ["no failover while the master serves", "calls kept working while the master serves"]
+    assert suite.get("tests") == str(len(names))
     table = simulation.table(outcome)
     assert "saw the master down in 1 of its 3 checks during the fault" in table
     assert "packets dropped by the fault: 12 of 40 from the slave" in table
+    assert "internal calls placed (failed): before 0 (0), during 2 (0), after 0 (0)" in table
+    assert table.splitlines()[2].split()[:2] == ["outgoing", "calls"]
     assert table.splitlines()[-1] == "verdict: PASS"
 
 
@@ -82,6 +89,7 @@ def test_an_outage_run_reports_the_slave_in_its_reasons_and_table(tmp_path):
     assert data["simulation"]["slave_failovers"] == data["simulation"]["slave_failbacks"] == 1
     table = simulation.table(outcome)
     assert "slave: started its services once, stopped them once" in table
+    assert [line.split()[:2] for line in table.splitlines()[2:4]] == [["outgoing", "calls"], ["incoming", "calls"]]
     assert table.splitlines()[-1] == f"verdict: {outcome.verdict}"
 
 
