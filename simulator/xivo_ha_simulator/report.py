@@ -488,6 +488,7 @@ class Report:
     call_counts: dict = field(default_factory=dict)  # internal/pstn -> period -> (attempts, failures)
     attempts: dict = field(default_factory=dict)  # internal (by caller)/pstn (by callee) -> phone id -> Attempts
     sources: dict = field(default_factory=dict)  # pstn/cti -> the events given, by phone id
+    unregistered: dict = field(default_factory=dict)  # phone id -> "node: reason" of a REGISTER failing at the end
     # The verdict, set once by compute():
     criteria: list = field(default_factory=list)  # Criterion, in junit.xml's order
     passed: bool = False
@@ -560,6 +561,8 @@ def compute(
         slave=slave,
         restored=restored,
     )
+    report.unregistered = {pid: why for pid, why in ((pid, last_register_failure(evs, fault_time))
+                                                     for pid, evs in events.items()) if why}
     report.calls = phone_calls(events, fault_time, restored, pstn)
     if cti:
         report.calls[CTI] = {pid: cti_outages(evs, fault_time) for pid, evs in cti.items()}
@@ -589,6 +592,17 @@ def _registered_at(events: Mapping[str, Sequence[Event]], when: float) -> dict[s
         label = node_at(evs, when) or NONE
         at[label] = at.get(label, 0) + 1
     return at
+
+
+def last_register_failure(events: Iterable[Event], since: float) -> str | None:
+    """"node: reason" when the phone's last REGISTER outcome since ``since`` is a failure; else None."""
+    last = None
+    for event in events:
+        if event.t >= since and event.kind in (REGISTERED, REGISTER_FAILED):
+            last = event
+    if last is None or last.kind == REGISTERED:
+        return None
+    return _why(last.node, str((last.info or {}).get("reason", "")))
 
 
 def lost_registration(events: Mapping[str, Sequence[Event]], since: float, until: float | None = None) -> int:
@@ -683,11 +697,7 @@ def _outage_failure(report: Report, stats: OutageStats, listed: int = 10) -> str
     if stats.over_bound:
         worst = sorted(stats.over_bound, key=lambda pid: math.inf if per_phone[pid].longest is None
                        else per_phone[pid].longest, reverse=True)
-        named = ", ".join(
-            f"{pid} " + ("never back" if per_phone[pid].longest is None
-                         else f"{per_phone[pid].longest * report.time_scale:.1f}s")
-            + (f" (last failure {per_phone[pid].last_failure})" if per_phone[pid].last_failure else "")
-            for pid in worst[:listed])
+        named = ", ".join(f"{pid} {_phone_failure(report, per_phone[pid], pid)}" for pid in worst[:listed])
         more = f" and {len(worst) - listed} more" if len(worst) > listed else ""
         parts.append(f"{LABELS[stats.direction]}: {len(stats.over_bound)} of {stats.phones} phones over "
                      f"{stats.bound:g}s: {named}{more}")
@@ -696,6 +706,14 @@ def _outage_failure(report: Report, stats: OutageStats, listed: int = 10) -> str
         parts.append(f"{LABELS[stats.direction]}: no attempt since the fault for "
                      f"{', '.join(stats.unmeasured[:listed])}{more}, which cannot be judged")
     return "; ".join(parts)
+
+
+def _phone_failure(report: Report, outages: PhoneOutages, pid: str) -> str:
+    text = "never back" if outages.longest is None else f"{outages.longest * report.time_scale:.1f}s"
+    why = [f"last failure {outages.last_failure}"] if outages.last_failure else []
+    if outages.never and pid in report.unregistered:
+        why.append(f"its last REGISTER failed, {report.unregistered[pid]}")
+    return text + (f" ({'; '.join(why)})" if why else "")
 
 
 def _calls_kept_working(report: Report, listed: int = 10) -> Criterion:
@@ -1060,9 +1078,13 @@ def write_timeline(report: Report, events: Mapping[str, Sequence[Event]], path: 
         width = SUCCESS_BUCKET / report.time_scale
         for kind, by_phone in report.attempts.items():
             left, share = success_share((a for attempts in by_phone.values() for a in attempts), origin, width)
-            if left:
-                calls.step(left + [left[-1] + width], [100 * x for x in share] + [100 * share[-1]], where="post",
-                           label=f"{'internal' if kind == INTERNAL else 'PSTN'} calls")
+            if not left:
+                continue
+            # One point per bucket, at its middle; a bucket without calls breaks the line.
+            known = {round(x / width): 100 * y for x, y in zip(left, share)}
+            buckets = range(min(known), max(known) + 1)
+            calls.plot([(k + 0.5) * width for k in buckets], [known.get(k, math.nan) for k in buckets],
+                       marker="o", markersize=3, label=f"{'internal' if kind == INTERNAL else 'PSTN'} calls")
         serving = report.slave.serving_since if report.slave is not None else ()
         for axes in (ax, calls):
             axes.axvline(report.fault_time - origin, color="red", linestyle="--", label="fault")

@@ -445,6 +445,7 @@ def test_a_phone_never_back_fails_with_its_last_failure():
         "1002": [call(104, 107.2, "1001", ok=False), call(114, 114.1, "1001", ok=False, node="slave",
                                                         reason="401 Unauthorized (credentials refused)")],
     })
+    events["1001"].append(ev(115, "register_failed", "slave", reason="401 Unauthorized (credentials refused)"))
     r = report.compute(events, FAULT, time_scale=10)
     for direction in ("outgoing", "incoming"):
         stats = r.outages[direction]
@@ -454,7 +455,8 @@ def test_a_phone_never_back_fails_with_its_last_failure():
     assert not r.passed
     assert r.reasons[1].startswith(
         "outgoing calls: 2 of 2 phones over 300s: 1001 never back (last failure slave: 401 Unauthorized "
-        "(credentials refused)), 1002 never back")
+        "(credentials refused); its last REGISTER failed, slave: 401 Unauthorized (credentials refused)), "
+        "1002 never back (last failure slave: 401 Unauthorized (credentials refused)) (outgoing calls: ")
     assert report.calls_unsettled(events, FAULT) == {"1001", "1002"}
     data = report.to_dict(r)
     assert data["outages"]["outgoing"]["max"] is None and data["outages"]["outgoing"]["never"] == 2
