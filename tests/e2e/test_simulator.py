@@ -231,13 +231,16 @@ def test_packet_loss_causes_no_failover(sim_cluster, tmp_path):
 
 def test_flapping_reports_each_outage_within_the_bound(sim_cluster, tmp_path):
     code, report = simulate(tmp_path, "flapping")
-    assert report["verdict"] == "PASS" and code == 0, report["reasons"]
-    assert_calls_back(report)
     phones = report["per_phone"].values()
     # Four cuts: phones lose their calls more than once; each outage counts, the longest decides.
+    assert report["simulation"]["slave_failovers"] >= 2, report["simulation"]["slave_events"]
     assert max(len(p["outgoing"]["outages"]) for p in phones) >= 2
-    assert all(p["outgoing"]["total"] >= p["outgoing"]["longest"] for p in phones)
+    assert all(p["outgoing"]["total"] >= p["outgoing"]["longest"] for p in phones if p["outgoing"]["total"])
     assert report["outages"]["outgoing"]["max_total"] >= report["outages"]["outgoing"]["max"]
+    # With XiVO's defaults the slave starts and stops its services at every cut; phones split between
+    # the two registrars and a phone left on a stopped slave only notices at its next refresh.
+    assert report["verdict"] == "PASS" and code == 0, report["reasons"]
+    assert_calls_back(report)
 
 
 def test_a_stale_slave_fails_the_call_verdict(sim_cluster, tmp_path):
