@@ -1,6 +1,7 @@
 -- Demo users for the reference schema: each user gets a SIP account, a line, an
--- extension (1000 + n), a voicemail box and the user/line link.  Idempotent for a
--- given range.  Usage: psql -v first=1 -v count=200 -d asterisk -f demo-users.sql
+-- extension (1000 + n), a voicemail box, the user/line link and a DID
+-- (0100 followed by the extension: an incall in 'from-extern' answered by the
+-- user).  Idempotent for a given range.  Usage: psql -v first=1 -v count=200 -d asterisk -f demo-users.sql
 \set ON_ERROR_STOP on
 BEGIN;
 CREATE TEMP TABLE demo_range AS
@@ -30,4 +31,15 @@ INSERT INTO user_line (user_id, line_id, extension_id, main_user, main_line)
     JOIN userfeatures u ON u.uuid = md5('uuid' || n)::uuid::text
     JOIN linefeatures l ON l.name = 'user' || n
     JOIN extensions e ON e.exten = (1000 + n)::text AND e.context = 'default';
+INSERT INTO incall (exten, context, description)
+    SELECT '0100' || (1000 + n), 'from-extern', 'DID of user ' || n
+    FROM demo_range;
+INSERT INTO extensions (context, exten, type, typeval)
+    SELECT 'from-extern', i.exten, 'incall', i.id::text
+    FROM demo_range JOIN incall i ON i.exten = '0100' || (1000 + n) AND i.context = 'from-extern';
+INSERT INTO dialaction (event, category, categoryval, action, actionarg1, linked)
+    SELECT 'answer', 'incall', i.id::text, 'user', u.id::text, 1
+    FROM demo_range
+    JOIN incall i ON i.exten = '0100' || (1000 + n) AND i.context = 'from-extern'
+    JOIN userfeatures u ON u.uuid = md5('uuid' || n)::uuid::text;
 COMMIT;
