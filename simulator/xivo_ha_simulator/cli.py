@@ -25,7 +25,7 @@ from plumbum import cli
 
 from . import __version__, faults
 from .cluster import PROJECT, Cluster, ClusterError
-from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE
+from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE, DEFAULT_PSTN_RATE, DEFAULT_TRUNK_EXPIRY
 from .simulation import Options, Simulation
 
 EXIT_PASS = 0
@@ -107,6 +107,13 @@ class Run(cli.Application):
                                                    "XiVO parity, or the scenario's)")
     call_rate = cli.SwitchAttr(["--call-rate"], NonNegativeFloat(3600), default=DEFAULT_CALL_RATE, argname="N",
                                help="Calls each phone places per real hour, to random other phones (0: none)")
+    pstn_rate = cli.SwitchAttr(["--pstn-rate"], NonNegativeFloat(3600), default=DEFAULT_PSTN_RATE, argname="N",
+                               help="Calls from the PSTN per phone per real hour, to random users' DIDs through "
+                                    "the trunk carrier (0: none)")
+    trunk_expiry = cli.SwitchAttr(["--trunk-expiry"], cli.Range(1, 86400), default=DEFAULT_TRUNK_EXPIRY,
+                                  argname="SECONDS",
+                                  help="The trunk's registration expiry (real seconds): the master's staticsip "
+                                       "register row ~expiry, replicated to the slave")
     bound = cli.SwitchAttr(["--bound"], PositiveFloat(86400), default=DEFAULT_BOUND, argname="SECONDS",
                            help="Downtime bound, real-equivalent seconds (XiVO: 5 minutes)")
     reuse = cli.Flag(["--reuse"], help="Reset and reuse a running cluster instead of creating new nodes")
@@ -119,6 +126,7 @@ class Run(cli.Application):
             failback_after=self.failback_after, report_dir=self.report_dir, sip_probe=self.sip_probe,
             failback_policy=self.failback_policy, failures_before_failover=self.failures_before_failover,
             call_rate=self.call_rate, bound=self.bound, reuse=self.reuse, project=self.project,
+            pstn_rate=self.pstn_rate, trunk_expiry=self.trunk_expiry,
         )
         simulation = Simulation(options)
         try:

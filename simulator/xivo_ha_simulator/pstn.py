@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from . import sip
 from .constants import DEFAULT_PSTN_RATE, DID_PREFIX
@@ -295,3 +296,93 @@ class PstnCaller(asyncio.DatagramProtocol):
             self._log(call, CALL_ENDED)
         else:
             self._log(call, CALL_ENDED, reason=f"{code} {msg.reason}")
+
+
+def summary(events: Mapping[str, Sequence[Event]], fault_time: float, restored: float | None,
+            time_scale: float, **settings) -> dict:
+    """What the PSTN calls showed, for report.json: outcomes before, during and after the fault.
+
+    A call counts in the phase its outcome (connected or failed) falls in:
+    before the fault, during it (until ``restored``; to the end without a
+    restore), after the restore.  Times are real-equivalent seconds from the
+    fault: when the first call after it connected, when the last one failed.
+    ``settings`` (rate, trunk expiry) are copied in.
+    """
+    phases = {name: {"connected": 0, "failed": 0} for name in ("before", "during", "after")}
+    reasons: dict[str, int] = {}
+    first_connected = last_failed = None
+    for evs in events.values():
+        for event in evs:
+            if event.kind not in (CALL_CONNECTED, CALL_FAILED):
+                continue
+            if event.t < fault_time:
+                phase = "before"
+            elif restored is None or event.t < restored:
+                phase = "during"
+            else:
+                phase = "after"
+            since = round((event.t - fault_time) * time_scale, 1)
+            if event.kind == CALL_CONNECTED:
+                phases[phase]["connected"] += 1
+                if since >= 0 and (first_connected is None or since < first_connected):
+                    first_connected = since
+            else:
+                phases[phase]["failed"] += 1
+                if since >= 0:
+                    reason = str((event.info or {}).get("reason"))
+                    reasons[reason] = reasons.get(reason, 0) + 1
+                    last_failed = since if last_failed is None else max(last_failed, since)
+    return {**settings, "calls": phases, "failures_after_fault": dict(sorted(reasons.items())),
+            "first_connected_after_fault": first_connected, "last_failed_after_fault": last_failed,
+            "restored_after_fault": None if restored is None else round((restored - fault_time) * time_scale, 1)}
+
+
+class PstnThread:
+    """A :class:`PstnCaller` on its own event loop in a background thread, for synchronous drivers.
+
+        pstn = PstnThread(PstnCaller((carrier, 5060), dids, PstnConfig(rate=60, time_scale=10)))
+        pstn.start("172.28.5.1")
+        ... the fault ...
+        pstn.stop()
+        events = pstn.events()   # per callee phone id
+    """
+
+    def __init__(self, caller: PstnCaller):
+        self.caller = caller
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="pstn", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def _call(self, coro, timeout: float):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self, local_host: str, timeout: float = 30) -> None:
+        async def begin():
+            await self.caller.open(local_host)
+            self.caller.start()
+        self._call(begin(), timeout)
+
+    def events(self) -> dict[str, list[Event]]:
+        async def collect():
+            return {phone: list(events) for phone, events in self.caller.events.items()}
+        if not self.loop.is_running():
+            return {phone: list(events) for phone, events in self.caller.events.items()}
+        return self._call(collect(), 60)
+
+    def stop(self, timeout: float = 60) -> None:
+        if not self.loop.is_running():
+            return
+
+        async def end():
+            self.caller.stop()
+        try:
+            self._call(end(), timeout)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout)
+            if not self._thread.is_alive():
+                self.loop.close()

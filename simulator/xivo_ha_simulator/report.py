@@ -176,6 +176,7 @@ class Report:
     lost_registration: int  # phones registered at the fault that lost it before the restore
     expect: str = OUTAGE  # what the fault expects of the cluster (constants.OUTAGE or SERVED)
     slave: SlaveActivity | None = None
+    pstn: dict = field(default_factory=dict)  # callee phone id -> the PSTN caller's events for it
     # The verdict, set once by compute():
     criteria: list = field(default_factory=list)  # Criterion, in junit.xml's order
     passed: bool = False
@@ -206,6 +207,7 @@ def compute(
     expect: str = OUTAGE,
     slave: SlaveActivity | None = None,
     restored: float | None = None,
+    pstn: Mapping[str, Sequence[Event]] | None = None,
 ) -> Report:
     """Per-phone downtimes, their statistics and the verdict: the only place a verdict is made.
 
@@ -213,6 +215,7 @@ def compute(
     monotonic seconds like the events'.  ``restored`` is when the fault was
     undone (registrations lost after it do not count); ``slave`` is what the
     slave did, needed to judge a fault during which the master keeps serving.
+    ``pstn`` maps a phone id to the PSTN calls to its DID (kept, not judged yet).
     """
     if expect == SERVED and slave is None:
         raise ValueError("a fault the master serves through is judged on the slave's activity: pass slave=")
@@ -242,6 +245,7 @@ def compute(
         lost_registration=lost_registration(events, fault_time, restored),
         expect=expect,
         slave=slave,
+        pstn={pid: list(evs) for pid, evs in (pstn or {}).items()},
     )
     report.criteria = _criteria(report)
     decisive = [c for c in report.criteria if c.decisive]

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import faults
+from . import faults, pstn
 from . import report as rep
-from .cluster import MASTER, PROJECT, SLAVE, BringUp, Checker, Cluster, ClusterError
-from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE, OUTAGE, SERVED
+from .cluster import CARRIER, MASTER, PROJECT, SLAVE, BringUp, Checker, Cluster, ClusterError
+from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE, DEFAULT_PSTN_RATE, DEFAULT_TRUNK_EXPIRY, OUTAGE, SERVED
 from .events import NONE
 from .phone import Credentials, Fleet, FleetThread, PhoneConfig, Registrar, provisioned_line
+from .sip import SIP_PORT
 
 FIRST_USER = 1001  # phone i is the line of extension 1001 + i
 REAL_EXPIRES = 3600  # what the phones ask for (real seconds); the registrar caps it
@@ -41,6 +42,8 @@ class Options:
     failback_policy: str = "next-refresh"
     failures_before_failover: int | None = None
     call_rate: float = DEFAULT_CALL_RATE
+    pstn_rate: float = DEFAULT_PSTN_RATE
+    trunk_expiry: int = DEFAULT_TRUNK_EXPIRY
     bound: float = DEFAULT_BOUND
     reuse: bool = False
     project: str = PROJECT
@@ -142,7 +145,7 @@ class Simulation:
             if self.o.reuse:
                 self.say("no running cluster with this time scale: creating one")
             cluster.up(recreate=True)
-            info = cluster.bring_up(self.o.phones)
+            info = cluster.bring_up(self.o.phones, trunk_expiry=self.o.trunk_expiry)
         return cluster, info
 
     def reuse(self, cluster: Cluster) -> BringUp:
@@ -152,7 +155,14 @@ class Simulation:
         if users < self.o.phones:
             cluster.add_users(MASTER, self.o.phones)
             cluster.exec(MASTER, ["xivo-ha", "enable", "master", slave_ip], timeout=120)
+        new_trunk = cluster.trunk_expiry(MASTER) != self.o.trunk_expiry
+        if new_trunk:
+            cluster.set_trunk(MASTER, self.o.trunk_expiry)
         cluster.exec(MASTER, ["xivo-master-slave-db-replication", slave_ip], timeout=300)
+        if new_trunk:
+            # The registrar reads the trunk rows at its start, as Asterisk reads sip.conf.
+            self.say(f"the trunk's register expiry is now {self.o.trunk_expiry} s: restarting the master's registrar")
+            cluster.exec(MASTER, ["service", "kamailio", "restart"], timeout=60)
         on_master, on_slave = cluster.users_digest(MASTER), cluster.users_digest(SLAVE)
         if on_master != on_slave:
             raise ClusterError(f"after replication the slave has {on_slave[0]} users, the master {on_master[0]}")
@@ -216,6 +226,16 @@ class Simulation:
         if not runner.wait_registered(timeout=30 + 2 * config.timer_f, node=MASTER):
             self.say(f"not every phone registered on the master: {runner.counts()}")
 
+    def pstn_caller(self, cluster: Cluster, runner: FleetThread, info: BringUp) -> pstn.PstnThread:
+        """The PSTN's calls to the phones' DIDs through the carrier, started with the phones."""
+        dids = {pstn.did_of(phone.user): phone.user for phone in runner.fleet.phones}
+        caller = pstn.PstnThread(pstn.PstnCaller((cluster.address(CARRIER), SIP_PORT), dids,
+                                                 pstn.PstnConfig(rate=self.o.pstn_rate, time_scale=self.k)))
+        caller.start(info.gateway)
+        self.say(f"PSTN calls through the carrier {cluster.address(CARRIER)} at {self.o.pstn_rate:g} per phone "
+                 f"per real hour (trunk register expiry {self.o.trunk_expiry} s)")
+        return caller
+
     # ---------------------------------------------------------------- the run
 
     def run(self) -> Outcome:
@@ -235,24 +255,28 @@ class Simulation:
             raise ClusterError(f"the master's provisioning names {info.primary} as main registrar, not {info.master}")
 
         checker = Checker(cluster, log=self.say)
-        runner = None
+        runner = caller = None
         try:
             checker.start()
             runner, config = self.fleet(info)
             t = time.monotonic()
             self.start_phones(runner, config, info)
+            caller = self.pstn_caller(cluster, runner, info)
             timings["phones"] = round(time.monotonic() - t, 1)
             observation = self.inject_and_observe(cluster, checker, runner)
         finally:
             events = runner.events() if runner is not None else {}
             if runner is not None:
                 runner.stop()
+            pstn_events = caller.events() if caller is not None else {}
+            if caller is not None:
+                caller.stop()
             checker.stop()
         report = rep.compute(events, observation.fault_time, observation.failback_time, time_scale=k,
                              bound=o.bound, primary=MASTER, backup=SLAVE, fault_wall=observation.fault_wall,
                              failback_wall=observation.failback_wall, expect=fault.expect,
                              slave=rep.SlaveActivity(checker.failovers(), checker.failbacks()),
-                             restored=observation.restored)
+                             restored=observation.restored, pstn=pstn_events)
         checks = SlaveChecks(*checker.checks_between(observation.fault_time, observation.restored))
         timings["observation"] = round(time.monotonic() - observation.fault_time, 1)
         timings["total"] = round(time.monotonic() - self.started, 1)
@@ -347,6 +371,8 @@ class Simulation:
             **self.facts,
             "slave_events": [e.to_dict() for e in checker.events],
             "lost_registration": report.lost_registration,
+            "pstn": pstn.summary(report.pstn, outcome.observation.fault_time, outcome.observation.restored,
+                                 self.k, rate=self.o.pstn_rate, trunk_expiry=self.o.trunk_expiry),
             "counts_at_end": outcome.observation.counts_at_end,
             "cluster": {"master": info.master, "slave": info.slave, "users": info.users,
                         "sip_expiry": info.expiry, "granted_expiry_scaled": info.granted,
