@@ -26,7 +26,9 @@ rows 180/300/240); only timers are divided by K: the registrar grants expiry/K
 checks and the simulator only watches the slave's state.
 
 All traffic stays on the compose network: the phones bind to the host's address
-on it (the bridge gateway), and probes go between the two containers.
+on it (the bridge gateway), and probes go between the two containers.  A third
+container, the trunk carrier (:data:`CARRIER`), is no node: the serving node
+registers its SIP trunk there (:meth:`Cluster.set_trunk` writes the trunk rows).
 """
 
 from __future__ import annotations
