@@ -255,7 +255,6 @@ class PstnCaller(asyncio.DatagramProtocol):
             return
         contacts = msg.contacts
         if not contacts:
-            call.ack = b""
             self._fail(call, "2xx without a Contact")
             return
         call.target = contacts[0].uri

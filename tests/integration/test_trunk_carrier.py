@@ -152,6 +152,31 @@ def test_an_unknown_did_gets_404(tmp_path, database, carrier):
     assert events[-1] == (CALL_FAILED, {"to": did_of("4999"), "reason": "404 Not Found"})
 
 
+def test_a_killed_node_goes_silent_the_carrier_times_out_until_the_binding_expires(tmp_path, database, carrier):
+    add_trunk(database, carrier, expiry=3)
+    node = start_trunk_node(tmp_path, database)
+
+    async def scenario():
+        phone = await phone_on(node, 1008)
+        try:
+            assert CALL_CONNECTED in [k for k, _ in await until_trunk_on(carrier, phone)]
+            node.kill()  # no goodbye: the binding stays until its expiry
+            killed = time.monotonic()
+            silent = await pstn_call(carrier, did_of("1008"))
+            await asyncio.sleep(max(0.0, killed + 4.5 - time.monotonic()))
+            expired = await pstn_call(carrier, did_of("1008"))
+            return silent, expired
+        finally:
+            phone.stop()
+
+    try:
+        silent, expired = asyncio.run(scenario())
+    finally:
+        node.stop()
+    assert silent[-1] == (CALL_FAILED, {"to": did_of("1008"), "reason": "408 Request Timeout"})
+    assert expired[-1] == (CALL_FAILED, {"to": did_of("1008"), "reason": "480 Temporarily Unavailable"})
+
+
 def test_without_a_binding_the_carrier_answers_480(carrier):
     events = asyncio.run(pstn_call(carrier, did_of("1005")))
     assert events == [(CALL_PLACED, {"to": did_of("1005")}),
