@@ -303,13 +303,16 @@ def summary(events: Mapping[str, Sequence[Event]], fault_time: float, restored: 
 
     A call counts in the phase its outcome (connected or failed) falls in:
     before the fault, during it (until ``restored``; to the end without a
-    restore), after the restore.  Times are real-equivalent seconds from the
-    fault: when the first call after it connected, when the last one failed.
-    ``settings`` (rate, trunk expiry) are copied in.
+    restore), after the restore; the failures' reasons are counted from the
+    fault and from the restore.  Times are real-equivalent seconds from the
+    fault: when the first call after it connected, when the last one
+    connected, when the last one failed.  ``settings`` (rate, trunk expiry)
+    are copied in.
     """
     phases = {name: {"connected": 0, "failed": 0} for name in ("before", "during", "after")}
     reasons: dict[str, int] = {}
-    first_connected = last_failed = None
+    reasons_after: dict[str, int] = {}
+    first_connected = last_connected = last_failed = None
     for evs in events.values():
         for event in evs:
             if event.kind not in (CALL_CONNECTED, CALL_FAILED):
@@ -325,14 +328,20 @@ def summary(events: Mapping[str, Sequence[Event]], fault_time: float, restored: 
                 phases[phase]["connected"] += 1
                 if since >= 0 and (first_connected is None or since < first_connected):
                     first_connected = since
+                if since >= 0 and (last_connected is None or since > last_connected):
+                    last_connected = since
             else:
                 phases[phase]["failed"] += 1
                 if since >= 0:
                     reason = str((event.info or {}).get("reason"))
                     reasons[reason] = reasons.get(reason, 0) + 1
+                    if phase == "after":
+                        reasons_after[reason] = reasons_after.get(reason, 0) + 1
                     last_failed = since if last_failed is None else max(last_failed, since)
     return {**settings, "calls": phases, "failures_after_fault": dict(sorted(reasons.items())),
-            "first_connected_after_fault": first_connected, "last_failed_after_fault": last_failed,
+            "failures_after_restore": dict(sorted(reasons_after.items())),
+            "first_connected_after_fault": first_connected, "last_connected_after_fault": last_connected,
+            "last_failed_after_fault": last_failed,
             "restored_after_fault": None if restored is None else round((restored - fault_time) * time_scale, 1)}
 
 

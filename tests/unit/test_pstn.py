@@ -34,7 +34,9 @@ def test_calls_count_in_the_phase_of_their_outcome_and_times_are_real_equivalent
     assert out["calls"] == {"before": {"connected": 1, "failed": 0}, "during": {"connected": 1, "failed": 1},
                             "after": {"connected": 1, "failed": 1}}
     assert out["failures_after_fault"] == {"408 Request Timeout": 1, "480 Temporarily Unavailable": 1}
+    assert out["failures_after_restore"] == {"480 Temporarily Unavailable": 1}
     assert out["first_connected_after_fault"] == 110.0
+    assert out["last_connected_after_fault"] == 302.0
     assert out["last_failed_after_fault"] == 215.0
     assert out["restored_after_fault"] == 200.0
     assert (out["rate"], out["trunk_expiry"]) == (60, 120)
