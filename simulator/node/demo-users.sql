@@ -1,5 +1,6 @@
 -- Demo users for the reference schema: each user gets a SIP account, a line, an
--- extension (1000 + n), a voicemail box and the user/line link.  Idempotent for a
+-- extension (1000 + n), a voicemail box, the user/line link and a XiVO Client
+-- (CTI) account (login user<n>, password cti<n>).  Idempotent for a
 -- given range.  Usage: psql -v first=1 -v count=200 -d asterisk -f demo-users.sql
 \set ON_ERROR_STOP on
 BEGIN;
@@ -10,8 +11,9 @@ INSERT INTO usersip (name, type, username, secret, context, callerid, category)
     SELECT 'user' || n, 'friend', 'user' || n, md5('secret' || n), 'default',
            '"User ' || n || '" <' || (1000 + n) || '>', 'user'
     FROM demo_range;
-INSERT INTO userfeatures (uuid, firstname, lastname, callerid, language)
-    SELECT md5('uuid' || n)::uuid::text, 'User', n::text, '"User ' || n || '"', 'en_US'
+INSERT INTO userfeatures (uuid, firstname, lastname, callerid, language, enableclient, loginclient, passwdclient)
+    SELECT md5('uuid' || n)::uuid::text, 'User', n::text, '"User ' || n || '"', 'en_US',
+           1, 'user' || n, 'cti' || n
     FROM demo_range;
 INSERT INTO voicemail (context, mailbox, password, fullname, user_id)
     SELECT 'default', (1000 + n)::text, (1000 + n)::text, 'User ' || n, u.id
