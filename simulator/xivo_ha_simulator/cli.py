@@ -109,6 +109,8 @@ class Run(cli.Application):
                                help="Calls each phone places per real hour, to random other phones (0: none)")
     bound = cli.SwitchAttr(["--bound"], PositiveFloat(86400), default=DEFAULT_BOUND, argname="SECONDS",
                            help="Downtime bound, real-equivalent seconds (XiVO: 5 minutes)")
+    no_cti = cli.Flag(["--no-cti"], help="No XiVO Clients (by default one per phone's user logs in to the "
+                                         "master's CTI server, backup the slave's)")
     reuse = cli.Flag(["--reuse"], help="Reset and reuse a running cluster instead of creating new nodes")
     project = cli.SwitchAttr(["--project"], str, default=PROJECT, argname="NAME",
                              help="docker-compose project name of the cluster")
@@ -119,6 +121,7 @@ class Run(cli.Application):
             failback_after=self.failback_after, report_dir=self.report_dir, sip_probe=self.sip_probe,
             failback_policy=self.failback_policy, failures_before_failover=self.failures_before_failover,
             call_rate=self.call_rate, bound=self.bound, reuse=self.reuse, project=self.project,
+            cti=not self.no_cti,
         )
         simulation = Simulation(options)
         try:

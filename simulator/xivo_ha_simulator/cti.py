@@ -51,6 +51,16 @@ CONNECT_TIMEOUT = 3.0  # real seconds: the XiVO Client tries the backup when the
 KEEPALIVE = 20.0  # real seconds between keepalives of a logged-in client
 RETRY = 20.0  # real seconds: "try to reconnect" interval, also the retry of the main while on the backup
 MAX_LINE = 4096
+START_RATE = 50.0  # clients started per second at the beginning of a run
+
+# Each user's CTI account by the number of its main line, as one JSON object
+# (number -> [login, password]), from a node's asterisk database.
+ACCOUNTS_QUERY = (
+    "SELECT coalesce(json_object_agg(e.exten, json_build_array(u.loginclient, u.passwdclient)), '{}') "
+    "FROM userfeatures u JOIN user_line ul ON ul.user_id = u.id AND ul.main_line "
+    "JOIN extensions e ON e.id = ul.extension_id "
+    "WHERE u.enableclient = 1 AND u.loginclient <> '' AND u.commented = 0"
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,19 @@ class ClientConfig:
 
 class LoginRefused(Exception):
     """The server answered, and refused the login (its ``error_string``)."""
+
+
+def accounts(text: str) -> dict[str, "Account"]:
+    """The accounts in :data:`ACCOUNTS_QUERY`'s output, by phone number; ValueError if it is not that."""
+    data = json.loads(text or "{}")
+    if not isinstance(data, dict):
+        raise ValueError("the CTI accounts are not a JSON object")
+    out = {}
+    for number, pair in data.items():
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise ValueError(f"the CTI account of {number} is not [login, password]")
+        out[str(number)] = Account(pair[0], pair[1])
+    return out
 
 
 def hashed_password(session_id: str, password: str) -> str:

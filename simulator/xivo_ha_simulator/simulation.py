@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import faults
+from . import cti, faults
 from . import report as rep
 from .cluster import MASTER, PROJECT, SLAVE, BringUp, Checker, Cluster, ClusterError
 from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE, OUTAGE, SERVED
@@ -45,6 +45,7 @@ class Options:
     reuse: bool = False
     project: str = PROJECT
     net: str | None = None
+    cti: bool = True  # one XiVO Client per phone's user (cti.py)
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,26 @@ class Simulation:
                       local_hosts=(info.gateway,), first_user=FIRST_USER, credentials=credentials.get)
         return FleetThread(fleet), config
 
+    def cti_clients(self, cluster: Cluster, info: BringUp, numbers) -> cti.Clients:
+        """One XiVO Client per phone's user, main = master, backup = slave, started (not waited for).
+
+        The accounts are the users' CTI accounts in the master's database, as
+        an administrator hands them out.
+        """
+        accounts = cti.accounts(cluster.sql(MASTER, cti.ACCOUNTS_QUERY))
+        config = cti.ClientConfig(time_scale=self.k)
+        main, backup = cti.Server(MASTER, info.master), cti.Server(SLAVE, info.slave)
+        missing = [n for n in numbers if str(n) not in accounts]
+        if missing:
+            raise ClusterError(f"{len(missing)} phone user(s) (e.g. {missing[0]}) have no enabled CTI account "
+                               f"on the master (userfeatures loginclient/passwdclient)")
+        clients = cti.Clients([cti.Client(str(n), accounts[str(n)], main, backup, config) for n in numbers])
+        clients.start(rate=cti.START_RATE)
+        self.say(f"{len(numbers)} XiVO Clients started: main {info.master}, backup {info.slave}, "
+                 f"connect timeout {config.scaled(config.connect_timeout):.2f}s "
+                 f"({config.connect_timeout:g}s real)")
+        return clients
+
     def start_phones(self, runner: FleetThread, config: PhoneConfig, info: BringUp) -> None:
         granted = info.granted.get("max_expires") or config.requested_expires
         refresh = max(1.0, min(granted, config.requested_expires) * config.refresh_ratio)
@@ -235,16 +256,21 @@ class Simulation:
             raise ClusterError(f"the master's provisioning names {info.primary} as main registrar, not {info.master}")
 
         checker = Checker(cluster, log=self.say)
-        runner = None
+        runner = clients = None
         try:
             checker.start()
             runner, config = self.fleet(info)
             t = time.monotonic()
             self.start_phones(runner, config, info)
+            if o.cti:
+                clients = self.cti_clients(cluster, info, [int(p.user) for p in runner.fleet.phones])
             timings["phones"] = round(time.monotonic() - t, 1)
             observation = self.inject_and_observe(cluster, checker, runner)
         finally:
             events = runner.events() if runner is not None else {}
+            cti_events = clients.events() if clients is not None else None
+            if clients is not None:
+                clients.stop()
             if runner is not None:
                 runner.stop()
             checker.stop()
@@ -252,12 +278,12 @@ class Simulation:
                              bound=o.bound, primary=MASTER, backup=SLAVE, fault_wall=observation.fault_wall,
                              failback_wall=observation.failback_wall, expect=fault.expect,
                              slave=rep.SlaveActivity(checker.failovers(), checker.failbacks()),
-                             restored=observation.restored)
+                             restored=observation.restored, cti=cti_events)
         checks = SlaveChecks(*checker.checks_between(observation.fault_time, observation.restored))
         timings["observation"] = round(time.monotonic() - observation.fault_time, 1)
         timings["total"] = round(time.monotonic() - self.started, 1)
         outcome = Outcome(report, observation, checks, timings=timings)
-        outcome.files = self.write(outcome, events, checker, info, settings)
+        outcome.files = self.write(outcome, events, checker, info, settings, cti_events)
         return outcome
 
     def apply(self, cluster: Cluster, steps, what: str) -> None:
@@ -327,7 +353,8 @@ class Simulation:
 
     # ---------------------------------------------------------------- files and table
 
-    def write(self, outcome: Outcome, events, checker: Checker, info: BringUp, settings: dict) -> dict:
+    def write(self, outcome: Outcome, events, checker: Checker, info: BringUp, settings: dict,
+              cti_events=None) -> dict:
         report = outcome.report
         simulation = {
             "scenario": self.fault.name,
@@ -353,6 +380,8 @@ class Simulation:
                         "bring_up_steps": info.steps},
             "timings": outcome.timings,
         }
+        if cti_events is not None:
+            simulation["cti_events"] = {pid: [e.to_dict() for e in evs] for pid, evs in cti_events.items()}
         files = rep.write_all(report, events, Path(self.o.report_dir), simulation)
         return {key: str(path) for key, path in files.items()}
 

@@ -208,3 +208,8 @@ def test_the_stand_in_refuses_bad_arguments_in_one_line():
                             capture_output=True, text=True, timeout=30, env={"XIVO_HA_SIM_CTID_DSN": "x"})
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "not an IPv4 address" in result.stderr
+
+
+def test_the_accounts_of_the_phones_users_come_from_the_nodes_database(node_db):
+    found = cti.accounts(node_db.sql(cti.ACCOUNTS_QUERY))
+    assert found == {str(1000 + n): cti.Account(f"user{n}", f"cti{n}") for n in range(1, 6)}
