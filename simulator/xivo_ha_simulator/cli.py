@@ -109,6 +109,13 @@ class Run(cli.Application):
                                help="Calls each phone places per real hour, to random other phones (0: none)")
     bound = cli.SwitchAttr(["--bound"], PositiveFloat(86400), default=DEFAULT_BOUND, argname="SECONDS",
                            help="Downtime bound, real-equivalent seconds (XiVO: 5 minutes)")
+    new_users = cli.SwitchAttr(["--new-users"], cli.Range(1, 1000), default=0, argname="N",
+                               help="Create N users on the master shortly before the fault (their phones start "
+                                    "then) and report how many can register and call on the slave after it")
+    created_before_fault = cli.SwitchAttr(["--created-before-fault"], NonNegativeFloat(86400), default=300.0,
+                                          argname="S", requires=["--new-users"],
+                                          help="Real seconds (divided by K) between the new users' creation and "
+                                               "the fault; the master replicates hourly (3600/K s)")
     no_cti = cli.Flag(["--no-cti"], help="No XiVO Clients (by default one per phone's user logs in to the "
                                          "master's CTI server, backup the slave's)")
     reuse = cli.Flag(["--reuse"], help="Reset and reuse a running cluster instead of creating new nodes")
@@ -121,7 +128,7 @@ class Run(cli.Application):
             failback_after=self.failback_after, report_dir=self.report_dir, sip_probe=self.sip_probe,
             failback_policy=self.failback_policy, failures_before_failover=self.failures_before_failover,
             call_rate=self.call_rate, bound=self.bound, reuse=self.reuse, project=self.project,
-            cti=not self.no_cti,
+            cti=not self.no_cti, new_users=self.new_users, created_before_fault=self.created_before_fault,
         )
         simulation = Simulation(options)
         try:

@@ -179,6 +179,7 @@ class Report:
     slave: SlaveActivity | None = None
     cti_reconnection: dict | None = None  # phone id -> measured seconds or None (cti.reconnection_time)
     cti: DowntimeStats | None = None
+    rpo: object | None = None  # rpo.Rpo: the users created shortly before the fault
     # The verdict, set once by compute():
     criteria: list = field(default_factory=list)  # Criterion, in junit.xml's order
     passed: bool = False
@@ -210,6 +211,7 @@ def compute(
     slave: SlaveActivity | None = None,
     restored: float | None = None,
     cti: Mapping[str, Sequence[Event]] | None = None,
+    rpo: object | None = None,
 ) -> Report:
     """Per-phone downtimes, their statistics and the verdict: the only place a verdict is made.
 
@@ -218,7 +220,8 @@ def compute(
     undone (registrations lost after it do not count); ``slave`` is what the
     slave did, needed to judge a fault during which the master keeps serving.
     ``cti`` maps a phone id to its user's XiVO Client events (``cti``): their
-    reconnection times are reported, they do not decide the verdict.
+    reconnection times are reported, they do not decide the verdict; nor does
+    ``rpo`` (an ``rpo.Rpo``), the users created shortly before the fault.
     """
     if expect == SERVED and slave is None:
         raise ValueError("a fault the master serves through is judged on the slave's activity: pass slave=")
@@ -248,6 +251,7 @@ def compute(
         lost_registration=lost_registration(events, fault_time, restored),
         expect=expect,
         slave=slave,
+        rpo=rpo,
     )
     if cti is not None:
         report.cti_reconnection = reconnection_times(cti, fault_time)
@@ -317,6 +321,10 @@ def _criteria(report: Report) -> list[Criterion]:
                                   None if report.cti.ok else _over_bound(report.cti, report.cti_reconnection,
                                                                           report.time_scale),
                                   decisive=False))
+    if report.rpo is not None:
+        rpo = report.rpo
+        criteria.append(Criterion("users created before the fault can register on the slave", rpo.sentence,
+                                  None if rpo.registered == rpo.users else rpo.sentence, decisive=False))
     if served:
         failovers = report.slave.failovers
         met = (registered == phones and report.failovers_seen == 0 and failovers == 0
@@ -460,6 +468,7 @@ def to_dict(report: Report, events: Mapping[str, Sequence[Event]] | None = None,
         "failover_downtime": _stats_dict(report.failover),
         "failback_downtime": _stats_dict(report.failback),
         "cti_reconnection": _stats_dict(report.cti),
+        "rpo": None if report.rpo is None else report.rpo.to_dict(),
         "per_phone": phones,
     }
     if simulation is not None:
@@ -621,5 +630,7 @@ def format_table(report: Report) -> str:
     lines.append("")
     lines.append(f"phones {report.phones}, time scale x{report.time_scale:g} (figures are real-equivalent)")
     lines.append(f"registered at fault: {at_fault}; switched to backup after the fault: {report.failovers_seen}")
+    if report.rpo is not None:
+        lines.append(f"configuration RPO: {report.rpo.sentence}")
     lines.append(f"verdict: {report.verdict}")
     return "\n".join(lines)
