@@ -23,7 +23,7 @@ from . import cti, faults, rpo
 from . import report as rep
 from .cluster import MASTER, PROJECT, SHARE, SLAVE, BringUp, Checker, Cluster, ClusterError
 from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE, OUTAGE, SERVED
-from .events import NONE
+from .events import CTI_CONNECTED, NONE
 from .phone import Credentials, Fleet, FleetThread, PhoneConfig, Registrar, provisioned_line
 
 FIRST_USER = 1001  # phone i is the line of extension 1001 + i
@@ -129,6 +129,7 @@ class Simulation:
         self.k = float(options.time_scale)
         self.started = time.monotonic()
         self.facts: dict = {}  # what the fault's steps reported (e.g. packets dropped)
+        self.clients: cti.Clients | None = None  # the XiVO Clients, also awaited by the observation
 
     def say(self, text: str) -> None:
         self.out.write(f"[{time.monotonic() - self.started:6.1f}s] {text}\n")
@@ -222,6 +223,7 @@ class Simulation:
                                f"on the master (userfeatures loginclient/passwdclient)")
         clients = cti.Clients([cti.Client(str(n), accounts[str(n)], main, backup, config) for n in numbers])
         clients.start(rate=cti.START_RATE)
+        self.clients = clients
         self.say(f"{len(numbers)} XiVO Clients started: main {info.master}, backup {info.slave}, "
                  f"connect timeout {config.scaled(config.connect_timeout):.2f}s "
                  f"({config.connect_timeout:g}s real)")
@@ -415,12 +417,26 @@ class Simulation:
                          restore_at: float | None, window: float) -> bool:
         """After a failback: every phone home, or the window is over; without a restore: the same since the fault."""
         if t1 is not None:
-            return self._all_registered_since(runner, t1, MASTER) or now > t1 + window
+            return (self._all_registered_since(runner, t1, MASTER) and self._clients_back_since(t1, MASTER)
+                    ) or now > t1 + window
         if restore_at is None:
-            if self.fault.expect == OUTAGE and self._all_registered_since(runner, t0, None):
+            if (self.fault.expect == OUTAGE and self._all_registered_since(runner, t0, None)
+                    and self._clients_back_since(t0, None)):
                 return True
             return now > t0 + window
         return False
+
+    def _clients_back_since(self, since: float, node: str | None) -> bool:
+        """Every XiVO Client logged in (on ``node`` if given) since ``since``; True without clients."""
+        if self.clients is None:
+            return True
+        for client in self.clients.clients:
+            connection = client.connection  # read from this thread: a stale read only delays the end
+            if connection is None or (node is not None and connection.server.name != node):
+                return False
+            if not any(e.kind == CTI_CONNECTED and e.t >= since for e in list(client.events)):
+                return False
+        return True
 
     @staticmethod
     def _all_registered_since(runner: FleetThread, since: float, node: str | None) -> bool:
