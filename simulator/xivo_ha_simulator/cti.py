@@ -98,7 +98,7 @@ class LoginRefused(Exception):
     """The server answered, and refused the login (its ``error_string``)."""
 
 
-def accounts(text: str) -> dict[str, "Account"]:
+def accounts(text: str) -> dict[str, Account]:
     """The accounts in :data:`ACCOUNTS_QUERY`'s output, by phone number; ValueError if it is not that."""
     data = json.loads(text or "{}")
     if not isinstance(data, dict):
@@ -352,8 +352,8 @@ class Clients:
 
         clients = Clients([Client("1001", Account("user1", "cti1"), main, backup, config), ...])
         clients.start(rate=50)        # clients per second
-        ... clients.counts() ...
-        clients.stop(); events = clients.events()
+        ...
+        events = clients.events(); clients.stop()
     """
 
     def __init__(self, clients: Sequence[Client]):
@@ -376,22 +376,6 @@ class Clients:
                 if rate and i + 1 < len(self.clients):
                     await asyncio.sleep(1.0 / rate)
         self._call(start_all(), None if not rate else len(self.clients) / rate + 60)
-
-    def add(self, clients: Sequence[Client]) -> None:
-        """Start more clients (e.g. the users created during the run)."""
-        async def start_more():
-            for client in clients:
-                client.start()
-                self.clients.append(client)
-        self._call(start_more(), 60)
-
-    def counts(self) -> dict[str, int]:
-        """Clients per server they are logged in to (``none``: logged in nowhere)."""
-        counts: dict[str, int] = {}
-        for client in list(self.clients):
-            label = client.connection.server.name if client.connection is not None else "none"
-            counts[label] = counts.get(label, 0) + 1
-        return counts
 
     def events(self) -> dict[str, list[Event]]:
         async def collect():
