@@ -34,6 +34,10 @@ CREATE TABLE userfeatures (
     callerid varchar(160),
     language varchar(20),
     voicemailid integer,
+    -- the XiVO Client (CTI) account: xivo-dao maps loginclient/passwdclient to username/password
+    enableclient integer NOT NULL DEFAULT 0,
+    loginclient varchar(64) NOT NULL DEFAULT '',
+    passwdclient varchar(64) NOT NULL DEFAULT '',
     enablednd integer NOT NULL DEFAULT 0,
     enableunc integer NOT NULL DEFAULT 0,
     destunc varchar(128) NOT NULL DEFAULT '',

@@ -14,7 +14,9 @@ real toolkit) serves every test; each run resets it.  Time scale 10, 50 phones:
 * registrar-crash with the SIP probe: the slave takes over -- PASS;
 * packet-loss (30 % from slave to master): zero failovers -- PASS;
 * network-cut with a 3600 s trunk expiry: PSTN calls keep failing after the
-  master is back (the carrier keeps the slave's registration).
+  master is back (the carrier keeps the slave's registration);
+* power-off with 3 users created after the last replication: they cannot register on
+  the slave (the report says why), the others and their XiVO Clients move to it -- PASS.
 """
 
 from __future__ import annotations
@@ -221,3 +223,24 @@ def test_a_long_trunk_expiry_keeps_pstn_calls_failing_after_the_network_comes_ba
     assert pstn["failures_after_restore"].get("408 Request Timeout", 0) > 0, pstn
     assert pstn["last_failed_after_fault"] > pstn["restored_after_fault"] + 60, pstn
     assert pstn["last_failed_after_fault"] - pstn["last_connected_after_fault"] > 20, pstn
+
+def test_users_created_after_the_last_replication_cannot_register_on_the_slave(sim_cluster, tmp_path):
+    # 3 users created 20 s real (2 s here) before a power-off: the master last replicated when the
+    # run reset the cluster, before they existed, and its next hourly run (every 360 s here) is far.
+    code, report = simulate(tmp_path, "power-off", "--new-users", "3", "--created-before-fault", "20")
+    rpo, sim = report["rpo"], report["simulation"]
+    assert rpo["users"] == 3 and not rpo["replicated_before_fault"], rpo
+    assert rpo["registered_on_slave"] == 0 and rpo["called_on_slave"] == 0, rpo
+    assert "not replicated yet: created after the last replication" in rpo["sentence"]
+    assert rpo["last_replication_wall"] < rpo["created_wall"]
+    assert sim["replications"] == []  # none was due during the run
+    # The users created before that replication (the fleet's) moved to the slave and passed.
+    assert report["verdict"] == "PASS" and code == 0, report["reasons"]
+    assert report["failovers_seen"] == PHONES
+    # The XiVO Clients: every one logged in again, on the slave's CTI server, within the bound.
+    cti = report["cti_reconnection"]
+    assert cti["phones"] == PHONES and cti["over_bound"] == 0 and cti["never"] == 0, cti
+    assert cti["p50"] > 0  # they did lose the powered-off master
+    last_login = {pid: [e for e in evs if e["event"] == "cti_connected"][-1]["node"]
+                  for pid, evs in sim["cti_events"].items()}
+    assert set(last_login.values()) == {"slave"}, last_login
