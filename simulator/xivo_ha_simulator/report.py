@@ -83,6 +83,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .constants import DEFAULT_BOUND, OUTAGE, SERVED
+from .cti import reconnection_times
 from .events import (
     CALL_CONNECTED,
     CALL_FAILED,
@@ -420,20 +421,22 @@ def has_calls(events: Mapping[str, Sequence[Event]] | None) -> bool:
     return bool(events) and any(e.kind == CALL_PLACED for evs in events.values() for e in evs)
 
 
-def calls_unsettled(events: Mapping[str, Sequence[Event]], since: float) -> set[str]:
+def calls_unsettled(events: Mapping[str, Sequence[Event]], since: float,
+                    pstn: Mapping[str, Sequence[Event]] | None = None) -> set[str]:
     """Phones not yet shown able to call and be called since ``since``: no attempt, or an outage still open.
 
-    What the observation waits for before it ends.
+    What the observation waits for before it ends (``pstn``: the PSTN calls, by callee).
     """
     waiting = set()
-    for direction in phone_calls(events, since).values():
+    for direction in phone_calls(events, since, pstn=pstn).values():
         waiting.update(pid for pid, o in direction.items() if not o.measured or o.never)
     return waiting
 
 
-def calls_unmeasured(events: Mapping[str, Sequence[Event]], since: float) -> set[str]:
+def calls_unmeasured(events: Mapping[str, Sequence[Event]], since: float,
+                     pstn: Mapping[str, Sequence[Event]] | None = None) -> set[str]:
     """Phones with no call attempt, in one direction or the other, whose result came since ``since``."""
-    return {pid for direction in phone_calls(events, since).values()
+    return {pid for direction in phone_calls(events, since, pstn=pstn).values()
             for pid, o in direction.items() if not o.measured}
 
 
@@ -489,6 +492,10 @@ class Report:
     attempts: dict = field(default_factory=dict)  # internal (by caller)/pstn (by callee) -> phone id -> Attempts
     sources: dict = field(default_factory=dict)  # pstn/cti -> the events given, by phone id
     unregistered: dict = field(default_factory=dict)  # phone id -> "node: reason" of a REGISTER failing at the end
+    pstn: dict = field(default_factory=dict)  # callee phone id -> the PSTN caller's events for it
+    cti_reconnection: dict | None = None  # phone id -> measured seconds or None (cti.reconnection_time)
+    cti: DowntimeStats | None = None
+    rpo: object | None = None  # rpo.Rpo: the users created shortly before the fault
     # The verdict, set once by compute():
     criteria: list = field(default_factory=list)  # Criterion, in junit.xml's order
     passed: bool = False
@@ -521,6 +528,7 @@ def compute(
     restored: float | None = None,
     pstn: Mapping[str, Sequence[Event]] | None = None,
     cti: Mapping[str, Sequence[Event]] | None = None,
+    rpo: object | None = None,
 ) -> Report:
     """Per-phone outages, their statistics and the verdict: the only place a verdict is made.
 
@@ -530,6 +538,9 @@ def compute(
     ``restored`` is when the fault was undone (registrations lost after it do
     not count; calls placed after it are "after"); ``slave`` is what the slave
     did, needed to judge a fault during which the master keeps serving.
+    Their CTI reconnection times (``cti.reconnection_times``) and ``rpo`` (an
+    ``rpo.Rpo``, the users created shortly before the fault) are reported, they
+    do not decide the verdict.
     """
     if expect == SERVED and slave is None:
         raise ValueError("a fault the master serves through is judged on the slave's activity: pass slave=")
@@ -560,6 +571,8 @@ def compute(
         expect=expect,
         slave=slave,
         restored=restored,
+        pstn={pid: list(evs) for pid, evs in (pstn or {}).items()},
+        rpo=rpo,
     )
     report.unregistered = {pid: why for pid, why in ((pid, last_register_failure(evs, fault_time))
                                                      for pid, evs in events.items()) if why}
@@ -575,6 +588,9 @@ def compute(
                                               fault_time, restored)
                           for kind, by_phone in report.attempts.items()}
     report.sources = {name: dict(given) for name, given in ((PSTN, pstn), (CTI, cti)) if given}
+    if cti is not None:
+        report.cti_reconnection = reconnection_times(cti, fault_time)
+        report.cti = downtime_stats(report.cti_reconnection, time_scale, bound)
     report.criteria = _criteria(report)
     decisive = [c for c in report.criteria if c.decisive]
     report.passed = all(c.ok for c in decisive)
@@ -653,11 +669,16 @@ def _criteria(report: Report) -> list[Criterion]:
             criteria.append(Criterion(f"{label} downtime within {stats.bound:g}s", _stats_sentence(label, stats),
                                       failure, decisive=False,
                                       direction=REGISTRATION if label == "failover" else None))
-    if CTI in report.outages:
-        stats = report.outages[CTI]
-        criteria.append(Criterion(f"{LABELS[CTI]} within {stats.bound:g}s", _outage_sentence(stats),
-                                  None if stats.ok else _outage_failure(report, stats), decisive=False,
-                                  direction=CTI))
+    if report.cti is not None:
+        criteria.append(Criterion(f"CTI reconnection within {report.cti.bound:g}s",
+                                  _stats_sentence("CTI reconnection", report.cti, "logged in"),
+                                  None if report.cti.ok else _over_bound(report.cti, report.cti_reconnection,
+                                                                          report.time_scale),
+                                  decisive=False, direction=CTI))
+    if report.rpo is not None:
+        rpo = report.rpo
+        criteria.append(Criterion("users created before the fault can register on the slave", rpo.sentence,
+                                  None if rpo.registered == rpo.users else rpo.sentence, decisive=False))
     if served:
         failovers = report.slave.failovers
         met = (registered == phones and report.failovers_seen == 0 and failovers == 0
@@ -762,7 +783,7 @@ def _fmt_seconds(value: float | None) -> str:
     return f"{value:.1f}s"
 
 
-def _stats_sentence(what: str, stats: DowntimeStats) -> str:
+def _stats_sentence(what: str, stats: DowntimeStats, again: str = "registered") -> str:
     if stats.phones == 0:
         return f"{what}: no phones"
     text = (
@@ -771,7 +792,7 @@ def _stats_sentence(what: str, stats: DowntimeStats) -> str:
         f"{stats.over_bound} of {stats.phones} phones over the {stats.bound:g}s bound"
     )
     if stats.never:
-        text += f", {stats.never} never registered again"
+        text += f", {stats.never} never {again} again"
     return text
 
 
@@ -899,6 +920,8 @@ def to_dict(report: Report, events: Mapping[str, Sequence[Event]] | None = None,
         for direction, per_phone in report.calls.items():
             if pid in per_phone:
                 entry[direction] = _phone_outages_dict(per_phone[pid])
+        if report.cti_reconnection is not None:
+            entry["cti_reconnection"] = _json_number(report.cti_reconnection.get(pid))
         if events is not None:
             entry["events"] = [e.to_dict() for e in events.get(pid, ())]
             for name, given in report.sources.items():
@@ -921,6 +944,8 @@ def to_dict(report: Report, events: Mapping[str, Sequence[Event]] | None = None,
             "calls without a result when the phones stopped are left out",
             "downtime": "fault -> first successful registration after it, any node",
             "failback_downtime": "failback -> first successful registration on the primary after it",
+            "cti_reconnection": "fault -> the user's XiVO Client logged in again, any CTI server "
+            "(0: it never lost its connection)",
             "units": "per-phone values: measured seconds (monotonic clock); statistics: real-equivalent "
             "seconds (measured x time_scale); null: never back",
         },
@@ -942,6 +967,8 @@ def to_dict(report: Report, events: Mapping[str, Sequence[Event]] | None = None,
         "failovers_seen": report.failovers_seen,
         "failover_downtime": _stats_dict(report.failover),
         "failback_downtime": _stats_dict(report.failback),
+        "cti_reconnection": _stats_dict(report.cti),
+        "rpo": None if report.rpo is None else report.rpo.to_dict(),
         "per_phone": phones,
     }
     if simulation is not None:
@@ -1130,6 +1157,8 @@ def format_table(report: Report) -> str:
     lines.append(f"phones {report.phones}, time scale x{report.time_scale:g} (figures are real-equivalent)")
     lines.append(f"registered at fault: {at_fault}; switched to backup after the fault: {report.failovers_seen}")
     lines.extend(calls_lines(report))
+    if report.rpo is not None:
+        lines.append(f"configuration RPO: {report.rpo.sentence}")
     lines.append(f"verdict: {report.verdict}")
     return "\n".join(lines)
 

@@ -21,6 +21,10 @@ sampled to within seconds; the HA settings are the shipped defaults):
   phone, each within the bound -- PASS;
 * a stale slave (its `usersip` emptied after the replication): after the
   power-off no phone can register or call on it -- FAIL, and the reasons say so.
+* network-cut with a 3600 s trunk expiry: PSTN calls keep failing after the
+  master is back (the carrier keeps the slave's registration);
+* power-off with 3 users created after the last replication: they cannot register on
+  the slave (the report says why), the others and their XiVO Clients move to it -- PASS.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ def options(report_dir: Path, scenario: str, **extra):
     from xivo_ha_simulator.simulation import Options
 
     return Options(phones=CALLING, scenario=scenario, time_scale=TIME_SCALE, report_dir=str(report_dir),
-                   call_rate=CALL_RATE, reuse=True, project=PROJECT, **extra)
+                   call_rate=CALL_RATE, pstn_rate=CALL_RATE, reuse=True, project=PROJECT, **extra)
 
 
 def simulate(report_dir: Path, scenario: str, *extra: str) -> tuple[int, dict]:
@@ -70,7 +74,7 @@ def simulate(report_dir: Path, scenario: str, *extra: str) -> tuple[int, dict]:
     from xivo_ha_simulator import cli
 
     argv = ["run", "--reuse", "--project", PROJECT, "--phones", str(CALLING), "--time-scale", f"{TIME_SCALE:g}",
-            "--call-rate", f"{CALL_RATE:g}", "--scenario", scenario, "--report-dir", str(report_dir), *extra]
+            "--call-rate", f"{CALL_RATE:g}", "--pstn-rate", f"{CALL_RATE:g}", "--scenario", scenario, "--report-dir", str(report_dir), *extra]
     code = cli.main(argv)
     path = report_dir / "report.json"
     assert path.is_file(), f"no report.json after `xivo-ha-simulator {' '.join(argv)}` (exit {code})"
@@ -86,6 +90,7 @@ def assert_calls_back(report: dict) -> None:
         assert figures["max"] is not None and figures["max"] <= report["bound_seconds"], (direction, figures)
     assert report["outages"]["over_bound"] == []
     assert report["calls"]["internal"]["during"]["attempts"] > 0
+    assert report["outages"]["pstn"]["decisive"] and report["outages"]["pstn"]["over_bound"] == []
 
 
 def test_cluster_is_configured_by_the_toolkit(sim_cluster):
@@ -163,6 +168,11 @@ def test_power_off_fails_over_then_back(sim_cluster, tmp_path):
     assert sim["slave_failovers"] == 1 and sim["slave_failbacks"] >= 1
     assert len(report["slave_serving_since"]) == 1
     assert sim["counts_at_end"].get("master") == CALLING
+    # The slave registered the trunk when it started serving: PSTN calls reached the phones
+    # there, within the bound.
+    pstn = sim["pstn"]
+    assert pstn["trunk_expiry"] == 120 and pstn["calls"]["during"]["connected"] > 0, pstn
+    assert pstn["first_connected_after_fault"] <= 300, pstn
     for name in ("report.json", "junit.xml", "timeline.png"):
         assert (tmp_path / name).stat().st_size > 0
 
@@ -267,3 +277,61 @@ def test_a_stale_slave_fails_the_call_verdict(sim_cluster, tmp_path):
     sim_cluster.reset()
     sim_cluster.exec("master", ["xivo-master-slave-db-replication", sim_cluster.address("slave")], timeout=300)
     assert sim_cluster.users_digest("slave") == sim_cluster.users_digest("master"), progress.getvalue()[-3000:]
+def test_a_long_trunk_expiry_keeps_pstn_calls_failing_after_the_network_comes_back(sim_cluster, tmp_path):
+    """The seed's trunk prerequisite made visible: with `register => ...~3600` PSTN calls fail long
+    after the master is back.
+
+    The mechanism: the carrier keeps one binding for the trunk, the last registrant's.  During
+    the cut the slave starts serving and registers the trunk, which moves the binding to it.  When
+    the network comes back the slave stops its services, silently (nothing unregisters a stopped
+    Asterisk), while the master still holds a registration it believes valid for up to 3600 s, so
+    it does not register again before its refresh.  Until then the carrier sends every DID to the
+    stopped slave and answers the PSTN 408 (its INVITE timer), although the master and its phones
+    are fine again.
+    """
+    from xivo_ha_simulator import cli
+
+    argv = ["run", "--reuse", "--project", PROJECT, "--phones", "10", "--time-scale", f"{TIME_SCALE:g}",
+            "--scenario", "network-cut", "--failback-after", "30", "--trunk-expiry", "3600",
+            "--pstn-rate", "240", "--report-dir", str(tmp_path)]
+    try:
+        cli.main(argv)
+        report = json.loads((tmp_path / "report.json").read_text())
+    finally:
+        # The next runs find the default trunk expiry again.
+        sim_cluster.set_trunk("master", 120)
+        sim_cluster.exec("master", ["xivo-master-slave-db-replication", sim_cluster.address("slave")], timeout=300)
+        sim_cluster.exec("master", ["service", "kamailio", "restart"], timeout=60)
+    sim = report["simulation"]
+    pstn = sim["pstn"]
+    assert sim["slave_failovers"] == 1 and sim["slave_failbacks"] >= 1, sim["slave_events"]
+    assert pstn["trunk_expiry"] == 3600
+    assert pstn["calls"]["during"]["connected"] > 0, pstn  # the slave's registration took the calls
+    # Back home, the phones are registered on the master, but PSTN calls still go to the slave.
+    assert sim["counts_at_end"].get("master") == 10, sim["counts_at_end"]
+    # The carrier's INVITEs to the stopped slave time out; once it stopped, no PSTN call connects.
+    assert pstn["failures_after_restore"].get("408 Request Timeout", 0) > 0, pstn
+    assert pstn["last_failed_after_fault"] > pstn["restored_after_fault"] + 60, pstn
+    assert pstn["last_failed_after_fault"] - pstn["last_connected_after_fault"] > 20, pstn
+
+
+def test_users_created_after_the_last_replication_cannot_register_on_the_slave(sim_cluster, tmp_path):
+    # 3 users created 20 s real (2 s here) before a power-off: the master last replicated when the
+    # run reset the cluster, before they existed, and its next hourly run (every 360 s here) is far.
+    code, report = simulate(tmp_path, "power-off", "--new-users", "3", "--created-before-fault", "20")
+    rpo, sim = report["rpo"], report["simulation"]
+    assert rpo["users"] == 3 and not rpo["replicated_before_fault"], rpo
+    assert rpo["registered_on_slave"] == 0 and rpo["called_on_slave"] == 0, rpo
+    assert "not replicated yet: created after the last replication" in rpo["sentence"]
+    assert rpo["last_replication_wall"] < rpo["created_wall"]
+    assert sim["replications"] == []  # none was due during the run
+    # The users created before that replication (the fleet's) moved to the slave and passed.
+    assert report["verdict"] == "PASS" and code == 0, report["reasons"]
+    assert report["failovers_seen"] == CALLING
+    # The XiVO Clients: every one logged in again, on the slave's CTI server, within the bound.
+    cti = report["cti_reconnection"]
+    assert cti["phones"] == CALLING and cti["over_bound"] == 0 and cti["never"] == 0, cti
+    assert cti["p50"] > 0  # they did lose the powered-off master
+    last_login = {pid: [e for e in evs if e["event"] == "cti_connected"][-1]["node"]
+                  for pid, evs in sim["cti_events"].items()}
+    assert set(last_login.values()) == {"slave"}, last_login
