@@ -60,7 +60,8 @@ is PASS when every phone was registered when the fault hit, and every phone's
 longest outgoing, incoming and (when PSTN calls exist) PSTN outage is within
 the bound, every phone measured in each.  Registration and CTI figures are
 criteria of junit.xml but do not decide: registration alone no longer passes,
-and the issue asks CTI reconnection to be reported.  For a fault the master
+and the issue asks CTI reconnection to be reported; so is the configuration
+RPO (``rpo``: users created shortly before the fault).  For a fault the master
 serves through (``constants.SERVED``) it is PASS when every phone was
 registered when the fault hit, none moved to the slave or lost its
 registration, the slave never started its services, and calls kept working:
