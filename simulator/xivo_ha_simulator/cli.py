@@ -107,6 +107,10 @@ class Run(cli.Application):
                                                    "XiVO parity, or the scenario's)")
     call_rate = cli.SwitchAttr(["--call-rate"], NonNegativeFloat(3600), default=DEFAULT_CALL_RATE, argname="N",
                                help="Calls each phone places per real hour, to random other phones (0: none)")
+    invite_timeout = cli.SwitchAttr(["--invite-timeout"], PositiveFloat(3600), default=None, argname="SECONDS",
+                                    help="How long a phone waits for an answer to an INVITE before it retries the "
+                                         "call through its other registrar and re-registers there (real seconds, "
+                                         "scaled like every SIP timer; default: Timer B, 64 x T1 = 32 s)")
     bound = cli.SwitchAttr(["--bound"], PositiveFloat(86400), default=DEFAULT_BOUND, argname="SECONDS",
                            help="Downtime bound, real-equivalent seconds (XiVO: 5 minutes)")
     reuse = cli.Flag(["--reuse"], help="Reset and reuse a running cluster instead of creating new nodes")
@@ -118,7 +122,7 @@ class Run(cli.Application):
             phones=self.phones, scenario=self.scenario, time_scale=self.time_scale,
             failback_after=self.failback_after, report_dir=self.report_dir, sip_probe=self.sip_probe,
             failback_policy=self.failback_policy, failures_before_failover=self.failures_before_failover,
-            call_rate=self.call_rate, bound=self.bound, reuse=self.reuse, project=self.project,
+            call_rate=self.call_rate, invite_timeout=self.invite_timeout, bound=self.bound, reuse=self.reuse, project=self.project,
         )
         simulation = Simulation(options)
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from xivo_ha_simulator import cli
 from xivo_ha_simulator.phone import PhoneConfig, Registrar, invite_retry
 
 MASTER = Registrar("master", "10.0.0.1")
@@ -57,3 +58,11 @@ def test_no_retry_when_the_registrar_answered_but_the_call_never_did():
     node, why = invite_retry(MASTER, [MASTER], MASTER, SLAVE, proceeding=True)
     assert node is None
     assert why == "master answered the INVITE provisionally but no final answer came: the call failed"
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "soon", "3601"])
+def test_the_simulator_refuses_a_bad_invite_timeout(value, capsys):
+    assert cli.main(["run", "--invite-timeout", value]) == cli.EXIT_USAGE
+    out = capsys.readouterr()
+    assert "invite-timeout" in out.out + out.err
+    assert "Traceback" not in out.out + out.err
