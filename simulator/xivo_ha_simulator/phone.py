@@ -66,6 +66,7 @@ runs a fleet in a background thread for a synchronous driver.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import random
 import resource
 import threading
@@ -1004,6 +1005,26 @@ class Phone(asyncio.DatagramProtocol):
             self._probe_timer = self.loop.call_later(self.config.scaled(self.config.probe_interval), self._probe)
 
 
+class _AllBut(collections.abc.Sequence):
+    """``numbers`` without its ``i``-th item, without a copy (a fleet's phones share one tuple)."""
+
+    __slots__ = ("numbers", "i")
+
+    def __init__(self, numbers: tuple[str, ...], i: int):
+        self.numbers = numbers
+        self.i = i
+
+    def __len__(self) -> int:
+        return len(self.numbers) - 1
+
+    def __getitem__(self, k: int) -> str:
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        return self.numbers[k if k < self.i else k + 1]
+
+
 class Fleet:
     """N phones sharing one event loop, with live counts per registrar.
 
@@ -1047,9 +1068,9 @@ class Fleet:
             )
             for i in range(count)
         ]
-        numbers = [phone.user for phone in self.phones]
+        numbers = tuple(phone.user for phone in self.phones)
         for i, phone in enumerate(self.phones):
-            phone.peers = numbers[:i] + numbers[i + 1:]
+            phone.peers = _AllBut(numbers, i)
 
     def _node_changed(self, old: str | None, new: str | None) -> None:
         counts = self._counts
