@@ -466,6 +466,11 @@ class Phone(asyncio.DatagramProtocol):
         """A REGISTER attempt is in progress."""
         return self._attempt_active
 
+    @property
+    def calls_in_progress(self) -> int:
+        """Outgoing calls placed and not over yet (ringing, connected, or hanging up)."""
+        return len(self._calls)
+
     def start(self) -> None:
         """Start registering (to the primary first).  The socket must be open."""
         if self.transport is None:

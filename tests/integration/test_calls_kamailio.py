@@ -64,7 +64,9 @@ def test_a_call_to_a_registered_phone_connects_and_ends(kamailio):
         a, b = await registered_phones(kamailio.port, 1001, 1002)
         try:
             a.call("1002")
+            assert a.calls_in_progress == 1
             await until(lambda: any(e.kind == CALL_ENDED for e in a.events))
+            assert a.calls_in_progress == 0
         finally:
             a.stop()
             b.stop()
