@@ -122,7 +122,8 @@ class Run(cli.Application):
             phones=self.phones, scenario=self.scenario, time_scale=self.time_scale,
             failback_after=self.failback_after, report_dir=self.report_dir, sip_probe=self.sip_probe,
             failback_policy=self.failback_policy, failures_before_failover=self.failures_before_failover,
-            call_rate=self.call_rate, invite_timeout=self.invite_timeout, bound=self.bound, reuse=self.reuse, project=self.project,
+            call_rate=self.call_rate, bound=self.bound, reuse=self.reuse, project=self.project,
+            invite_timeout=self.invite_timeout,
         )
         simulation = Simulation(options)
         try:

@@ -34,7 +34,8 @@ small state machine driven by responses and timers:
   Every other final answer is a failed call.  No media, no SDP.
 * **Call failover**: when Timer B fires without any answer from the
   registrar, the phone retries the call through its other registrar (the
-  backup, or the primary when the backup was silent) as a new INVITE, once,
+  backup, or the primary when the call went to the backup) as a new INVITE
+  (a new Call-ID), once,
   and re-registers there, as phones with a backup proxy do (the registrar it
   was registered on failed it: it is down from now).  A call connected after
   the retry is connected, its setup time counted from the first INVITE.  A
