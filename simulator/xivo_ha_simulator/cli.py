@@ -24,7 +24,7 @@ from typing import Sequence
 from plumbum import cli
 
 from . import __version__, faults
-from .cluster import PROJECT, Cluster, ClusterError
+from .cluster import PROJECT, REPLICATION_MODES, Cluster, ClusterError
 from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE
 from .simulation import Options, Simulation
 
@@ -109,6 +109,11 @@ class Run(cli.Application):
                                help="Calls each phone places per real hour, to random other phones (0: none)")
     bound = cli.SwitchAttr(["--bound"], PositiveFloat(86400), default=DEFAULT_BOUND, argname="SECONDS",
                            help="Downtime bound, real-equivalent seconds (XiVO: 5 minutes)")
+    replication = cli.SwitchAttr(["--replication"], cli.Set(*REPLICATION_MODES), default="hourly",
+                                 help="[replication] mode of both nodes: the hourly verified copy (XiVO), or "
+                                      "continuous (a stream between the copies)")
+    fast = cli.Flag(["--fast"], help="The slave's check in fast mode: --loop 55 --interval 5 (divided by K), "
+                                     "one ping per round")
     reuse = cli.Flag(["--reuse"], help="Reset and reuse a running cluster instead of creating new nodes")
     project = cli.SwitchAttr(["--project"], str, default=PROJECT, argname="NAME",
                              help="docker-compose project name of the cluster")
@@ -119,6 +124,7 @@ class Run(cli.Application):
             failback_after=self.failback_after, report_dir=self.report_dir, sip_probe=self.sip_probe,
             failback_policy=self.failback_policy, failures_before_failover=self.failures_before_failover,
             call_rate=self.call_rate, bound=self.bound, reuse=self.reuse, project=self.project,
+            replication=self.replication, fast=self.fast,
         )
         simulation = Simulation(options)
         try:

@@ -21,7 +21,8 @@ from typing import TextIO
 
 from . import faults
 from . import report as rep
-from .cluster import MASTER, PROJECT, SLAVE, BringUp, Checker, Cluster, ClusterError
+from .cluster import (MASTER, PROJECT, SLAVE, BringUp, Checker, Cluster, ClusterError, fast_check_switches,
+                      fast_settings)
 from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE, OUTAGE, SERVED
 from .events import NONE
 from .phone import Credentials, Fleet, FleetThread, PhoneConfig, Registrar, provisioned_line
@@ -45,6 +46,8 @@ class Options:
     reuse: bool = False
     project: str = PROJECT
     net: str | None = None
+    replication: str = "hourly"  # [replication] mode of both nodes
+    fast: bool = False  # the slave's check in fast mode
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ class Simulation:
     # ---------------------------------------------------------------- phases
 
     def cluster(self) -> tuple[Cluster, BringUp]:
-        cluster = Cluster(self.o.project, self.k, self.o.net, log=self.say)
+        cluster = Cluster(self.o.project, self.k, self.o.net, log=self.say, fast=self.o.fast)
         if self.o.reuse and cluster.exists() and cluster.time_scale_of_nodes() == self.k:
             self.say("reusing the running cluster: resetting it")
             info = self.reuse(cluster)
@@ -142,13 +145,18 @@ class Simulation:
             if self.o.reuse:
                 self.say("no running cluster with this time scale: creating one")
             cluster.up(recreate=True)
-            info = cluster.bring_up(self.o.phones)
+            info = cluster.bring_up(self.o.phones, self.o.replication)
         return cluster, info
 
     def reuse(self, cluster: Cluster) -> BringUp:
         cluster.reset(self.o.sip_probe)
         users, _ = cluster.users_digest(MASTER)
         slave_ip = cluster.address(SLAVE)
+        if cluster.set_replication_mode(self.o.replication):
+            # What the new mode needs (or no longer needs) is set up by the role change.
+            self.say(f"replication mode {self.o.replication}: xivo-ha enable again on both nodes")
+            cluster.exec(SLAVE, ["xivo-ha", "enable", "slave", cluster.address(MASTER)], timeout=120)
+            cluster.exec(MASTER, ["xivo-ha", "enable", "master", slave_ip], timeout=120)
         if users < self.o.phones:
             cluster.add_users(MASTER, self.o.phones)
             cluster.exec(MASTER, ["xivo-ha", "enable", "master", slave_ip], timeout=120)
@@ -186,7 +194,7 @@ class Simulation:
     def slave_settings(self, cluster: Cluster) -> dict:
         """Write this run's probe and failover settings on the slave; return them."""
         wanted = {("probe", "sip_probe"): "on" if self.o.sip_probe else "off",
-                  ("failover", "failures_before_failover"): "1"}
+                  ("failover", "failures_before_failover"): "1", **fast_settings(self.o.fast)}
         for section, key, value in self.fault.slave_settings:
             wanted[(section, key)] = value
         if self.o.failures_before_failover is not None:
@@ -221,7 +229,7 @@ class Simulation:
     def run(self) -> Outcome:
         o, k, fault = self.o, self.k, self.fault
         self.say(f"scenario {fault.name}: {fault.summary}; {o.phones} phones, time scale x{k:g}, "
-                 f"SIP probe {'on' if o.sip_probe else 'off'}"
+                 f"SIP probe {'on' if o.sip_probe else 'off'}, {self.modes()}"
                  + (f", failback after {o.failback_after:g}s" if o.failback_after is not None else ""))
         timings = {}
         t = time.monotonic()
@@ -338,6 +346,9 @@ class Simulation:
             "sip_probe": self.o.sip_probe,
             "failback_after": self.o.failback_after,
             "failback_policy": self.o.failback_policy,
+            "replication_mode": self.o.replication,
+            "fast": self.o.fast,
+            "check_switches": fast_check_switches(self.k, self.o.fast),
             "slave_settings": settings,
             "slave_failovers": report.slave.failovers,
             "slave_failbacks": report.slave.failbacks,
@@ -355,6 +366,13 @@ class Simulation:
         }
         files = rep.write_all(report, events, Path(self.o.report_dir), simulation)
         return {key: str(path) for key, path in files.items()}
+
+    def modes(self) -> str:
+        """The replication mode and the slave's check mode, as the report states them."""
+        check = "one check a minute (XiVO)"
+        if self.o.fast:
+            check = f"fast mode ({' '.join(fast_check_switches(self.k, True))}, one ping per round)"
+        return f"replication {self.o.replication}, slave checks: {check}"
 
     def table(self, outcome: Outcome) -> str:
         report = outcome.report
@@ -379,6 +397,7 @@ class Simulation:
                          f"{rep.how_often(slave.failbacks)}")
             if self.fault.note and not self.o.sip_probe:
                 lines.append(f"note: {self.fault.note}")
+        lines.append(self.modes())
         for reason in report.reasons:
             lines.append(f"  - {reason}")
         lines.append(f"verdict: {report.verdict}")
