@@ -354,14 +354,15 @@ def remove_from_master(conn) -> list[str]:
     return removed
 
 
-def remove_local(dsn: str) -> list[str]:
-    """Everything of the stream on this node (subscription, slots, publication, role)."""
+def remove_local(dsn: str, subscription: bool = True, master: bool = True) -> list[str]:
+    """The stream's objects on this node: its subscription, and the master's slots,
+    publication and role; what was removed."""
     import psycopg
 
     conn = database.connect(dsn, autocommit=True, what="cannot remove the replication stream")
     try:
-        removed = [f"subscription {SUBSCRIPTION}"] if drop_subscription(conn) else []
-        return removed + remove_from_master(conn)
+        removed = [f"subscription {SUBSCRIPTION}"] if subscription and drop_subscription(conn) else []
+        return removed + (remove_from_master(conn) if master else [])
     except psycopg.Error as exc:
         raise OperationFailed(f"cannot remove the replication stream: {database.error_text(exc)}") from None
     finally:
@@ -379,21 +380,31 @@ def local_objects(conn) -> list[str]:
     return found
 
 
-def teardown_needed(target_role: str, mode: str, objects: Sequence[str]) -> tuple[bool, str]:
-    """Whether a role change removes the stream's objects, and why (pure)."""
+@dataclass(frozen=True)
+class Teardown:
+    subscription: bool  # drop this node's subscription
+    master: bool        # drop this node's slots, publication and role
+    reason: str
+
+    @property
+    def needed(self) -> bool:
+        return self.subscription or self.master
+
+
+def teardown(target_role: str, mode: str, objects: Sequence[str]) -> Teardown:
+    """What a role change removes of the stream's objects on this node, and why (pure):
+    a continuous master keeps its publication, role and slot, a continuous slave its
+    subscription; everything else goes."""
+    subscription = [o for o in objects if o.startswith("subscription ")]
+    published = [o for o in objects if o not in subscription]
     if not objects:
-        return False, "no replication stream on this node"
+        return Teardown(False, False, "no replication stream on this node")
     if mode == CONTINUOUS and target_role == "master":
-        keep = [o for o in objects if not o.startswith("subscription ")]
-        if len(keep) == len(objects):
-            return False, "the master keeps its stream; the next verified copy re-bases it"
-        return True, "a master has no subscription: " + ", ".join(o for o in objects if o not in keep)
+        return Teardown(bool(subscription), False, "a master has no subscription")
     if mode == CONTINUOUS and target_role == "slave":
-        gone = [o for o in objects if not o.startswith("subscription ")]
-        if not gone:
-            return False, "the slave keeps its subscription; the next verified copy re-bases it"
-        return True, "a slave publishes nothing: " + ", ".join(gone)
-    return True, f"{'hourly mode' if mode == HOURLY else 'a disabled node'} has no stream: " + ", ".join(objects)
+        return Teardown(False, bool(published), "a slave publishes nothing")
+    why = "in hourly mode there is no stream" if mode == HOURLY else "a disabled node has no stream"
+    return Teardown(bool(subscription), bool(published), why)
 
 
 # ---------------------------------------------------------------------------
