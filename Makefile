@@ -64,6 +64,7 @@ bench: venv
 	$(PY) bench/replication.py
 	$(PY) bench/check_overhead.py
 	$(PY) bench/simulator_capacity.py
+	$(PY) bench/registration_lag.py
 
 clean:
 	rm -rf $(DIST) $(VENV) simulation-report .pytest_cache
