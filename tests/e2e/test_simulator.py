@@ -185,9 +185,7 @@ def test_packet_loss_causes_no_failover(sim_cluster, tmp_path):
 def test_continuous_replication_fast_checks_phones_called_on_the_slave_before_they_register_there(
         sim_cluster, tmp_path):
     """Power-off, continuous mode, fast checks: the slave's registrar starts with the master's bindings."""
-    phones = 20
-    code, report = simulate(tmp_path, "power-off", "--replication", "continuous", "--fast",
-                            "--phones", str(phones))
+    code, report = simulate(tmp_path, "power-off", "--replication", "continuous", "--fast")
     sim = report["simulation"]
     assert (sim["replication_mode"], sim["fast"]) == ("continuous", True)
     assert sim["check_switches"] == ["--loop", "5.5", "--interval", "0.5"]
