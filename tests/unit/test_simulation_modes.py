@@ -74,7 +74,9 @@ def test_the_toolkit_names_the_replication_modes_the_simulator_offers():
 
 def test_an_unknown_replication_mode_is_a_usage_error(capsys):
     assert cli.main(["run", "--replication", "hourlyish"]) == cli.EXIT_USAGE
-    assert "expected to be {hourly, continuous}, not 'hourlyish'" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert out == "" and "expected to be {hourly, continuous}, not 'hourlyish'" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_the_report_states_the_replication_and_check_modes(tmp_path):
