@@ -348,3 +348,23 @@ def test_a_conflict_stops_the_stream_is_reported_and_the_next_copy_repairs_it(pa
     assert slave_db.query("SELECT displayname FROM context WHERE name = 'clash'") == [("made on the master",)]
     wait_for(lambda: subscription(slave_db).get("streaming"), "the re-based stream runs")
     assert doctor_stream(slave)["status"] == "OK"
+
+
+def test_a_stream_the_slave_cannot_open_leaves_the_verified_copy_done(pair, master_db, slave_db):
+    master, slave = pair
+    hba = master_db.server.data / "pg_hba.conf"
+    stock = hba.read_text()
+    hba.write_text(f"host all {stream.ROLE} 127.0.0.1/32 reject\n" + stock)
+    master_db.server.psql_as_postgres("postgres", "SELECT pg_reload_conf()")
+    try:
+        result = master.run("127.0.0.1", command="xivo-master-slave-db-replication")
+    finally:
+        hba.write_text(stock)
+        master_db.server.psql_as_postgres("postgres", "SELECT pg_reload_conf()")
+    assert result.returncode == 1
+    assert "replicated 10 tables" in result.stderr and "the stream could not start" in result.stderr
+    assert same_replicated(master_db, slave_db)
+    assert master_db.query("SELECT count(*) FROM pg_replication_slots") == [(0,)]
+    assert doctor_stream(slave)["status"] == "FAIL"
+    assert "the stream continues from there" in copy(master).stdout
+    wait_for(lambda: subscription(slave_db).get("streaming"), "the next copy starts the stream")

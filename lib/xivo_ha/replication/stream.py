@@ -29,6 +29,7 @@ stays off until the master's next verified copy re-bases the slave.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from dataclasses import dataclass
@@ -485,17 +486,28 @@ def rebase(master_dsn: str, target, exclude: Sequence[str], replicate: Callable[
         snapshot = create_slot(repl, slot)
         progress(f"created replication slot {slot}, snapshot {snapshot}")
 
+        refused: list[str] = []
+
         def subscribe(slave_conn, copied: Plan) -> None:
             # The master's copy transaction imported the snapshot long ago: the slot's
             # connection may go, so that the subscription can take the slot over.
             repl.close()
             if tuple(sorted(copied.tables)) != tuple(sorted(plan.tables)):
                 raise OperationFailed("the master's tables changed during the run: try again")
-            _create_subscription(slave_conn, conninfo, slot)
+            try:
+                with slave_conn.transaction():  # a savepoint: the copy commits even without a stream
+                    _create_subscription(slave_conn, conninfo, slot)
+            except psycopg.Error as exc:
+                refused.append(database.error_text(exc))
+                return
             progress(f"subscription {SUBSCRIPTION} created on slot {slot}")
 
         outcome = replicate(master_dsn, target, exclude, force=True, progress=progress, limits=limits,
                             snapshot=snapshot, before_commit=subscribe, **options)
+        if refused:
+            raise OperationFailed(
+                f"{outcome.sentence}, but the stream could not start: {refused[0]} (can the slave reach this "
+                f"master's PostgreSQL port {port}? `xivo-ha enable master` sets up its pg_hba.conf line)")
     except BaseException:
         if repl is not None:
             repl.close()
@@ -503,4 +515,4 @@ def rebase(master_dsn: str, target, exclude: Sequence[str], replicate: Callable[
         raise
     finally:
         master.close()
-    return outcome
+    return dataclasses.replace(outcome, sentence=f"{outcome.sentence}; the stream continues from there")
