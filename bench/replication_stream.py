@@ -120,7 +120,7 @@ def main() -> int:
 
     import psycopg
 
-    from xivo_ha.replication import Target, replicate, stream
+    from xivo_ha.replication import Target, stream
 
     master_server = PgServer(options="-c wal_level=logical").start()
     slave_server = PgServer().start()
@@ -144,7 +144,7 @@ def main() -> int:
         cpu_without = cluster_cpu(master_server) - cpu
 
         target = Target("127.0.0.1", slave_server.port, "postgres", slave_db.name, 10, 60)
-        stream.rebase(master_db.dsn, target, EXCLUDE, replicate)
+        stream.rebase(master_db.dsn, target, EXCLUDE)
         slave = psycopg.connect(slave_db.dsn, autocommit=True)
         slave.execute(ARRIVALS)
         deadline = time.monotonic() + 30

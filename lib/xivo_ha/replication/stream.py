@@ -33,13 +33,14 @@ import dataclasses
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from .. import database
 from ..errors import OperationFailed
 from ..log import Progress, quiet
 from .catalogue import inspect, qualified, sql_module
 from .plan import Plan, make_plan
+from .run import SLAVE_HINT, Outcome, Target, replicate
 
 HOURLY = "hourly"
 CONTINUOUS = "continuous"
@@ -94,9 +95,14 @@ def verdict(mode: str, role: str, state: Mapping[str, Any], serving: bool = Fals
         return Verdict("FAIL", f"stream not running ({describe(state)}): is the peer's PostgreSQL reachable?", copy)
     lag = state.get("lag_seconds")
     if lag is not None and lag > WARN_LAG:
-        return Verdict("WARN", f"stream lag {describe(state)}, over {WARN_LAG:g} s",
+        return Verdict("WARN", f"streaming, {_lag(state)}: over {WARN_LAG:g} s behind the master",
                        "check the network between the nodes and the slave's load")
-    return Verdict("OK", f"streaming, {describe(state)}")
+    return Verdict("OK", f"streaming, {_lag(state)}")
+
+
+def _lag(state: Mapping[str, Any]) -> str:
+    lag, size = state.get("lag_seconds"), state.get("lag_bytes")
+    return f"lag {'?' if lag is None else f'{lag:.1f}'} s / {'?' if size is None else size} bytes"
 
 
 def describe(state: Mapping[str, Any]) -> str:
@@ -107,9 +113,8 @@ def describe(state: Mapping[str, Any]) -> str:
     if state.get("side") == "slave":
         parts.append("enabled" if state.get("enabled") else "disabled")
     parts.append("streaming" if state.get("streaming") else "not streaming")
-    lag, size = state.get("lag_seconds"), state.get("lag_bytes")
-    if lag is not None or size is not None:
-        parts.append(f"lag {'?' if lag is None else f'{lag:.1f}'} s / {'?' if size is None else size} bytes")
+    if state.get("lag_seconds") is not None or state.get("lag_bytes") is not None:
+        parts.append(_lag(state))
     if state.get("errors"):
         parts.append(f"{state['errors']} apply errors")
     return ", ".join(parts)
@@ -302,22 +307,28 @@ def _our_slots(conn) -> list[tuple[str, int | None]]:
         "current_database()", (SLOT_PREFIX + "%",))]
 
 
-def drop_slots(conn, keep: str | None = None) -> list[str]:
-    """Drop our slots (but ``keep``), ending the walsender that uses one first."""
-    dropped = []
-    for name, pid in _our_slots(conn):
-        if name == keep:
-            continue
-        if pid is not None:
-            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        deadline = time.monotonic() + STOP_WAIT
-        while conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()[0]:
-            if time.monotonic() > deadline:
-                raise OperationFailed(f"replication slot {name} stayed in use for {STOP_WAIT:g} s")
-            time.sleep(0.1)
-        conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
-        dropped.append(name)
-    return dropped
+def _drop_slot(conn, name: str) -> None:
+    """Drop slot ``name``, ending the walsender that uses it first."""
+    deadline = time.monotonic() + STOP_WAIT
+    while True:
+        row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()
+        if row is None:
+            return
+        if row[0] is None:
+            break
+        if time.monotonic() > deadline:
+            raise OperationFailed(f"replication slot {name} stayed in use for {STOP_WAIT:g} s")
+        conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+        time.sleep(0.1)
+    conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+
+
+def drop_slots(conn) -> list[str]:
+    """Drop our slots: their names."""
+    names = [name for name, _ in _our_slots(conn)]
+    for name in names:
+        _drop_slot(conn, name)
+    return names
 
 
 def prepare_master(conn, tables: Sequence[str], password: str) -> None:
@@ -442,25 +453,27 @@ def _drop_slot_quietly(master, slot: str) -> None:
     import psycopg
 
     try:
-        if master.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()[0]:
-            master.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-    except psycopg.Error:
+        _drop_slot(master, slot)
+    except (psycopg.Error, OperationFailed):
         pass
 
 
-def rebase(master_dsn: str, target, exclude: Sequence[str], replicate: Callable[..., Any], *,
-           progress: Progress = quiet, limits=None, **options) -> Any:
-    """The verified copy that (re)starts the stream; ``replicate`` is
-    :func:`xivo_ha.replication.replicate`, given ``options``.  Its outcome, with the
-    stream's start said in its sentence."""
+def rebase(master_dsn: str, target: Target, exclude: Sequence[str], *, progress: Progress = quiet,
+           limits=None, **options) -> Outcome:
+    """The verified copy (:func:`~.run.replicate`, given ``options``) that (re)starts the
+    stream; its outcome, the stream's start said in its sentence."""
     import psycopg
     from psycopg.conninfo import make_conninfo
 
     limits = database.Limits.from_settings() if limits is None else limits
     slave = database.connect(target.dsn(), target.connect_timeout, autocommit=True, limits=limits,
-                             what=f"cannot reach the slave database {target.label}")
-    master = database.connect(master_dsn, target.connect_timeout, autocommit=True, limits=limits,
-                              what="cannot connect to the master database")
+                             what=f"cannot reach the slave database {target.label}", hint=SLAVE_HINT)
+    try:
+        master = database.connect(master_dsn, target.connect_timeout, autocommit=True, limits=limits,
+                                  what="cannot connect to the master database")
+    except OperationFailed:
+        slave.close()
+        raise
     repl = None
     slot = slot_name(time.time())
     try:
