@@ -45,7 +45,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 ARRIVALS = """
 CREATE TABLE bench_arrival (value text, at double precision);
 CREATE FUNCTION bench_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN INSERT INTO bench_arrival VALUES (NEW.firstname, extract(epoch FROM clock_timestamp())); RETURN NEW; END $$;
+BEGIN INSERT INTO public.bench_arrival VALUES (NEW.firstname, extract(epoch FROM clock_timestamp())); RETURN NEW; END $$;
 CREATE TRIGGER bench_stamp AFTER UPDATE ON userfeatures FOR EACH ROW EXECUTE FUNCTION bench_stamp();
 ALTER TABLE userfeatures ENABLE ALWAYS TRIGGER bench_stamp;
 """
@@ -69,7 +69,7 @@ def cluster_cpu(server: PgServer) -> float:
 
 
 def changes(conn, count: int, rate: float, users: int, tag: str) -> dict[str, float]:
-    """``count`` committed updates, paced at ``rate`` per second: value -> commit time."""
+    """``count`` committed updates, paced at ``rate`` per second: value -> time of its commit."""
     committed = {}
     started = time.monotonic()
     for i in range(count):
@@ -78,8 +78,9 @@ def changes(conn, count: int, rate: float, users: int, tag: str) -> dict[str, fl
             time.sleep(pause)
         value = f"{tag}{i}"
         conn.execute("UPDATE userfeatures SET firstname = %s WHERE id = %s", (value, i % users + 1))
-        conn.commit()
+        # Taken before the commit: the lag measured includes the commit itself (an upper bound).
         committed[value] = time.time()
+        conn.commit()
     return committed
 
 
@@ -91,7 +92,10 @@ def wait_arrivals(slave, count: int, tag: str, timeout: float = 60.0) -> dict[st
         if len(rows) >= count:
             return dict(rows)
         time.sleep(0.2)
-    raise SystemExit(f"only {len(rows)} of {count} changes reached the slave within {timeout:g} s")
+    from xivo_ha.replication import stream
+
+    raise SystemExit(f"only {len(rows)} of {count} changes reached the slave within {timeout:g} s "
+                     f"(stream: {stream.describe(stream.observe(slave, 'slave'))})")
 
 
 def percentile(values: list[float], fraction: float) -> float:
