@@ -93,10 +93,14 @@ def verdict(mode: str, role: str, state: Mapping[str, Any], serving: bool = Fals
         return Verdict("FAIL", f"stream stopped: the subscription is disabled{cause}", copy)
     if not state.get("streaming"):
         return Verdict("FAIL", f"stream not running ({describe(state)}): is the peer's PostgreSQL reachable?", copy)
-    lag = state.get("lag_seconds")
+    lag, silence = state.get("lag_seconds"), state.get("silence_seconds")
     if lag is not None and lag > WARN_LAG:
         return Verdict("WARN", f"streaming, {_lag(state)}: over {WARN_LAG:g} s behind the master",
                        "check the network between the nodes and the slave's load")
+    if silence is not None and silence > WARN_LAG:
+        return Verdict("WARN", f"no message from the master for {silence:.0f} s (even an idle master sends one "
+                               "every 30 s): the stream may be stuck",
+                       "check the network between the nodes and the master's PostgreSQL")
     return Verdict("OK", f"streaming, {_lag(state)}")
 
 
@@ -120,9 +124,14 @@ def describe(state: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+# The slave: how long the last message from the master took to arrive (its lag: the
+# walsender sends each change as soon as it is decoded), how long ago it arrived (an
+# idle master sends a keepalive every wal_sender_timeout / 2, 30 s by default), and the
+# bytes received but not yet confirmed to the master.
 _SLAVE_STATE_SQL = f"""
 SELECT s.subenabled, st.pid IS NOT NULL,
-       extract(epoch FROM now() - st.last_msg_send_time)::float8,
+       extract(epoch FROM st.last_msg_receipt_time - st.last_msg_send_time)::float8,
+       extract(epoch FROM now() - st.last_msg_receipt_time)::float8,
        pg_wal_lsn_diff(st.received_lsn, st.latest_end_lsn)::bigint,
        coalesce(ss.apply_error_count, 0)
 FROM pg_subscription s
@@ -150,9 +159,10 @@ def observe(conn, side: str) -> dict[str, Any]:
         row = conn.execute(_SLAVE_STATE_SQL).fetchone()
         if row is None:
             return {"side": side, "exists": False}
-        enabled, streaming, seconds, size, errors = row
+        enabled, streaming, seconds, silence, size, errors = row
         return {"side": side, "exists": True, "enabled": enabled, "streaming": bool(enabled and streaming),
                 "lag_seconds": None if seconds is None else round(max(seconds, 0.0), 3),
+                "silence_seconds": None if silence is None else round(max(silence, 0.0), 3),
                 "lag_bytes": None if size is None else max(int(size), 0), "errors": int(errors)}
     row = conn.execute(_MASTER_STATE_SQL).fetchone()
     publication = conn.execute("SELECT count(*) FROM pg_publication WHERE pubname = %s", (PUBLICATION,)).fetchone()[0]
