@@ -3,9 +3,9 @@
 Collected (each entry is named in ``manifest.json``, with what was *not* collected and
 why): doctor's facts and checks of this node and, when it answers over the HA key, of
 the peer; ``status --json``; ha.conf; our settings file; the HA cron files; the
-failover state, maintenance record and job records; our syslog/journal lines of the
-last N days (each syslog line by its own timestamp, not only by its file's date); the
-versions of the packages that matter.
+failover state, maintenance record, job records, last probe results and event states;
+our syslog/journal lines of the last N days (each syslog line by its own timestamp, not
+only by its file's date); the versions of the packages that matter.
 
 Every text goes through :func:`redact`: passwords in DSNs and URIs, values of keys
 named like ``password`` or ``secret``, and PEM private keys.  Nothing is read from
@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__, cron, doctor, paths, runstate, status, system
+from . import __version__, cron, doctor, events, metrics, paths, runstate, status, system
 from .errors import OperationFailed, XivoHaError
 from .settings import Settings
 
@@ -36,7 +36,8 @@ PACKAGES = ("xivo-ha", "xivo", "xivo-config", "xivo-sync", "xivo-provd", "asteri
 LOG_IDENT = "xivo-ha"
 JOURNAL_DIRS = ("/var/log/journal", "/run/log/journal")
 SYSLOG_DIR = "/var/log"
-STATE_FILES = ("failover.json", "maintenance.json", "metrics.json") + tuple(f"{job}.json" for job in runstate.JOBS)
+STATE_FILES = ("failover.json", "maintenance.json", "metrics.json", metrics.PROBES_FILE, events.STATE_FILE) + tuple(
+    f"{job}.json" for job in runstate.JOBS)
 
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
                           re.DOTALL)

@@ -97,6 +97,9 @@ def test_bundle_holds_its_manifest_and_no_secret(secret_master, tmp_path):
                  "var/lib/xivo-ha/sync.json", "logs/syslog.txt", "packages.txt"):
         assert name in collected, (name, missing.get(name))
     assert missing["var/lib/xivo-ha/failover.json"] == "no such file"
+    # The probes' last results and the event topics' last states are asked for too.
+    for name in ("var/lib/xivo-ha/probes.json", "var/lib/xivo-ha/events.json"):
+        assert name in collected or missing.get(name) == "no such file", name
     assert "logs/journal.txt" in missing
 
     local = json.loads((top / "doctor/local.json").read_text())
