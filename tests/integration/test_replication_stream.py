@@ -179,6 +179,11 @@ def test_normal_running_ships_each_change_within_seconds(master_node, master_db,
     for path in master_node.rglob("*"):
         if path.is_file():
             assert password.encode() not in path.read_bytes()
+    # Nor in either server's log, nor in the master's catalogue (a SCRAM verifier only).
+    for server in (master_db.server, slave_db.server):
+        assert password not in (server.dir / "log").read_text(errors="replace")
+    verifier = master_db.query("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (stream.ROLE,))[0][0]
+    assert verifier.startswith("SCRAM-SHA-256$") and password not in verifier
 
 
 def test_transactions_arrive_whole(master_node, master_db, slave_db):
@@ -363,6 +368,8 @@ def test_a_stream_the_slave_cannot_open_leaves_the_verified_copy_done(pair, mast
         master_db.server.psql_as_postgres("postgres", "SELECT pg_reload_conf()")
     assert result.returncode == 1
     assert "replicated 10 tables" in result.stderr and "the stream could not start" in result.stderr
+    # The failed statement, which carried the password, was not logged.
+    assert "CREATE SUBSCRIPTION" not in (slave_db.server.dir / "log").read_text(errors="replace")
     assert same_replicated(master_db, slave_db)
     assert master_db.query("SELECT count(*) FROM pg_replication_slots") == [(0,)]
     assert doctor_stream(slave)["status"] == "FAIL"

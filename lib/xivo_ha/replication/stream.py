@@ -293,7 +293,11 @@ def stop_on_slave(dsn: str, progress: Progress = quiet) -> str | None:
 
 
 def _create_subscription(slave, master_conninfo: str, slot: str) -> None:
+    """In the caller's transaction.  The statement carries the password: the server is
+    told not to log it, even when it fails."""
     sql = sql_module()
+    slave.execute("SET LOCAL log_statement = 'none'; SET LOCAL log_min_error_statement = 'panic'; "
+                  "SET LOCAL log_min_duration_statement = -1")
     slave.execute(sql.SQL("DROP SUBSCRIPTION IF EXISTS {}").format(sql.Identifier(SUBSCRIPTION)))
     slave.execute(sql.SQL(
         "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, "
@@ -346,7 +350,10 @@ def prepare_master(conn, tables: Sequence[str], password: str) -> None:
     sql = sql_module()
     role = sql.Identifier(ROLE)
     verb = "ALTER" if _role_exists(conn) else "CREATE"
-    conn.execute(sql.SQL(verb + " ROLE {} WITH LOGIN REPLICATION PASSWORD {}").format(role, sql.Literal(password)))
+    # The server only ever sees the SCRAM verifier, computed here: not even a log line
+    # of the statement could show the password.
+    verifier = conn.pgconn.encrypt_password(password.encode(), ROLE.encode(), b"scram-sha-256").decode("ascii")
+    conn.execute(sql.SQL(verb + " ROLE {} WITH LOGIN REPLICATION PASSWORD {}").format(role, sql.Literal(verifier)))
     conn.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}").format(role))
     listed = sql.SQL(", ").join(qualified(t) for t in tables)
     conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(listed, role))
