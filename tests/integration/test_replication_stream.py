@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from node import make_node
+from node import closed_port, make_node, service_journal
 from pg import DEMO_USERS, TEMPLATE, Database, PgServer
 from xivo_ha import database, role
 from xivo_ha.replication import stream
@@ -375,3 +375,13 @@ def test_a_stream_the_slave_cannot_open_leaves_the_verified_copy_done(pair, mast
     assert doctor_stream(slave)["status"] == "FAIL"
     assert "the stream continues from there" in copy(master).stdout
     wait_for(lambda: subscription(slave_db).get("streaming"), "the next copy starts the stream")
+
+
+def test_failover_starts_the_services_even_when_the_stream_cannot_be_stopped(pair):
+    master, slave = pair
+    unreachable = f"host=127.0.0.1 port={closed_port()} user=postgres dbname=asterisk"
+    result = slave.run("start", command="xivo-manage-slave-services", env={"XIVO_HA_DATABASE_DSN": unreachable})
+    assert result.returncode == 1
+    assert "cannot stop the replication stream" in result.stderr
+    assert [line for line in service_journal(slave) if line.endswith(" start")] == [
+        "service monit start", "service asterisk start"]
