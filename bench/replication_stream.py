@@ -45,7 +45,10 @@ TICKS = os.sysconf("SC_CLK_TCK")
 ARRIVALS = """
 CREATE TABLE bench_arrival (value text, at double precision);
 CREATE FUNCTION bench_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN INSERT INTO public.bench_arrival VALUES (NEW.firstname, extract(epoch FROM clock_timestamp())); RETURN NEW; END $$;
+BEGIN
+    INSERT INTO public.bench_arrival VALUES (NEW.firstname, extract(epoch FROM clock_timestamp()));
+    RETURN NEW;
+END $$;
 CREATE TRIGGER bench_stamp AFTER UPDATE ON userfeatures FOR EACH ROW EXECUTE FUNCTION bench_stamp();
 ALTER TABLE userfeatures ENABLE ALWAYS TRIGGER bench_stamp;
 """

@@ -455,8 +455,9 @@ def create_slot(repl, name: str) -> str:
     result = repl.pgconn.exec_(f"CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput (SNAPSHOT 'export')".encode())
     if result.status != pq.ExecStatus.TUPLES_OK:
         message = (result.error_message or repl.pgconn.error_message).decode("utf-8", "replace").strip()
-        raise OperationFailed(f"cannot create the replication slot {name}: {message.splitlines()[0] if message else '?'}"
-                              " (is wal_level = logical on the master? `xivo-ha enable master` sets it)")
+        first = message.splitlines()[0] if message else "?"
+        raise OperationFailed(f"cannot create the replication slot {name}: {first} "
+                              "(is wal_level = logical on the master? `xivo-ha enable master` sets it)")
     return result.get_value(0, 2).decode("ascii")
 
 
