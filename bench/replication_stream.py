@@ -180,7 +180,8 @@ def main() -> int:
           f"max {max(lags) * 1000:.1f} ms")
     print(f"master CPU per change: {per_change_without:.2f} ms without the stream, {per_change_with:.2f} ms "
           f"with it: {per_change_with - per_change_without:+.2f} ms extra "
-          f"(x{per_change_with / per_change_without if per_change_without else float('inf'):.2f})")
+          + (f"(x{per_change_with / per_change_without:.2f})" if per_change_without else
+             "(too few changes to measure the base: raise --changes)"))
     print(f"one changed row end to end: {one * 1000:.1f} ms; the hourly command's full run: {full:.2f} s "
           f"(median of {args.repeat}): ratio full / one row = {full / one:.0f}")
     return 0
