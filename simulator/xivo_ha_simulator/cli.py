@@ -25,7 +25,7 @@ from plumbum import cli
 
 from . import __version__, faults
 from .cluster import PROJECT, Cluster, ClusterError
-from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE
+from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE, DEFAULT_PSTN_RATE, DEFAULT_TRUNK_EXPIRY
 from .simulation import Options, Simulation
 
 EXIT_PASS = 0
@@ -107,8 +107,24 @@ class Run(cli.Application):
                                                    "XiVO parity, or the scenario's)")
     call_rate = cli.SwitchAttr(["--call-rate"], NonNegativeFloat(3600), default=DEFAULT_CALL_RATE, argname="N",
                                help="Calls each phone places per real hour, to random other phones (0: none)")
+    pstn_rate = cli.SwitchAttr(["--pstn-rate"], NonNegativeFloat(3600), default=DEFAULT_PSTN_RATE, argname="N",
+                               help="Calls from the PSTN per phone per real hour, to random users' DIDs through "
+                                    "the trunk carrier (0: none)")
+    trunk_expiry = cli.SwitchAttr(["--trunk-expiry"], cli.Range(1, 86400), default=DEFAULT_TRUNK_EXPIRY,
+                                  argname="SECONDS",
+                                  help="The trunk's registration expiry (real seconds): the master's staticsip "
+                                       "register row ~expiry, replicated to the slave")
     bound = cli.SwitchAttr(["--bound"], PositiveFloat(86400), default=DEFAULT_BOUND, argname="SECONDS",
                            help="Downtime bound, real-equivalent seconds (XiVO: 5 minutes)")
+    new_users = cli.SwitchAttr(["--new-users"], cli.Range(1, 1000), default=0, argname="N",
+                               help="Create N users on the master shortly before the fault (their phones start "
+                                    "then) and report how many can register and call on the slave after it")
+    created_before_fault = cli.SwitchAttr(["--created-before-fault"], NonNegativeFloat(86400), default=300.0,
+                                          argname="S", requires=["--new-users"],
+                                          help="Real seconds (divided by K) between the new users' creation and "
+                                               "the fault; the master replicates hourly (3600/K s)")
+    no_cti = cli.Flag(["--no-cti"], help="No XiVO Clients (by default one per phone's user logs in to the "
+                                         "master's CTI server, backup the slave's)")
     reuse = cli.Flag(["--reuse"], help="Reset and reuse a running cluster instead of creating new nodes")
     project = cli.SwitchAttr(["--project"], str, default=PROJECT, argname="NAME",
                              help="docker-compose project name of the cluster")
@@ -119,6 +135,8 @@ class Run(cli.Application):
             failback_after=self.failback_after, report_dir=self.report_dir, sip_probe=self.sip_probe,
             failback_policy=self.failback_policy, failures_before_failover=self.failures_before_failover,
             call_rate=self.call_rate, bound=self.bound, reuse=self.reuse, project=self.project,
+            pstn_rate=self.pstn_rate, trunk_expiry=self.trunk_expiry,
+            cti=not self.no_cti, new_users=self.new_users, created_before_fault=self.created_before_fault,
         )
         simulation = Simulation(options)
         try:
