@@ -42,6 +42,7 @@ class Options:
     failback_policy: str = "next-refresh"
     failures_before_failover: int | None = None
     call_rate: float = DEFAULT_CALL_RATE
+    invite_timeout: float | None = None
     pstn_rate: float = DEFAULT_PSTN_RATE
     trunk_expiry: int = DEFAULT_TRUNK_EXPIRY
     bound: float = DEFAULT_BOUND
@@ -212,7 +213,7 @@ class Simulation:
     def fleet(self, info: BringUp) -> tuple[FleetThread, PhoneConfig]:
         """The phones, provisioned from the master, on a thread of their own (not started)."""
         config = PhoneConfig(expires=REAL_EXPIRES, time_scale=self.k, failback=self.o.failback_policy,
-                             call_rate=self.o.call_rate)
+                             call_rate=self.o.call_rate, invite_timeout=self.o.invite_timeout)
         primary, backup, credentials = self.provisioned(info, provisioned_line)
         fleet = Fleet(Registrar(MASTER, primary), Registrar(SLAVE, backup), self.o.phones, config,
                       local_hosts=(info.gateway,), first_user=FIRST_USER, credentials=credentials.get)
