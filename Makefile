@@ -62,6 +62,7 @@ images: dockerd deb
 
 bench: venv
 	$(PY) bench/replication.py
+	$(PY) bench/replication_stream.py
 	$(PY) bench/check_overhead.py
 	$(PY) bench/simulator_capacity.py
 	$(PY) bench/registration_lag.py

@@ -20,8 +20,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from node import make_node
+from node import closed_port, make_node, service_journal
 from pg import DEMO_USERS, TEMPLATE, Database, PgServer
+from test_replication import EXCLUDED, REPLICATED
 from xivo_ha import database, role
 from xivo_ha.replication import stream
 
@@ -31,10 +32,6 @@ REPO = Path(__file__).resolve().parents[2]
 REPLICATION = REPO / "bin" / "xivo-master-slave-db-replication"
 XIVO_HA = REPO / "bin" / "xivo-ha"
 MANAGE = REPO / "bin" / "xivo-manage-slave-services"
-REPLICATED = ["context", "dhcp", "dialaction", "extensions", "incall", "linefeatures", "location", "staticsip",
-              "trunkfeatures", "user_line", "userfeatures", "usersip", "voicemail"]
-EXCLUDED = ["alembic_version", "call_log", "call_log_participant", "cel", "mail", "monitoring", "netiface",
-            "provisioning", "queue_log", "resolvconf", "stat_agent", "stat_call_on_queue", "stat_queue"]
 WAIT = 15.0
 
 
@@ -179,6 +176,11 @@ def test_normal_running_ships_each_change_within_seconds(master_node, master_db,
     for path in master_node.rglob("*"):
         if path.is_file():
             assert password.encode() not in path.read_bytes()
+    # Nor in either server's log, nor in the master's catalogue (a SCRAM verifier only).
+    for server in (master_db.server, slave_db.server):
+        assert password not in (server.dir / "log").read_text(errors="replace")
+    verifier = master_db.query("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (stream.ROLE,))[0][0]
+    assert verifier.startswith("SCRAM-SHA-256$") and password not in verifier
 
 
 def test_transactions_arrive_whole(master_node, master_db, slave_db):
@@ -245,7 +247,7 @@ def test_enable_master_opens_the_stream_and_status_shows_it(pair, master_db, sla
     # Before the first copy: no stream, which both nodes report as a failure.
     assert status(slave)["verdict"]["status"] == "FAIL"
     copy(master)
-    wait_for(lambda: status(slave)["stream"].get("streaming"), "the slave reports streaming")
+    wait_for(lambda: status(slave)["stream"].get("lag_bytes") is not None, "the slave reports its stream")
     slave_view, master_view = status(slave), status(master)
     assert slave_view["mode"] == "continuous" and slave_view["verdict"]["status"] == "OK"
     assert slave_view["stream"]["lag_seconds"] < 60 and slave_view["stream"]["lag_bytes"] >= 0
@@ -348,3 +350,35 @@ def test_a_conflict_stops_the_stream_is_reported_and_the_next_copy_repairs_it(pa
     assert slave_db.query("SELECT displayname FROM context WHERE name = 'clash'") == [("made on the master",)]
     wait_for(lambda: subscription(slave_db).get("streaming"), "the re-based stream runs")
     assert doctor_stream(slave)["status"] == "OK"
+
+
+def test_a_stream_the_slave_cannot_open_leaves_the_verified_copy_done(pair, master_db, slave_db):
+    master, slave = pair
+    hba = master_db.server.data / "pg_hba.conf"
+    stock = hba.read_text()
+    hba.write_text(f"host all {stream.ROLE} 127.0.0.1/32 reject\n" + stock)
+    master_db.server.psql_as_postgres("postgres", "SELECT pg_reload_conf()")
+    try:
+        result = master.run("127.0.0.1", command="xivo-master-slave-db-replication")
+    finally:
+        hba.write_text(stock)
+        master_db.server.psql_as_postgres("postgres", "SELECT pg_reload_conf()")
+    assert result.returncode == 1
+    assert f"replicated {len(REPLICATED)} tables" in result.stderr and "the stream could not start" in result.stderr
+    # The failed statement, which carried the password, was not logged.
+    assert "CREATE SUBSCRIPTION" not in (slave_db.server.dir / "log").read_text(errors="replace")
+    assert same_replicated(master_db, slave_db)
+    assert master_db.query("SELECT count(*) FROM pg_replication_slots") == [(0,)]
+    assert doctor_stream(slave)["status"] == "FAIL"
+    assert "the stream continues from there" in copy(master).stdout
+    wait_for(lambda: subscription(slave_db).get("streaming"), "the next copy starts the stream")
+
+
+def test_failover_starts_the_services_even_when_the_stream_cannot_be_stopped(pair):
+    master, slave = pair
+    unreachable = f"host=127.0.0.1 port={closed_port()} user=postgres dbname=asterisk"
+    result = slave.run("start", command="xivo-manage-slave-services", env={"XIVO_HA_DATABASE_DSN": unreachable})
+    assert result.returncode == 1
+    assert "cannot stop the replication stream" in result.stderr
+    assert [line for line in service_journal(slave) if line.endswith(" start")] == [
+        "service monit start", "service asterisk start"]

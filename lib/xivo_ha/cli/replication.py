@@ -139,9 +139,8 @@ class Replication(Command):
             sessions_must_be_ours = check.sessions_must_be_ours and not self.dry_run
             if options.mode == stream.CONTINUOUS and not self.dry_run:
                 # Every verified copy re-bases the stream: whatever drifted or stopped is repaired.
-                return stream.rebase(config.database.dsn, target, options.exclude_tables, replication.replicate,
-                                     progress=logger.debug, limits=limits,
-                                     sessions_must_be_ours=sessions_must_be_ours)
+                return stream.rebase(config.database.dsn, target, options.exclude_tables, progress=logger.debug,
+                                     limits=limits, sessions_must_be_ours=sessions_must_be_ours)
             return replication.replicate(
                 config.database.dsn, target, options.exclude_tables,
                 force=self.force, dry_run=self.dry_run, progress=logger.debug,

@@ -29,16 +29,18 @@ stays off until the master's next verified copy re-bases the slave.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from .. import database
 from ..errors import OperationFailed
 from ..log import Progress, quiet
 from .catalogue import inspect, qualified, sql_module
 from .plan import Plan, make_plan
+from .run import SLAVE_HINT, Outcome, Target, replicate
 
 HOURLY = "hourly"
 CONTINUOUS = "continuous"
@@ -91,11 +93,20 @@ def verdict(mode: str, role: str, state: Mapping[str, Any], serving: bool = Fals
         return Verdict("FAIL", f"stream stopped: the subscription is disabled{cause}", copy)
     if not state.get("streaming"):
         return Verdict("FAIL", f"stream not running ({describe(state)}): is the peer's PostgreSQL reachable?", copy)
-    lag = state.get("lag_seconds")
+    lag, silence = state.get("lag_seconds"), state.get("silence_seconds")
     if lag is not None and lag > WARN_LAG:
-        return Verdict("WARN", f"stream lag {describe(state)}, over {WARN_LAG:g} s",
+        return Verdict("WARN", f"streaming, {_lag(state)}: over {WARN_LAG:g} s behind the master",
                        "check the network between the nodes and the slave's load")
-    return Verdict("OK", f"streaming, {describe(state)}")
+    if silence is not None and silence > WARN_LAG:
+        return Verdict("WARN", f"no message from the master for {silence:.0f} s (even an idle master sends one "
+                               "every 30 s): the stream may be stuck",
+                       "check the network between the nodes and the master's PostgreSQL")
+    return Verdict("OK", f"streaming, {_lag(state)}")
+
+
+def _lag(state: Mapping[str, Any]) -> str:
+    lag, size = state.get("lag_seconds"), state.get("lag_bytes")
+    return f"lag {'?' if lag is None else f'{lag:.1f}'} s / {'?' if size is None else size} bytes"
 
 
 def describe(state: Mapping[str, Any]) -> str:
@@ -106,17 +117,21 @@ def describe(state: Mapping[str, Any]) -> str:
     if state.get("side") == "slave":
         parts.append("enabled" if state.get("enabled") else "disabled")
     parts.append("streaming" if state.get("streaming") else "not streaming")
-    lag, size = state.get("lag_seconds"), state.get("lag_bytes")
-    if lag is not None or size is not None:
-        parts.append(f"lag {'?' if lag is None else f'{lag:.1f}'} s / {'?' if size is None else size} bytes")
+    if state.get("lag_seconds") is not None or state.get("lag_bytes") is not None:
+        parts.append(_lag(state))
     if state.get("errors"):
         parts.append(f"{state['errors']} apply errors")
     return ", ".join(parts)
 
 
+# The slave: how long the last message from the master took to arrive (its lag: the
+# walsender sends each change as soon as it is decoded), how long ago it arrived (an
+# idle master sends a keepalive every wal_sender_timeout / 2, 30 s by default), and the
+# bytes received but not yet confirmed to the master.
 _SLAVE_STATE_SQL = f"""
 SELECT s.subenabled, st.pid IS NOT NULL,
-       extract(epoch FROM now() - st.last_msg_send_time)::float8,
+       extract(epoch FROM st.last_msg_receipt_time - st.last_msg_send_time)::float8,
+       extract(epoch FROM now() - st.last_msg_receipt_time)::float8,
        pg_wal_lsn_diff(st.received_lsn, st.latest_end_lsn)::bigint,
        coalesce(ss.apply_error_count, 0)
 FROM pg_subscription s
@@ -144,9 +159,10 @@ def observe(conn, side: str) -> dict[str, Any]:
         row = conn.execute(_SLAVE_STATE_SQL).fetchone()
         if row is None:
             return {"side": side, "exists": False}
-        enabled, streaming, seconds, size, errors = row
+        enabled, streaming, seconds, silence, size, errors = row
         return {"side": side, "exists": True, "enabled": enabled, "streaming": bool(enabled and streaming),
                 "lag_seconds": None if seconds is None else round(max(seconds, 0.0), 3),
+                "silence_seconds": None if silence is None else round(max(silence, 0.0), 3),
                 "lag_bytes": None if size is None else max(int(size), 0), "errors": int(errors)}
     row = conn.execute(_MASTER_STATE_SQL).fetchone()
     publication = conn.execute("SELECT count(*) FROM pg_publication WHERE pubname = %s", (PUBLICATION,)).fetchone()[0]
@@ -277,7 +293,11 @@ def stop_on_slave(dsn: str, progress: Progress = quiet) -> str | None:
 
 
 def _create_subscription(slave, master_conninfo: str, slot: str) -> None:
+    """In the caller's transaction.  The statement carries the password: the server is
+    told not to log it, even when it fails."""
     sql = sql_module()
+    slave.execute("SET LOCAL log_statement = 'none'; SET LOCAL log_min_error_statement = 'panic'; "
+                  "SET LOCAL log_min_duration_statement = -1")
     slave.execute(sql.SQL("DROP SUBSCRIPTION IF EXISTS {}").format(sql.Identifier(SUBSCRIPTION)))
     slave.execute(sql.SQL(
         "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, "
@@ -301,22 +321,28 @@ def _our_slots(conn) -> list[tuple[str, int | None]]:
         "current_database()", (SLOT_PREFIX + "%",))]
 
 
-def drop_slots(conn, keep: str | None = None) -> list[str]:
-    """Drop our slots (but ``keep``), ending the walsender that uses one first."""
-    dropped = []
-    for name, pid in _our_slots(conn):
-        if name == keep:
-            continue
-        if pid is not None:
-            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        deadline = time.monotonic() + STOP_WAIT
-        while conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()[0]:
-            if time.monotonic() > deadline:
-                raise OperationFailed(f"replication slot {name} stayed in use for {STOP_WAIT:g} s")
-            time.sleep(0.1)
-        conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
-        dropped.append(name)
-    return dropped
+def _drop_slot(conn, name: str) -> None:
+    """Drop slot ``name``, ending the walsender that uses it first."""
+    deadline = time.monotonic() + STOP_WAIT
+    while True:
+        row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()
+        if row is None:
+            return
+        if row[0] is None:
+            break
+        if time.monotonic() > deadline:
+            raise OperationFailed(f"replication slot {name} stayed in use for {STOP_WAIT:g} s")
+        conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+        time.sleep(0.1)
+    conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+
+
+def drop_slots(conn) -> list[str]:
+    """Drop our slots: their names."""
+    names = [name for name, _ in _our_slots(conn)]
+    for name in names:
+        _drop_slot(conn, name)
+    return names
 
 
 def prepare_master(conn, tables: Sequence[str], password: str) -> None:
@@ -324,7 +350,10 @@ def prepare_master(conn, tables: Sequence[str], password: str) -> None:
     sql = sql_module()
     role = sql.Identifier(ROLE)
     verb = "ALTER" if _role_exists(conn) else "CREATE"
-    conn.execute(sql.SQL(verb + " ROLE {} WITH LOGIN REPLICATION PASSWORD {}").format(role, sql.Literal(password)))
+    # The server only ever sees the SCRAM verifier, computed here: not even a log line
+    # of the statement could show the password.
+    verifier = conn.pgconn.encrypt_password(password.encode(), ROLE.encode(), b"scram-sha-256").decode("ascii")
+    conn.execute(sql.SQL(verb + " ROLE {} WITH LOGIN REPLICATION PASSWORD {}").format(role, sql.Literal(verifier)))
     conn.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}").format(role))
     listed = sql.SQL(", ").join(qualified(t) for t in tables)
     conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(listed, role))
@@ -426,8 +455,9 @@ def create_slot(repl, name: str) -> str:
     result = repl.pgconn.exec_(f"CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput (SNAPSHOT 'export')".encode())
     if result.status != pq.ExecStatus.TUPLES_OK:
         message = (result.error_message or repl.pgconn.error_message).decode("utf-8", "replace").strip()
-        raise OperationFailed(f"cannot create the replication slot {name}: {message.splitlines()[0] if message else '?'}"
-                              " (is wal_level = logical on the master? `xivo-ha enable master` sets it)")
+        first = message.splitlines()[0] if message else "?"
+        raise OperationFailed(f"cannot create the replication slot {name}: {first} "
+                              "(is wal_level = logical on the master? `xivo-ha enable master` sets it)")
     return result.get_value(0, 2).decode("ascii")
 
 
@@ -441,25 +471,27 @@ def _drop_slot_quietly(master, slot: str) -> None:
     import psycopg
 
     try:
-        if master.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()[0]:
-            master.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-    except psycopg.Error:
+        _drop_slot(master, slot)
+    except (psycopg.Error, OperationFailed):
         pass
 
 
-def rebase(master_dsn: str, target, exclude: Sequence[str], replicate: Callable[..., Any], *,
-           progress: Progress = quiet, limits=None, **options) -> Any:
-    """The verified copy that (re)starts the stream; ``replicate`` is
-    :func:`xivo_ha.replication.replicate`, given ``options``.  Its outcome, with the
-    stream's start said in its sentence."""
+def rebase(master_dsn: str, target: Target, exclude: Sequence[str], *, progress: Progress = quiet,
+           limits=None, **options) -> Outcome:
+    """The verified copy (:func:`~.run.replicate`, given ``options``) that (re)starts the
+    stream; its outcome, the stream's start said in its sentence."""
     import psycopg
     from psycopg.conninfo import make_conninfo
 
     limits = database.Limits.from_settings() if limits is None else limits
     slave = database.connect(target.dsn(), target.connect_timeout, autocommit=True, limits=limits,
-                             what=f"cannot reach the slave database {target.label}")
-    master = database.connect(master_dsn, target.connect_timeout, autocommit=True, limits=limits,
-                              what="cannot connect to the master database")
+                             what=f"cannot reach the slave database {target.label}", hint=SLAVE_HINT)
+    try:
+        master = database.connect(master_dsn, target.connect_timeout, autocommit=True, limits=limits,
+                                  what="cannot connect to the master database")
+    except OperationFailed:
+        slave.close()
+        raise
     repl = None
     slot = slot_name(time.time())
     try:
@@ -485,17 +517,28 @@ def rebase(master_dsn: str, target, exclude: Sequence[str], replicate: Callable[
         snapshot = create_slot(repl, slot)
         progress(f"created replication slot {slot}, snapshot {snapshot}")
 
+        refused: list[str] = []
+
         def subscribe(slave_conn, copied: Plan) -> None:
             # The master's copy transaction imported the snapshot long ago: the slot's
             # connection may go, so that the subscription can take the slot over.
             repl.close()
             if tuple(sorted(copied.tables)) != tuple(sorted(plan.tables)):
                 raise OperationFailed("the master's tables changed during the run: try again")
-            _create_subscription(slave_conn, conninfo, slot)
+            try:
+                with slave_conn.transaction():  # a savepoint: the copy commits even without a stream
+                    _create_subscription(slave_conn, conninfo, slot)
+            except psycopg.Error as exc:
+                refused.append(database.error_text(exc))
+                return
             progress(f"subscription {SUBSCRIPTION} created on slot {slot}")
 
         outcome = replicate(master_dsn, target, exclude, force=True, progress=progress, limits=limits,
                             snapshot=snapshot, before_commit=subscribe, **options)
+        if refused:
+            raise OperationFailed(
+                f"{outcome.sentence}, but the stream could not start: {refused[0]} (can the slave reach this "
+                f"master's PostgreSQL port {port}? `xivo-ha enable master` sets up its pg_hba.conf line)")
     except BaseException:
         if repl is not None:
             repl.close()
@@ -503,4 +546,4 @@ def rebase(master_dsn: str, target, exclude: Sequence[str], replicate: Callable[
         raise
     finally:
         master.close()
-    return outcome
+    return dataclasses.replace(outcome, sentence=f"{outcome.sentence}; the stream continues from there")

@@ -26,6 +26,8 @@ STREAMING = {"side": "slave", "exists": True, "enabled": True, "streaming": True
     ("continuous", "master", {"side": "master", "exists": False}, False, "FAIL", "no replication slot"),
     ("continuous", "slave", STREAMING, False, "OK", "lag 0.4 s / 0 bytes"),
     ("continuous", "slave", {**STREAMING, "lag_seconds": 61.0}, False, "WARN", "over 60 s"),
+    ("continuous", "slave", {**STREAMING, "silence_seconds": 29.0}, False, "OK", "lag 0.4 s"),  # an idle master
+    ("continuous", "slave", {**STREAMING, "silence_seconds": 75.0}, False, "WARN", "for 75 s"),
     ("continuous", "slave", {**STREAMING, "enabled": False, "streaming": False, "errors": 2}, False, "FAIL",
      "2 apply error(s)"),
     ("continuous", "slave", {**STREAMING, "enabled": False, "streaming": False}, True, "OK", "while the slave serves"),
