@@ -67,6 +67,7 @@ images: dockerd deb
 
 bench: venv
 	$(PY) bench/replication.py
+	$(PY) bench/replication_stream.py
 	$(PY) bench/check_overhead.py
 	$(PY) bench/simulator_capacity.py
 

@@ -134,7 +134,8 @@ class PgServer:
     the `postgres` OS user gets in, on the Unix socket in ``dir`` (``socket_dsn``).
     """
 
-    def __init__(self, locale: str = "C.UTF-8", netns: str | None = None):
+    def __init__(self, locale: str = "C.UTF-8", netns: str | None = None, options: str = ""):
+        self.options = options  # more server options, e.g. "-c wal_level=logical"
         self.dir = Path(tempfile.mkdtemp(prefix="xivo-ha-pg-"))
         self.port = free_port()
         self.locale = locale
@@ -154,10 +155,18 @@ class PgServer:
     def start(self) -> "PgServer":
         subprocess.run(["cp", "-a", str(_seed(self.locale)), str(self.data)], check=True,
                        capture_output=True, text=True)
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options,
-                      "-l", str(self.dir / "log"), "-w", "-t", "60", "start"], netns=self.netns)
+        self.launch()
         return self
+
+    def launch(self) -> None:
+        """Start the server (again, after :meth:`halt`)."""
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off {self.options}"
+        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options.strip(),
+                      "-l", str(self.dir / "log"), "-w", "-t", "60", "start"], netns=self.netns)
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data (:meth:`launch` starts it again)."""
+        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"], netns=self.netns)
 
     def stock_auth(self) -> "PgServer":
         (self.data / "pg_hba.conf").write_text(DEBIAN_STOCK_HBA)

@@ -34,6 +34,10 @@ CREATE TABLE userfeatures (
     callerid varchar(160),
     language varchar(20),
     voicemailid integer,
+    -- the XiVO Client (CTI) account: xivo-dao maps loginclient/passwdclient to username/password
+    enableclient integer NOT NULL DEFAULT 0,
+    loginclient varchar(64) NOT NULL DEFAULT '',
+    passwdclient varchar(64) NOT NULL DEFAULT '',
     enablednd integer NOT NULL DEFAULT 0,
     enableunc integer NOT NULL DEFAULT 0,
     destunc varchar(128) NOT NULL DEFAULT '',
@@ -156,6 +160,45 @@ CREATE TABLE trunkfeatures (
     UNIQUE (protocol, protocolid)
 );
 CREATE INDEX trunkfeatures__idx__registerid ON trunkfeatures (registerid);
+
+-- Incoming calls from trunks (XiVO's incall): the DID is an extension of type
+-- 'incall' (typeval = incall.id) in the context 'from-extern'; where the call
+-- goes is the incall's dialaction for the event 'answer' (category 'incall',
+-- categoryval = incall.id as text), e.g. action 'user' with actionarg1 =
+-- userfeatures.id as text.
+CREATE TABLE incall (
+    id serial PRIMARY KEY,
+    exten varchar(40),
+    context varchar(39),
+    preprocess_subroutine varchar(39),
+    commented integer NOT NULL DEFAULT 0,
+    description text,
+    UNIQUE (exten, context)
+);
+CREATE INDEX incall__idx__exten ON incall (exten);
+CREATE INDEX incall__idx__context ON incall (context);
+
+CREATE TYPE dialaction_event AS ENUM ('answer', 'noanswer', 'congestion', 'busy', 'chanunavail', 'inschedule',
+                                      'outschedule', 'qwaittime', 'qwaitratio');
+CREATE TYPE dialaction_category AS ENUM ('callfilter', 'group', 'incall', 'queue', 'schedule', 'user', 'outcall');
+CREATE TYPE dialaction_action AS ENUM ('none', 'endcall:busy', 'endcall:congestion', 'endcall:hangup', 'user',
+                                       'group', 'queue', 'meetme', 'voicemail', 'trunk', 'schedule', 'voicemenu',
+                                       'extension', 'outcall', 'application:callbackdisa', 'application:disa',
+                                       'application:directory', 'application:faxtomail',
+                                       'application:voicemailmain', 'application:password', 'sound',
+                                       'custom');
+
+CREATE TABLE dialaction (
+    event dialaction_event NOT NULL,
+    category dialaction_category NOT NULL,
+    categoryval varchar(128) NOT NULL DEFAULT '',
+    action dialaction_action NOT NULL,
+    actionarg1 varchar(255),
+    actionarg2 varchar(255),
+    linked integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (event, category, categoryval)
+);
+CREATE INDEX dialaction__idx__action_actionarg1 ON dialaction (action, actionarg1);
 
 CREATE TABLE dhcp (
     id serial PRIMARY KEY,

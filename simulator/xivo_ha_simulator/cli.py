@@ -22,10 +22,12 @@ import sys
 from typing import Sequence
 
 from plumbum import cli
+from plumbum.cli.application import ShowHelp, ShowHelpAll, ShowVersion
+from plumbum.cli.switches import SwitchError
 
 from . import __version__, faults
 from .cluster import PROJECT, Cluster, ClusterError
-from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE
+from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE, DEFAULT_PSTN_RATE, DEFAULT_TRUNK_EXPIRY
 from .simulation import Options, Simulation
 
 EXIT_PASS = 0
@@ -62,7 +64,37 @@ class NonNegativeFloat(PositiveFloat):
     __repr__ = __str__
 
 
-class Simulator(cli.Application):
+class BadCommandLine(Exception):
+    """A wrong command line, said in one line by :func:`main`."""
+
+
+class Application(cli.Application):
+    """plumbum prints a wrong command line on stdout with the whole help: here it is one
+    line on stderr and exit 2, like every other bad input."""
+
+    def _parse_args(self, argv):
+        try:
+            return super()._parse_args(argv)
+        except (ShowHelp, ShowHelpAll, ShowVersion):
+            raise
+        except SwitchError as exc:
+            raise BadCommandLine(_first_line(exc)) from None
+
+    def _validate_args(self, swfuncs, tailargs):
+        try:
+            return super()._validate_args(swfuncs, tailargs)
+        except (ShowHelp, ShowHelpAll, ShowVersion):
+            raise
+        except SwitchError as exc:
+            raise BadCommandLine(_first_line(exc)) from None
+
+
+def _first_line(exc: Exception) -> str:
+    first = (str(exc).splitlines() or [""])[0].rstrip(":") or "wrong command line"
+    return first[0].lower() + first[1:]
+
+
+class Simulator(Application):
     """Measure XiVO HA failover with a real two-node cluster in docker and SIP phones."""
 
     PROGNAME = "xivo-ha-simulator"
@@ -81,7 +113,7 @@ class Simulator(cli.Application):
 
 
 @Simulator.subcommand("run")
-class Run(cli.Application):
+class Run(Application):
     """Build the cluster, register the phones, inject the fault, report downtime (exit 0 PASS, 1 FAIL)"""
 
     phones = cli.SwitchAttr(["--phones"], cli.Range(1, 20000), default=200, argname="N",
@@ -107,8 +139,28 @@ class Run(cli.Application):
                                                    "XiVO parity, or the scenario's)")
     call_rate = cli.SwitchAttr(["--call-rate"], NonNegativeFloat(3600), default=DEFAULT_CALL_RATE, argname="N",
                                help="Calls each phone places per real hour, to random other phones (0: none)")
+    invite_timeout = cli.SwitchAttr(["--invite-timeout"], PositiveFloat(3600), default=None, argname="SECONDS",
+                                    help="How long a phone waits for an answer to an INVITE before it retries the "
+                                         "call through its other registrar and re-registers there (real seconds, "
+                                         "scaled like every SIP timer; default: Timer B, 64 x T1 = 32 s)")
+    pstn_rate = cli.SwitchAttr(["--pstn-rate"], NonNegativeFloat(3600), default=DEFAULT_PSTN_RATE, argname="N",
+                               help="Calls from the PSTN per phone per real hour, to random users' DIDs through "
+                                    "the trunk carrier (0: none)")
+    trunk_expiry = cli.SwitchAttr(["--trunk-expiry"], cli.Range(1, 86400), default=DEFAULT_TRUNK_EXPIRY,
+                                  argname="SECONDS",
+                                  help="The trunk's registration expiry (real seconds): the master's staticsip "
+                                       "register row ~expiry, replicated to the slave")
     bound = cli.SwitchAttr(["--bound"], PositiveFloat(86400), default=DEFAULT_BOUND, argname="SECONDS",
                            help="Downtime bound, real-equivalent seconds (XiVO: 5 minutes)")
+    new_users = cli.SwitchAttr(["--new-users"], cli.Range(1, 1000), default=0, argname="N",
+                               help="Create N users on the master shortly before the fault (their phones start "
+                                    "then) and report how many can register and call on the slave after it")
+    created_before_fault = cli.SwitchAttr(["--created-before-fault"], NonNegativeFloat(86400), default=300.0,
+                                          argname="S", requires=["--new-users"],
+                                          help="Real seconds (divided by K) between the new users' creation and "
+                                               "the fault; the master replicates hourly (3600/K s)")
+    no_cti = cli.Flag(["--no-cti"], help="No XiVO Clients (by default one per phone's user logs in to the "
+                                         "master's CTI server, backup the slave's)")
     reuse = cli.Flag(["--reuse"], help="Reset and reuse a running cluster instead of creating new nodes")
     project = cli.SwitchAttr(["--project"], str, default=PROJECT, argname="NAME",
                              help="docker-compose project name of the cluster")
@@ -119,6 +171,9 @@ class Run(cli.Application):
             failback_after=self.failback_after, report_dir=self.report_dir, sip_probe=self.sip_probe,
             failback_policy=self.failback_policy, failures_before_failover=self.failures_before_failover,
             call_rate=self.call_rate, bound=self.bound, reuse=self.reuse, project=self.project,
+            invite_timeout=self.invite_timeout,
+            pstn_rate=self.pstn_rate, trunk_expiry=self.trunk_expiry,
+            cti=not self.no_cti, new_users=self.new_users, created_before_fault=self.created_before_fault,
         )
         simulation = Simulation(options)
         try:
@@ -135,7 +190,7 @@ class Run(cli.Application):
 
 
 @Simulator.subcommand("down")
-class Down(cli.Application):
+class Down(Application):
     """Remove the simulator's cluster (containers and network)"""
 
     project = cli.SwitchAttr(["--project"], str, default=PROJECT, argname="NAME",
@@ -156,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         _, code = Simulator.run(["xivo-ha-simulator", *args], exit=False)
+    except BadCommandLine as exc:
+        print(f"xivo-ha-simulator: {exc}: see `xivo-ha-simulator --help`", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -26,7 +26,9 @@ rows 180/300/240); only timers are divided by K: the registrar grants expiry/K
 checks and the simulator only watches the slave's state.
 
 All traffic stays on the compose network: the phones bind to the host's address
-on it (the bridge gateway), and probes go between the two containers.
+on it (the bridge gateway), and probes go between the two containers.  A third
+container, the trunk carrier (:data:`CARRIER`), is no node: the serving node
+registers its SIP trunk there (:meth:`Cluster.set_trunk` writes the trunk rows).
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ PROJECT = "xivo-ha-sim"
 MASTER = "master"
 SLAVE = "slave"
 NODES = (MASTER, SLAVE)
+CARRIER = "carrier"  # the trunk carrier's service (not a node: no role, no faults)
+TRUNK_USER = "xivo-ha-sim-trunk"  # the trunk's username at the carrier
+TRUNK_SECRET_FILE = "/etc/xivo-ha-simulator/trunk.secret"  # in the carrier, made at its first start
 NETWORK = "voip"  # the compose network's key; docker names it <project>_voip
 SSH_PASSWORD = "xivo-ha-sim"  # root's password in the node image (private network only)
 SHARE = "/usr/local/share/xivo-ha-sim"
@@ -197,7 +202,8 @@ class Cluster:
         return re.sub(r"[^-_a-z0-9]", "", self.project.lower()) + f"_{NETWORK}"
 
     def compose_env(self) -> dict[str, str]:
-        return {"XIVO_HA_SIM_TIME_SCALE": f"{self.time_scale:g}", "XIVO_HA_SIM_NET": self.net}
+        return {"XIVO_HA_SIM_TIME_SCALE": f"{self.time_scale:g}", "XIVO_HA_SIM_NET": self.net,
+                "XIVO_HA_SIM_TRUNK_USER": TRUNK_USER}
 
     def compose(self, *args: str, timeout: float = 300.0, check: bool = True) -> Result:
         return run(["docker-compose", "-f", str(self.compose_path), "-p", self.project, *args],
@@ -214,7 +220,7 @@ class Cluster:
 
     def address(self, node: str) -> str:
         if node not in self._addresses:
-            suffix = {MASTER: "10", SLAVE: "11"}[node]
+            suffix = {MASTER: "10", SLAVE: "11", CARRIER: "20"}[node]
             self._addresses[node] = f"{self.net}.{suffix}"
         return self._addresses[node]
 
@@ -276,7 +282,7 @@ class Cluster:
                                    f"(make images, or simulator/node/build-images node)") from None
             raise
         self._containers.clear()
-        self.wait_ready(NODES, timeout)
+        self.wait_ready(NODES + (CARRIER,), timeout)
 
     def down(self) -> None:
         self.compose("down", "--remove-orphans", "--timeout", "5", timeout=180)
@@ -313,7 +319,7 @@ class Cluster:
 
     # ------------------------------------------------------------------ bring-up with the toolkit
 
-    def bring_up(self, users: int) -> BringUp:
+    def bring_up(self, users: int, trunk_expiry: int | None = None) -> BringUp:
         """Make the fresh nodes a master and a slave with the real toolkit; see the module doc."""
         master, slave = self.address(MASTER), self.address(SLAVE)
         steps: list[tuple[str, float]] = []
@@ -326,6 +332,9 @@ class Cluster:
             return value
 
         step(f"{users} demo users on the master", lambda: self.add_users(MASTER, users))
+        if trunk_expiry is not None:
+            step(f"the trunk to the carrier on the master (register expiry {trunk_expiry} s)",
+                 lambda: self.set_trunk(MASTER, trunk_expiry))
         step(f"xivo-ha enable slave {master} (on the slave)",
              lambda: self.exec(SLAVE, ["xivo-ha", "enable", "slave", master], timeout=120))
         step(f"xivo-ha enable master {slave} (on the master)",
@@ -374,6 +383,23 @@ class Cluster:
                          "-f", f"{SHARE}/demo-users.sql"], timeout=120)
         # one provd device + config per new line, as provisioning a phone creates them
         self.exec(node, ["xivo-ha-sim-provd", "devices", self.address(node)], timeout=120)
+
+    def set_trunk(self, node: str, expiry: int) -> None:
+        """The node's SIP trunk to the carrier (simulator/node/trunk.sql), with the carrier's secret."""
+        secret = self.exec(CARRIER, ["cat", TRUNK_SECRET_FILE], what="the carrier's trunk secret").stdout.strip()
+        if not secret.isalnum():
+            raise ClusterError(f"the carrier's {TRUNK_SECRET_FILE} holds no usable secret: recreate the cluster")
+        script = (f"\\set name '{TRUNK_USER}'\n\\set secret '{secret}'\n\\set host '{self.address(CARRIER)}'\n"
+                  f"\\set port '5060'\n\\set expiry '{int(expiry)}'\n\\i {SHARE}/trunk.sql\n")
+        self.exec(node, ["runuser", "-u", "postgres", "--", "psql", "-XqAt", "-v", "ON_ERROR_STOP=1", "-d", "asterisk"],
+                  stdin=script, timeout=60, what=f"{node}: the trunk rows (trunk.sql)")
+
+    def trunk_expiry(self, node: str) -> int | None:
+        """The ~expiry of the node's trunk register row, None without one."""
+        value = self.sql(node, "SELECT var_val FROM staticsip WHERE var_name = 'register' AND commented = 0 "
+                               "ORDER BY id LIMIT 1")
+        _, tilde, expiry = value.rpartition("~")
+        return int(expiry) if tilde and expiry.isdigit() else None
 
     def sql(self, node: str, query: str) -> str:
         return self.exec(node, ["runuser", "-u", "postgres", "--", "psql", "-XqAt", "-v", "ON_ERROR_STOP=1",

@@ -18,3 +18,10 @@ STANDBY = "standby"
 SERVING = "serving"
 # failover.json "condition": the slave's last verdict on the master.
 MASTER_UP = "up"
+# PSTN calls per phone per real hour, from the PSTN caller to the users' DIDs through the trunk
+# carrier: a 200-phone run calls each phone several times during a 5-minute fault.
+DEFAULT_PSTN_RATE = 60.0
+DID_PREFIX = "0100"  # a user's DID: this prefix and the user's extension (demo-users.sql's incalls)
+# The trunk's registration expiry (real seconds, the staticsip `register` row's ~expiry): under the
+# 300 s a failover needs the carrier to follow within (the seed's trunk prerequisite).
+DEFAULT_TRUNK_EXPIRY = 120

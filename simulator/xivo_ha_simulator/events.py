@@ -26,6 +26,7 @@ STOPPED = "stopped"
 CALL_PLACED = "call_placed"  # node the INVITE went to, info: to (number)
 CALL_CONNECTED = "call_connected"  # node, info: to, setup (s from the first INVITE to the 200)
 CALL_FAILED = "call_failed"  # node, info: to, reason
+CALL_RETRIED = "call_retried"  # node the call is retried through, info: to, reason (why, a sentence)
 CALL_ANSWERED = "call_answered"  # an incoming call answered, info: from (user of the caller)
 CALL_ENDED = "call_ended"  # the caller's BYE, info: to, reason (absent when its 200 came)
 CTI_CONNECTED = "cti_connected"  # node the client logged in to

@@ -28,10 +28,18 @@ small state machine driven by responses and timers:
 * **Calls** (``call_rate`` per phone per real hour, exponential intervals,
   to a random other phone of ``peers``): an INVITE to the number through the
   registrar the phone is registered on (else its primary), as an INVITE
-  client transaction (Timer A doubling, Timer B = 64 x T1); a 401/407 is
-  ACKed and answered once; a 2xx is ACKed to the callee's Contact and the
-  caller sends BYE there after ``hold_time``.  Every other final answer, or
-  Timer B, is a failed call.  No media, no SDP.
+  client transaction (Timer A doubling, Timer B = ``invite_timeout``,
+  default 64 x T1); a 401/407 is ACKed and answered once; a 2xx is ACKed to
+  the callee's Contact and the caller sends BYE there after ``hold_time``.
+  Every other final answer is a failed call.  No media, no SDP.
+* **Call failover**: when Timer B fires without any answer from the
+  registrar, the phone retries the call through its other registrar (the
+  backup, or the primary when the call went to the backup) as a new INVITE
+  (a new Call-ID), once,
+  and re-registers there, as phones with a backup proxy do (the registrar it
+  was registered on failed it: it is down from now).  A call connected after
+  the retry is connected, its setup time counted from the first INVITE.  A
+  registrar that answered provisionally is alive: its timeout fails the call.
 * **Answering**: an INVITE gets 180 then 200 (retransmitted until the ACK,
   up to 64 x T1), a BYE 200; an unknown dialog 481.
 * **Fail back**, by policy:
@@ -59,6 +67,7 @@ runs a fleet in a background thread for a synchronous driver.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import random
 import resource
 import threading
@@ -75,6 +84,7 @@ from .events import (
     CALL_ENDED,
     CALL_FAILED,
     CALL_PLACED,
+    CALL_RETRIED,
     EXPIRED,
     INTERVAL_TOO_BRIEF,
     NONE,
@@ -137,6 +147,7 @@ class PhoneConfig:
     contact_expires: bool = False  # also put ;expires= on the Contact, not only Expires
     call_rate: float = 0.0  # calls each phone places per real hour (0: none)
     hold_time: float = 30.0  # real seconds a connected call lasts before the caller's BYE
+    invite_timeout: float | None = None  # real seconds an unanswered INVITE waits (None: Timer B = 64 x T1)
 
     def __post_init__(self):
         if self.failback not in FAILBACK_POLICIES:
@@ -151,6 +162,8 @@ class PhoneConfig:
             raise ValueError("call_rate must not be negative")
         if self.hold_time <= 0:
             raise ValueError("hold_time must be positive")
+        if self.invite_timeout is not None and self.invite_timeout <= 0:
+            raise ValueError("invite_timeout must be positive")
 
     @property
     def requested_expires(self) -> int:
@@ -171,6 +184,30 @@ class PhoneConfig:
     @property
     def timer_f(self) -> float:
         return 64 * self.t1 / self.time_scale
+
+    @property
+    def timer_b(self) -> float:
+        """How long an INVITE goes unanswered before the phone gives up on that registrar."""
+        real = self.invite_timeout if self.invite_timeout is not None else 64 * self.t1
+        return real / self.time_scale
+
+
+def invite_retry(node: Registrar, tried: Sequence[Registrar], primary: Registrar, backup: Registrar | None,
+                 proceeding: bool) -> tuple[Registrar | None, str]:
+    """Where a call goes after its INVITE to ``node`` timed out: the registrar to retry through, or None; and why.
+
+    ``tried``: the registrars the call went to already; ``proceeding``: ``node``
+    answered provisionally (it is alive: the call, not the registrar, failed).
+    """
+    if proceeding:
+        return None, f"{node.name} answered the INVITE provisionally but no final answer came: the call failed"
+    other = backup if node is primary else primary
+    if other is None:
+        return None, f"no answer from {node.name} to the INVITE and no other registrar: the call failed"
+    if other in tried:
+        return None, (f"no answer from {node.name} to the INVITE, and {other.name} was tried already: "
+                      f"the call failed")
+    return other, f"no answer from {node.name} to the INVITE: retrying the call through {other.name}"
 
 
 @dataclass
@@ -216,7 +253,7 @@ class _Transaction:
         self.interval = phone.config.timer_t1
         self.proceeding = False
         now = phone.loop.time()
-        self.deadline = now + phone.config.timer_f
+        self.deadline = now + (phone.config.timer_b if self.invite else phone.config.timer_f)
         self.timer = None
         self._schedule(now)
 
@@ -260,7 +297,7 @@ class _Call:
     """An outgoing call, from its first INVITE to the BYE."""
 
     __slots__ = ("call_id", "from_tag", "number", "node", "uri", "cseq", "started", "auth_answers",
-                 "ack", "remote", "to_tag", "timer")
+                 "ack", "remote", "to_tag", "timer", "tried")
 
     def __init__(self, number: str, node: Registrar, uri: str, started: float, host: str):
         self.call_id = sip.new_call_id(host)
@@ -275,6 +312,7 @@ class _Call:
         self.remote: Registrar | None = None  # the callee's Contact
         self.to_tag: str | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.tried = [node]  # registrars its INVITEs went to
 
 
 class _Incoming:
@@ -428,6 +466,11 @@ class Phone(asyncio.DatagramProtocol):
     def busy(self) -> bool:
         """A REGISTER attempt is in progress."""
         return self._attempt_active
+
+    @property
+    def calls_in_progress(self) -> int:
+        """Outgoing calls placed and not over yet (ringing, connected, or hanging up)."""
+        return len(self._calls)
 
     def start(self) -> None:
         """Start registering (to the primary first).  The socket must be open."""
@@ -797,7 +840,7 @@ class Phone(asyncio.DatagramProtocol):
     def _invite_done(self, call: _Call, tx: _Transaction, response: sip.SIP | None) -> None:
         code = response.status_code if response is not None else None
         if code is None:
-            self._call_failed(call, "timeout")
+            self._invite_timed_out(call, tx)
             return
         call.to_tag = response.to_tag
         if code >= 300:  # RFC 3261 17.1.1.3: ACK in the transaction, to the same hop
@@ -826,6 +869,37 @@ class Phone(asyncio.DatagramProtocol):
         self.stats.calls_connected += 1
         self._log(CALL_CONNECTED, call.node, to=call.number, setup=round(self.loop.time() - call.started, 6))
         call.timer = self.loop.call_later(self.config.scaled(self.config.hold_time), self._hang_up, call, remote_uri)
+
+    def _invite_timed_out(self, call: _Call, tx: _Transaction) -> None:
+        node, why = invite_retry(call.node, call.tried, self.primary, self.backup, tx.proceeding)
+        if node is None:
+            self._call_failed(call, "timeout")
+            return
+        failed = call.node
+        # A new INVITE through the other registrar: a call of its own there.
+        del self._calls[call.call_id]
+        call.call_id = sip.new_call_id(self.local_host)
+        call.from_tag = sip.new_tag()
+        call.cseq = 1
+        call.auth_answers = 0
+        call.to_tag = None
+        call.node = node
+        call.uri = sip.sip_uri(call.number, node.host, node.port)
+        call.tried.append(node)
+        self._calls[call.call_id] = call
+        self._log(CALL_RETRIED, node, to=call.number, reason=why)
+        self._send_invite(call)
+        self._move_after_call(failed, node)
+
+    def _move_after_call(self, failed: Registrar, node: Registrar) -> None:
+        """Re-register on ``node``, the call's new registrar, now that ``failed`` let an INVITE time out."""
+        if self.node is failed:  # the node serving us failed us: down from now
+            self._set_node(None)
+            if self._expiry_timer is not None:
+                self._expiry_timer.cancel()
+                self._expiry_timer = None
+        if self.node is not node and not self._attempt_active:
+            self._begin_attempt([node] + [n for n in self._nodes_in_order(prefer_primary=True) if n is not node])
 
     def _call_challenge(self, call: _Call, tx: _Transaction, response: sip.SIP) -> str | None:
         why = self._keep_challenge(call.node, "INVITE", tx, response, call.auth_answers, call.auth_answers > 0)
@@ -937,6 +1011,26 @@ class Phone(asyncio.DatagramProtocol):
             self._probe_timer = self.loop.call_later(self.config.scaled(self.config.probe_interval), self._probe)
 
 
+class _AllBut(collections.abc.Sequence):
+    """``numbers`` without its ``i``-th item, without a copy (a fleet's phones share one tuple)."""
+
+    __slots__ = ("numbers", "i")
+
+    def __init__(self, numbers: tuple[str, ...], i: int):
+        self.numbers = numbers
+        self.i = i
+
+    def __len__(self) -> int:
+        return len(self.numbers) - 1
+
+    def __getitem__(self, k: int) -> str:
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        return self.numbers[k if k < self.i else k + 1]
+
+
 class Fleet:
     """N phones sharing one event loop, with live counts per registrar.
 
@@ -980,9 +1074,9 @@ class Fleet:
             )
             for i in range(count)
         ]
-        numbers = [phone.user for phone in self.phones]
+        numbers = tuple(phone.user for phone in self.phones)
         for i, phone in enumerate(self.phones):
-            phone.peers = numbers[:i] + numbers[i + 1:]
+            phone.peers = _AllBut(numbers, i)
 
     def _node_changed(self, old: str | None, new: str | None) -> None:
         counts = self._counts

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .constants import DEFAULT_BOUND, OUTAGE, SERVED
+from .cti import reconnection_times
 from .events import EXPIRED, NONE, REGISTER_FAILED, REGISTERED, STOPPED, SWITCHED, Event
 
 # --------------------------------------------------------------------------- maths
@@ -176,6 +177,10 @@ class Report:
     lost_registration: int  # phones registered at the fault that lost it before the restore
     expect: str = OUTAGE  # what the fault expects of the cluster (constants.OUTAGE or SERVED)
     slave: SlaveActivity | None = None
+    pstn: dict = field(default_factory=dict)  # callee phone id -> the PSTN caller's events for it
+    cti_reconnection: dict | None = None  # phone id -> measured seconds or None (cti.reconnection_time)
+    cti: DowntimeStats | None = None
+    rpo: object | None = None  # rpo.Rpo: the users created shortly before the fault
     # The verdict, set once by compute():
     criteria: list = field(default_factory=list)  # Criterion, in junit.xml's order
     passed: bool = False
@@ -206,6 +211,9 @@ def compute(
     expect: str = OUTAGE,
     slave: SlaveActivity | None = None,
     restored: float | None = None,
+    pstn: Mapping[str, Sequence[Event]] | None = None,
+    cti: Mapping[str, Sequence[Event]] | None = None,
+    rpo: object | None = None,
 ) -> Report:
     """Per-phone downtimes, their statistics and the verdict: the only place a verdict is made.
 
@@ -213,6 +221,10 @@ def compute(
     monotonic seconds like the events'.  ``restored`` is when the fault was
     undone (registrations lost after it do not count); ``slave`` is what the
     slave did, needed to judge a fault during which the master keeps serving.
+    ``pstn`` maps a phone id to the PSTN calls to its DID (kept, not judged yet).
+    ``cti`` maps a phone id to its user's XiVO Client events (``cti``): their
+    reconnection times are reported, they do not decide the verdict; nor does
+    ``rpo`` (an ``rpo.Rpo``), the users created shortly before the fault.
     """
     if expect == SERVED and slave is None:
         raise ValueError("a fault the master serves through is judged on the slave's activity: pass slave=")
@@ -242,7 +254,12 @@ def compute(
         lost_registration=lost_registration(events, fault_time, restored),
         expect=expect,
         slave=slave,
+        pstn={pid: list(evs) for pid, evs in (pstn or {}).items()},
+        rpo=rpo,
     )
+    if cti is not None:
+        report.cti_reconnection = reconnection_times(cti, fault_time)
+        report.cti = downtime_stats(report.cti_reconnection, time_scale, bound)
     report.criteria = _criteria(report)
     decisive = [c for c in report.criteria if c.decisive]
     report.passed = all(c.ok for c in decisive)
@@ -302,6 +319,16 @@ def _criteria(report: Report) -> list[Criterion]:
             failure = None if stats.ok else _over_bound(stats, measured, report.time_scale)
             criteria.append(Criterion(f"{label} downtime within {stats.bound:g}s", _stats_sentence(label, stats),
                                       failure, decisive=not served))
+    if report.cti is not None:
+        criteria.append(Criterion(f"CTI reconnection within {report.cti.bound:g}s",
+                                  _stats_sentence("CTI reconnection", report.cti, "logged in"),
+                                  None if report.cti.ok else _over_bound(report.cti, report.cti_reconnection,
+                                                                          report.time_scale),
+                                  decisive=False))
+    if report.rpo is not None:
+        rpo = report.rpo
+        criteria.append(Criterion("users created before the fault can register on the slave", rpo.sentence,
+                                  None if rpo.registered == rpo.users else rpo.sentence, decisive=False))
     if served:
         failovers = report.slave.failovers
         met = (registered == phones and report.failovers_seen == 0 and failovers == 0
@@ -331,7 +358,7 @@ def _fmt_seconds(value: float | None) -> str:
     return f"{value:.1f}s"
 
 
-def _stats_sentence(what: str, stats: DowntimeStats) -> str:
+def _stats_sentence(what: str, stats: DowntimeStats, again: str = "registered") -> str:
     if stats.phones == 0:
         return f"{what}: no phones"
     text = (
@@ -340,7 +367,7 @@ def _stats_sentence(what: str, stats: DowntimeStats) -> str:
         f"{stats.over_bound} of {stats.phones} phones over the {stats.bound:g}s bound"
     )
     if stats.never:
-        text += f", {stats.never} never registered again"
+        text += f", {stats.never} never {again} again"
     return text
 
 
@@ -415,6 +442,8 @@ def to_dict(report: Report, events: Mapping[str, Sequence[Event]] | None = None,
         entry = {"downtime": _json_number(measured)}
         if report.failback_downtimes is not None:
             entry["failback_downtime"] = _json_number(report.failback_downtimes.get(pid))
+        if report.cti_reconnection is not None:
+            entry["cti_reconnection"] = _json_number(report.cti_reconnection.get(pid))
         if events is not None:
             entry["events"] = [e.to_dict() for e in events.get(pid, ())]
         phones[pid] = entry
@@ -424,6 +453,8 @@ def to_dict(report: Report, events: Mapping[str, Sequence[Event]] | None = None,
         "definitions": {
             "downtime": "fault -> first successful registration after it, any node",
             "failback_downtime": "failback -> first successful registration on the primary after it",
+            "cti_reconnection": "fault -> the user's XiVO Client logged in again, any CTI server "
+            "(0: it never lost its connection)",
             "units": "per-phone values: measured seconds; statistics: real-equivalent seconds "
             "(measured x time_scale); null: never registered again",
         },
@@ -440,6 +471,8 @@ def to_dict(report: Report, events: Mapping[str, Sequence[Event]] | None = None,
         "failovers_seen": report.failovers_seen,
         "failover_downtime": _stats_dict(report.failover),
         "failback_downtime": _stats_dict(report.failback),
+        "cti_reconnection": _stats_dict(report.cti),
+        "rpo": None if report.rpo is None else report.rpo.to_dict(),
         "per_phone": phones,
     }
     if simulation is not None:
@@ -582,7 +615,7 @@ def write_all(report: Report, events: Mapping[str, Sequence[Event]], directory: 
 def format_table(report: Report) -> str:
     """The figures as a small terminal table, verdict last."""
     rows = [("", "p50", "p95", "max", f"over {report.bound:g}s", "never")]
-    for label, stats in (("failover", report.failover), ("failback", report.failback)):
+    for label, stats in (("failover", report.failover), ("failback", report.failback), ("cti", report.cti)):
         if stats is None:
             continue
         rows.append((
@@ -601,5 +634,7 @@ def format_table(report: Report) -> str:
     lines.append("")
     lines.append(f"phones {report.phones}, time scale x{report.time_scale:g} (figures are real-equivalent)")
     lines.append(f"registered at fault: {at_fault}; switched to backup after the fault: {report.failovers_seen}")
+    if report.rpo is not None:
+        lines.append(f"configuration RPO: {report.rpo.sentence}")
     lines.append(f"verdict: {report.verdict}")
     return "\n".join(lines)

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import faults
+from . import cti, faults, pstn, rpo
 from . import report as rep
-from .cluster import MASTER, PROJECT, SLAVE, BringUp, Checker, Cluster, ClusterError
-from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE, OUTAGE, SERVED
-from .events import NONE
+from .cluster import CARRIER, MASTER, PROJECT, SHARE, SLAVE, BringUp, Checker, Cluster, ClusterError
+from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE, DEFAULT_PSTN_RATE, DEFAULT_TRUNK_EXPIRY, OUTAGE, SERVED
+from .events import CTI_CONNECTED, NONE
 from .phone import Credentials, Fleet, FleetThread, PhoneConfig, Registrar, provisioned_line
+from .sip import SIP_PORT
 
 FIRST_USER = 1001  # phone i is the line of extension 1001 + i
 REAL_EXPIRES = 3600  # what the phones ask for (real seconds); the registrar caps it
@@ -41,10 +42,16 @@ class Options:
     failback_policy: str = "next-refresh"
     failures_before_failover: int | None = None
     call_rate: float = DEFAULT_CALL_RATE
+    invite_timeout: float | None = None
+    pstn_rate: float = DEFAULT_PSTN_RATE
+    trunk_expiry: int = DEFAULT_TRUNK_EXPIRY
     bound: float = DEFAULT_BOUND
     reuse: bool = False
     project: str = PROJECT
     net: str | None = None
+    cti: bool = True  # one XiVO Client per phone's user (cti.py)
+    new_users: int = 0  # users created on the master shortly before the fault (rpo.py)
+    created_before_fault: float = 0.0  # real seconds between their creation and the fault (divided by K)
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,7 @@ class Simulation:
         self.k = float(options.time_scale)
         self.started = time.monotonic()
         self.facts: dict = {}  # what the fault's steps reported (e.g. packets dropped)
+        self.clients: cti.Clients | None = None  # the XiVO Clients, also awaited by the observation
 
     def say(self, text: str) -> None:
         self.out.write(f"[{time.monotonic() - self.started:6.1f}s] {text}\n")
@@ -142,7 +150,7 @@ class Simulation:
             if self.o.reuse:
                 self.say("no running cluster with this time scale: creating one")
             cluster.up(recreate=True)
-            info = cluster.bring_up(self.o.phones)
+            info = cluster.bring_up(self.o.phones, trunk_expiry=self.o.trunk_expiry)
         return cluster, info
 
     def reuse(self, cluster: Cluster) -> BringUp:
@@ -152,7 +160,14 @@ class Simulation:
         if users < self.o.phones:
             cluster.add_users(MASTER, self.o.phones)
             cluster.exec(MASTER, ["xivo-ha", "enable", "master", slave_ip], timeout=120)
+        new_trunk = cluster.trunk_expiry(MASTER) != self.o.trunk_expiry
+        if new_trunk:
+            cluster.set_trunk(MASTER, self.o.trunk_expiry)
         cluster.exec(MASTER, ["xivo-master-slave-db-replication", slave_ip], timeout=300)
+        if new_trunk:
+            # The registrar reads the trunk rows at its start, as Asterisk reads sip.conf.
+            self.say(f"the trunk's register expiry is now {self.o.trunk_expiry} s: restarting the master's registrar")
+            cluster.exec(MASTER, ["service", "kamailio", "restart"], timeout=60)
         on_master, on_slave = cluster.users_digest(MASTER), cluster.users_digest(SLAVE)
         if on_master != on_slave:
             raise ClusterError(f"after replication the slave has {on_slave[0]} users, the master {on_master[0]}")
@@ -198,11 +213,93 @@ class Simulation:
     def fleet(self, info: BringUp) -> tuple[FleetThread, PhoneConfig]:
         """The phones, provisioned from the master, on a thread of their own (not started)."""
         config = PhoneConfig(expires=REAL_EXPIRES, time_scale=self.k, failback=self.o.failback_policy,
-                             call_rate=self.o.call_rate)
+                             call_rate=self.o.call_rate, invite_timeout=self.o.invite_timeout)
         primary, backup, credentials = self.provisioned(info, provisioned_line)
         fleet = Fleet(Registrar(MASTER, primary), Registrar(SLAVE, backup), self.o.phones, config,
                       local_hosts=(info.gateway,), first_user=FIRST_USER, credentials=credentials.get)
         return FleetThread(fleet), config
+
+    def cti_clients(self, cluster: Cluster, info: BringUp, numbers) -> cti.Clients:
+        """One XiVO Client per phone's user, main = master, backup = slave, started (not waited for).
+
+        The accounts are the users' CTI accounts in the master's database, as
+        an administrator hands them out.
+        """
+        accounts = cti.accounts(cluster.sql(MASTER, cti.ACCOUNTS_QUERY))
+        config = cti.ClientConfig(time_scale=self.k)
+        main, backup = cti.Server(MASTER, info.master), cti.Server(SLAVE, info.slave)
+        missing = [n for n in numbers if str(n) not in accounts]
+        if missing:
+            raise ClusterError(f"{len(missing)} phone user(s) (e.g. {missing[0]}) have no enabled CTI account "
+                               f"on the master (userfeatures loginclient/passwdclient)")
+        clients = cti.Clients([cti.Client(str(n), accounts[str(n)], main, backup, config) for n in numbers])
+        clients.start(rate=cti.START_RATE)
+        self.clients = clients
+        self.say(f"{len(numbers)} XiVO Clients started: main {info.master}, backup {info.slave}, "
+                 f"connect timeout {config.scaled(config.connect_timeout):.2f}s "
+                 f"({config.connect_timeout:g}s real)")
+        return clients
+
+    def replicate(self, cluster: Cluster, slave_ip: str) -> bool:
+        """One xivo-master-slave-db-replication on the master, as its cron line runs it."""
+        try:
+            result = cluster.exec(MASTER, ["xivo-master-slave-db-replication", slave_ip], timeout=300, check=False)
+        except ClusterError as exc:
+            self.say(f"replication: {exc}")
+            return False
+        if not result.ok:
+            self.say(f"replication exited {result.returncode}: {result.output()}")
+        return result.ok
+
+    def last_replication(self, cluster: Cluster) -> float | None:
+        """Wall time of the master's last replication that changed the slave (its fingerprint file)."""
+        try:
+            result = cluster.exec(MASTER, ["date", "-r", rpo.FINGERPRINT, "+%s.%N"], check=False, timeout=30)
+        except ClusterError:
+            return None
+        try:
+            return float(result.stdout.strip()) if result.ok else None
+        except ValueError:
+            return None
+
+    def new_users(self, cluster: Cluster, info: BringUp, config: PhoneConfig,
+                  numbers: list[int]) -> tuple[FleetThread, float]:
+        """Create ``new_users`` users on the master, as the web interface would, and start their phones.
+
+        The rows are those XiVO's web interface (confd) writes for a user with
+        a SIP line and an extension: usersip, userfeatures, linefeatures,
+        extensions, user_line (demo-users.sql), numbered after every user the
+        master has, so that they are new even on a reused cluster; then their
+        provd devices, with the backup registrar (`xivo-ha enable master` again).
+        """
+        count = self.o.new_users
+        first = int(cluster.sql(MASTER, "SELECT coalesce(max(substring(name from 5)::int), 0) + 1 FROM usersip "
+                                        "WHERE name ~ '^user[0-9]+$'"))
+        created_wall = time.time()
+        cluster.exec(MASTER, ["runuser", "-u", "postgres", "--", "psql", "-XqAt", "-v", "ON_ERROR_STOP=1",
+                              "-v", f"first={first}", "-v", f"count={count}", "-d", "asterisk",
+                              "-f", f"{SHARE}/demo-users.sql"], timeout=120)
+        cluster.exec(MASTER, ["xivo-ha-sim-provd", "devices", info.master], timeout=120)
+        cluster.exec(MASTER, ["xivo-ha", "enable", "master", info.slave], timeout=120)
+        new_numbers = list(range(1000 + first, 1000 + first + count))
+        credentials = {}
+        for number in new_numbers:
+            try:
+                credentials[number] = provisioned_line(info.master, number).credentials
+            except OSError as exc:
+                raise ClusterError(f"new phone {number} could not fetch its provisioning file: {exc}") from None
+        fleet = Fleet(Registrar(MASTER, info.master), Registrar(SLAVE, info.slave), count, config,
+                      local_hosts=(info.gateway,), first_user=new_numbers[0], credentials=credentials.get)
+        everyone = [str(n) for n in numbers + new_numbers]
+        for phone in fleet.phones:
+            phone.peers = [n for n in everyone if n != phone.user]
+        runner = FleetThread(fleet)
+        runner.start(rate=max(1.0, count / 2.0), timeout=count + 60)
+        if not runner.wait_registered(timeout=30 + 2 * config.timer_f, node=MASTER):
+            self.say(f"not every new user's phone registered on the master: {runner.counts()}")
+        self.say(f"{count} users created on the master at {rpo.clock(created_wall)} "
+                 f"(extensions {new_numbers[0]}-{new_numbers[-1]}), their phones registered")
+        return runner, created_wall
 
     def start_phones(self, runner: FleetThread, config: PhoneConfig, info: BringUp) -> None:
         granted = info.granted.get("max_expires") or config.requested_expires
@@ -215,6 +312,16 @@ class Simulation:
         runner.start(rate=self.o.phones / spread, timeout=spread + 60)
         if not runner.wait_registered(timeout=30 + 2 * config.timer_f, node=MASTER):
             self.say(f"not every phone registered on the master: {runner.counts()}")
+
+    def pstn_caller(self, cluster: Cluster, runner: FleetThread, info: BringUp) -> pstn.PstnThread:
+        """The PSTN's calls to the phones' DIDs through the carrier, started with the phones."""
+        dids = {pstn.did_of(phone.user): phone.user for phone in runner.fleet.phones}
+        caller = pstn.PstnThread(pstn.PstnCaller((cluster.address(CARRIER), SIP_PORT), dids,
+                                                 pstn.PstnConfig(rate=self.o.pstn_rate, time_scale=self.k)))
+        caller.start(info.gateway)
+        self.say(f"PSTN calls through the carrier {cluster.address(CARRIER)} at {self.o.pstn_rate:g} per phone "
+                 f"per real hour (trunk register expiry {self.o.trunk_expiry} s)")
+        return caller
 
     # ---------------------------------------------------------------- the run
 
@@ -235,29 +342,53 @@ class Simulation:
             raise ClusterError(f"the master's provisioning names {info.primary} as main registrar, not {info.master}")
 
         checker = Checker(cluster, log=self.say)
-        runner = None
+        replicator = rpo.Replicator(lambda: self.replicate(cluster, info.slave), k, self.say)
+        runner = caller = clients = newcomers = None
+        created_wall = last_replication = None
         try:
             checker.start()
+            replicator.start()
             runner, config = self.fleet(info)
             t = time.monotonic()
             self.start_phones(runner, config, info)
+            caller = self.pstn_caller(cluster, runner, info)
+            numbers = [int(p.user) for p in runner.fleet.phones]
+            if o.cti:
+                clients = self.cti_clients(cluster, info, numbers)
             timings["phones"] = round(time.monotonic() - t, 1)
+            if o.new_users:
+                newcomers, created_wall = self.new_users(cluster, info, config, numbers)
+                fault_at = created_wall + o.created_before_fault / k
+                self.say(f"the fault comes {o.created_before_fault:g}s real ({o.created_before_fault / k:.1f}s) "
+                         f"after their creation; the master replicates every {replicator.period:.0f}s"
+                         + ("" if replicator.drives else " (its cron)"))
+                time.sleep(max(0.0, fault_at - time.time()))
+                last_replication = self.last_replication(cluster)
             observation = self.inject_and_observe(cluster, checker, runner)
         finally:
             events = runner.events() if runner is not None else {}
-            if runner is not None:
-                runner.stop()
+            pstn_events = caller.events() if caller is not None else {}
+            cti_events = clients.events() if clients is not None else None
+            new_events = newcomers.events() if newcomers is not None else None
+            for running in (caller, clients, newcomers, runner):
+                if running is not None:
+                    running.stop()
+            replicator.stop()
             checker.stop()
+        rpo_result = None
+        if new_events is not None:
+            rpo_result = rpo.compute(new_events, observation.fault_time, created_wall, last_replication, SLAVE)
         report = rep.compute(events, observation.fault_time, observation.failback_time, time_scale=k,
                              bound=o.bound, primary=MASTER, backup=SLAVE, fault_wall=observation.fault_wall,
                              failback_wall=observation.failback_wall, expect=fault.expect,
                              slave=rep.SlaveActivity(checker.failovers(), checker.failbacks()),
-                             restored=observation.restored)
+                             restored=observation.restored, pstn=pstn_events, cti=cti_events, rpo=rpo_result)
         checks = SlaveChecks(*checker.checks_between(observation.fault_time, observation.restored))
         timings["observation"] = round(time.monotonic() - observation.fault_time, 1)
         timings["total"] = round(time.monotonic() - self.started, 1)
         outcome = Outcome(report, observation, checks, timings=timings)
-        outcome.files = self.write(outcome, events, checker, info, settings)
+        outcome.files = self.write(outcome, events, checker, info, settings, cti_events, new_events,
+                                   replicator.runs)
         return outcome
 
     def apply(self, cluster: Cluster, steps, what: str) -> None:
@@ -309,12 +440,26 @@ class Simulation:
                          restore_at: float | None, window: float) -> bool:
         """After a failback: every phone home, or the window is over; without a restore: the same since the fault."""
         if t1 is not None:
-            return self._all_registered_since(runner, t1, MASTER) or now > t1 + window
+            return (self._all_registered_since(runner, t1, MASTER) and self._clients_back_since(t1, MASTER)
+                    ) or now > t1 + window
         if restore_at is None:
-            if self.fault.expect == OUTAGE and self._all_registered_since(runner, t0, None):
+            if (self.fault.expect == OUTAGE and self._all_registered_since(runner, t0, None)
+                    and self._clients_back_since(t0, None)):
                 return True
             return now > t0 + window
         return False
+
+    def _clients_back_since(self, since: float, node: str | None) -> bool:
+        """Every XiVO Client logged in (on ``node`` if given) since ``since``; True without clients."""
+        if self.clients is None:
+            return True
+        for client in self.clients.clients:
+            connection = client.connection  # read from this thread: a stale read only delays the end
+            if connection is None or (node is not None and connection.server.name != node):
+                return False
+            if not any(e.kind == CTI_CONNECTED and e.t >= since for e in list(client.events)):
+                return False
+        return True
 
     @staticmethod
     def _all_registered_since(runner: FleetThread, since: float, node: str | None) -> bool:
@@ -327,7 +472,8 @@ class Simulation:
 
     # ---------------------------------------------------------------- files and table
 
-    def write(self, outcome: Outcome, events, checker: Checker, info: BringUp, settings: dict) -> dict:
+    def write(self, outcome: Outcome, events, checker: Checker, info: BringUp, settings: dict,
+              cti_events=None, new_events=None, replications=()) -> dict:
         report = outcome.report
         simulation = {
             "scenario": self.fault.name,
@@ -347,12 +493,19 @@ class Simulation:
             **self.facts,
             "slave_events": [e.to_dict() for e in checker.events],
             "lost_registration": report.lost_registration,
+            "pstn": pstn.summary(report.pstn, outcome.observation.fault_time, outcome.observation.restored,
+                                 self.k, rate=self.o.pstn_rate, trunk_expiry=self.o.trunk_expiry),
             "counts_at_end": outcome.observation.counts_at_end,
             "cluster": {"master": info.master, "slave": info.slave, "users": info.users,
                         "sip_expiry": info.expiry, "granted_expiry_scaled": info.granted,
                         "bring_up_steps": info.steps},
             "timings": outcome.timings,
         }
+        if cti_events is not None:
+            simulation["cti_events"] = {pid: [e.to_dict() for e in evs] for pid, evs in cti_events.items()}
+        if new_events is not None:
+            simulation["new_user_events"] = {pid: [e.to_dict() for e in evs] for pid, evs in new_events.items()}
+        simulation["replications"] = [{"wall": round(wall, 3), "ok": ok} for wall, ok in replications]
         files = rep.write_all(report, events, Path(self.o.report_dir), simulation)
         return {key: str(path) for key, path in files.items()}
 

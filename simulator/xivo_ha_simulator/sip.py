@@ -848,7 +848,8 @@ def response_for(
     headers: Sequence[tuple[str, str | None]] = (),
     body: bytes = b"",
 ) -> SIP:
-    """A response to ``req`` (RFC 3261 8.2.6): Via, From, To, Call-ID, CSeq copied."""
+    """A response to ``req`` (RFC 3261 8.2.6): Via, From, To, Call-ID, CSeq copied, and Record-Route
+    (12.1.1: a proxy that record-routed stays on the dialog's path)."""
     copied: list[tuple[str, str | None]] = []
     for name, value in req.headers or ():
         cname = canonical_name(name)
@@ -864,6 +865,8 @@ def response_for(
             copied.append(("Call-ID", value))
         elif cname == "cseq":
             copied.append(("CSeq", value))
+        elif cname == "record-route":
+            copied.append(("Record-Route", value))
     copied.extend(headers)
     copied.append(("Content-Length", None))
     line = f"{SIP_VERSION} {code} {reason if reason is not None else REASONS.get(code, '')}"

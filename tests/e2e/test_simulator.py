@@ -12,7 +12,11 @@ real toolkit) serves every test; each run resets it.  Time scale 10, 50 phones:
   starts its services, the phones stay down -- FAIL, every phone over the bound
   (XiVO's documented limitation, measured);
 * registrar-crash with the SIP probe: the slave takes over -- PASS;
-* packet-loss (30 % from slave to master): zero failovers -- PASS.
+* packet-loss (30 % from slave to master): zero failovers -- PASS;
+* network-cut with a 3600 s trunk expiry: PSTN calls keep failing after the
+  master is back (the carrier keeps the slave's registration);
+* power-off with 3 users created after the last replication: they cannot register on
+  the slave (the report says why), the others and their XiVO Clients move to it -- PASS.
 """
 
 from __future__ import annotations
@@ -129,6 +133,11 @@ def test_power_off_fails_over_then_back(sim_cluster, tmp_path):
     assert report["failback_downtime"]["over_bound"] == 0
     assert sim["slave_failovers"] == 1 and sim["slave_failbacks"] >= 1
     assert sim["counts_at_end"].get("master") == PHONES
+    # The slave registered the trunk when it started serving: PSTN calls reached the phones
+    # there, within the bound.
+    pstn = sim["pstn"]
+    assert pstn["trunk_expiry"] == 120 and pstn["calls"]["during"]["connected"] > 0, pstn
+    assert pstn["first_connected_after_fault"] <= 300, pstn
     for name in ("report.json", "junit.xml", "timeline.png"):
         assert (tmp_path / name).stat().st_size > 0
 
@@ -177,3 +186,61 @@ def test_packet_loss_causes_no_failover(sim_cluster, tmp_path):
     assert sim["lost_registration"] == 0
     assert sim["packets_dropped"] > 0
 
+
+def test_a_long_trunk_expiry_keeps_pstn_calls_failing_after_the_network_comes_back(sim_cluster, tmp_path):
+    """The seed's trunk prerequisite made visible: with `register => ...~3600` PSTN calls fail long
+    after the master is back.
+
+    The mechanism: the carrier keeps one binding for the trunk, the last registrant's.  During
+    the cut the slave starts serving and registers the trunk, which moves the binding to it.  When
+    the network comes back the slave stops its services, silently (nothing unregisters a stopped
+    Asterisk), while the master still holds a registration it believes valid for up to 3600 s, so
+    it does not register again before its refresh.  Until then the carrier sends every DID to the
+    stopped slave and answers the PSTN 408 (its INVITE timer), although the master and its phones
+    are fine again.
+    """
+    from xivo_ha_simulator import cli
+
+    argv = ["run", "--reuse", "--project", PROJECT, "--phones", "10", "--time-scale", f"{TIME_SCALE:g}",
+            "--scenario", "network-cut", "--failback-after", "30", "--trunk-expiry", "3600",
+            "--pstn-rate", "240", "--report-dir", str(tmp_path)]
+    try:
+        cli.main(argv)
+        report = json.loads((tmp_path / "report.json").read_text())
+    finally:
+        # The next runs find the default trunk expiry again.
+        sim_cluster.set_trunk("master", 120)
+        sim_cluster.exec("master", ["xivo-master-slave-db-replication", sim_cluster.address("slave")], timeout=300)
+        sim_cluster.exec("master", ["service", "kamailio", "restart"], timeout=60)
+    sim = report["simulation"]
+    pstn = sim["pstn"]
+    assert sim["slave_failovers"] == 1 and sim["slave_failbacks"] >= 1, sim["slave_events"]
+    assert pstn["trunk_expiry"] == 3600
+    assert pstn["calls"]["during"]["connected"] > 0, pstn  # the slave's registration took the calls
+    # Back home, the phones are registered on the master, but PSTN calls still go to the slave.
+    assert sim["counts_at_end"].get("master") == 10, sim["counts_at_end"]
+    # The carrier's INVITEs to the stopped slave time out; once it stopped, no PSTN call connects.
+    assert pstn["failures_after_restore"].get("408 Request Timeout", 0) > 0, pstn
+    assert pstn["last_failed_after_fault"] > pstn["restored_after_fault"] + 60, pstn
+    assert pstn["last_failed_after_fault"] - pstn["last_connected_after_fault"] > 20, pstn
+
+def test_users_created_after_the_last_replication_cannot_register_on_the_slave(sim_cluster, tmp_path):
+    # 3 users created 20 s real (2 s here) before a power-off: the master last replicated when the
+    # run reset the cluster, before they existed, and its next hourly run (every 360 s here) is far.
+    code, report = simulate(tmp_path, "power-off", "--new-users", "3", "--created-before-fault", "20")
+    rpo, sim = report["rpo"], report["simulation"]
+    assert rpo["users"] == 3 and not rpo["replicated_before_fault"], rpo
+    assert rpo["registered_on_slave"] == 0 and rpo["called_on_slave"] == 0, rpo
+    assert "not replicated yet: created after the last replication" in rpo["sentence"]
+    assert rpo["last_replication_wall"] < rpo["created_wall"]
+    assert sim["replications"] == []  # none was due during the run
+    # The users created before that replication (the fleet's) moved to the slave and passed.
+    assert report["verdict"] == "PASS" and code == 0, report["reasons"]
+    assert report["failovers_seen"] == PHONES
+    # The XiVO Clients: every one logged in again, on the slave's CTI server, within the bound.
+    cti = report["cti_reconnection"]
+    assert cti["phones"] == PHONES and cti["over_bound"] == 0 and cti["never"] == 0, cti
+    assert cti["p50"] > 0  # they did lose the powered-off master
+    last_login = {pid: [e for e in evs if e["event"] == "cti_connected"][-1]["node"]
+                  for pid, evs in sim["cti_events"].items()}
+    assert set(last_login.values()) == {"slave"}, last_login

@@ -1,14 +1,31 @@
-"""Calls between phones through a real Kamailio routing by number from the node's database."""
+"""Calls between phones through a real Kamailio routing by number from the node's database.
+
+And a call's failover: an INVITE to a registrar that is gone (killed) or
+silent (frozen with SIGSTOP, its port still open: a blackhole) is retried
+through the other registrar once the phone's INVITE timeout is over, and the
+phone re-registers there.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import pytest
-from kamailio_fixture import kamailio_binary, line_credentials
+from kamailio_fixture import kamailio_binary, line_credentials, start_kamailio
 
-from xivo_ha_simulator.events import CALL_ANSWERED, CALL_CONNECTED, CALL_ENDED, CALL_FAILED, CALL_PLACED
+from xivo_ha_simulator.events import (
+    CALL_ANSWERED,
+    CALL_CONNECTED,
+    CALL_ENDED,
+    CALL_FAILED,
+    CALL_PLACED,
+    CALL_RETRIED,
+    REGISTERED,
+    SWITCHED,
+)
 from xivo_ha_simulator.phone import Fleet, Phone, PhoneConfig, Registrar
 
 pytestmark = [
@@ -47,7 +64,9 @@ def test_a_call_to_a_registered_phone_connects_and_ends(kamailio):
         a, b = await registered_phones(kamailio.port, 1001, 1002)
         try:
             a.call("1002")
+            assert a.calls_in_progress == 1
             await until(lambda: any(e.kind == CALL_ENDED for e in a.events))
+            assert a.calls_in_progress == 0
         finally:
             a.stop()
             b.stop()
@@ -129,3 +148,120 @@ def test_a_fleet_places_calls_at_its_call_rate(kamailio):
     assert stats.calls_failed == 0
     assert stats.calls_connected >= stats.calls_placed - 6  # those still ringing at the stop aside
     assert stats.calls_answered >= stats.calls_connected
+
+
+def kill(handle) -> None:
+    handle.kill()
+
+
+def freeze(handle) -> None:
+    os.killpg(handle.pid, signal.SIGSTOP)  # its port stays bound: requests vanish unanswered
+
+
+@pytest.fixture
+def two_registrars(tmp_path):
+    """A master and a slave registrar holding the same lines (the slave's database replicated)."""
+    master = start_kamailio(tmp_path, 0, min_expires=1, max_expires=60, default_expires=10)
+    try:
+        slave = start_kamailio(tmp_path, 0, min_expires=1, max_expires=60, default_expires=10,
+                               database=master.database)
+    except BaseException:
+        master.stop()
+        raise
+    try:
+        yield master, slave
+    finally:
+        if master.alive:
+            os.killpg(master.pid, signal.SIGCONT)
+        slave.stop()
+        master.stop()
+
+
+async def failover_call(master, slave, fault, config: PhoneConfig, caller_number: int, callee_number: int):
+    """The caller (master, then slave) calls the callee (registered on the slave) once the master is hit."""
+    on_master = Registrar("master", "127.0.0.1", master.port)
+    on_slave = Registrar("slave", "127.0.0.1", slave.port)
+    caller = Phone(str(caller_number), on_master, on_slave, config, credentials=line_credentials(caller_number))
+    callee = Phone(str(callee_number), on_slave, None, config, credentials=line_credentials(callee_number))
+    for phone in (caller, callee):
+        await phone.open()
+        phone.start()
+    try:
+        await until(lambda: caller.node is on_master and callee.node is on_slave)
+        assert caller.node is on_master and callee.node is on_slave
+        fault(master)
+        caller.call(str(callee_number))
+        await until(lambda: any(e.kind in (CALL_ENDED, CALL_FAILED) for e in caller.events), timeout=20)
+        await until(lambda: caller.node is on_slave, timeout=5)
+        registered_on = caller.node
+    finally:
+        caller.stop()
+        callee.stop()
+    return caller, callee, registered_on
+
+
+@pytest.mark.parametrize("fault, config", [
+    (kill, PhoneConfig(expires=60, hold_time=0.3, invite_timeout=1.5)),
+    # x20, default INVITE timeout: Timer B 64 x 25 ms = 1.6 s; 30 s granted, no refresh meanwhile
+    (freeze, PhoneConfig(expires=600, hold_time=6, time_scale=20)),
+], ids=["killed", "frozen"])
+def test_a_call_whose_invite_times_out_connects_through_the_backup(two_registrars, fault, config):
+    master, slave = two_registrars
+    caller, callee, registered_on = asyncio.run(failover_call(master, slave, fault, config, 1021, 1022))
+
+    calls = kinds(caller, CALL_PLACED, CALL_RETRIED, CALL_CONNECTED, CALL_FAILED, CALL_ENDED)
+    assert [kind for kind, _ in calls] == [CALL_PLACED, CALL_RETRIED, CALL_CONNECTED, CALL_ENDED]
+    placed, retried, connected, ended = (e for e in caller.events if e.kind in (
+        CALL_PLACED, CALL_RETRIED, CALL_CONNECTED, CALL_ENDED))
+    assert (placed.node, placed.info) == ("master", {"to": "1022"})
+    assert retried.node == "slave"
+    assert retried.info == {"to": "1022", "reason": "no answer from master to the INVITE: retrying the call "
+                                                    "through slave"}
+    assert retried.t - placed.t >= config.timer_b
+    assert connected.node == "slave" and connected.info["to"] == "1022"
+    # The setup time runs from the first INVITE: the user waited for the timeout too.
+    assert config.timer_b <= connected.info["setup"] < config.timer_b + 2
+    assert ended.info == {"to": "1022"}
+    assert caller.stats.calls_placed == 1 and caller.stats.calls_connected == 1 and caller.stats.calls_failed == 0
+    assert callee.stats.calls_answered == 1
+
+    # The phone moved to the backup, as phones with a backup proxy do.
+    assert registered_on is not None and registered_on.name == "slave"
+    switched = [e for e in caller.events if e.kind == SWITCHED]
+    assert [e.info for e in switched] == [{"from": "master", "to": "slave"}]
+    assert [e.node for e in caller.events if e.kind == REGISTERED] == ["master", "slave"]
+    assert switched[0].t >= retried.t
+
+
+def test_a_call_fails_once_when_both_registrars_are_silent(two_registrars):
+    master, slave = two_registrars
+    config = PhoneConfig(expires=60, hold_time=0.3, invite_timeout=1.0)
+
+    async def scenario():
+        caller = Phone("1023", Registrar("master", "127.0.0.1", master.port),
+                       Registrar("slave", "127.0.0.1", slave.port), config, credentials=line_credentials(1023))
+        await caller.open()
+        caller.start()
+        try:
+            await until(lambda: caller.node is not None)
+            freeze(master)
+            freeze(slave)
+            caller.call("1024")
+            await until(lambda: caller.stats.calls_failed == 1, timeout=10)
+        finally:
+            caller.stop()
+            os.killpg(slave.pid, signal.SIGCONT)
+        return caller
+
+    caller = asyncio.run(scenario())
+    calls = kinds(caller, CALL_PLACED, CALL_RETRIED, CALL_CONNECTED, CALL_FAILED)
+    assert calls == [
+        (CALL_PLACED, {"to": "1024"}),
+        (CALL_RETRIED, {"to": "1024", "reason": "no answer from master to the INVITE: retrying the call "
+                                                "through slave"}),
+        (CALL_FAILED, {"to": "1024", "reason": "timeout"}),
+    ]
+    failed = next(e for e in caller.events if e.kind == CALL_FAILED)
+    placed = next(e for e in caller.events if e.kind == CALL_PLACED)
+    assert failed.node == "slave" and failed.t - placed.t >= 2 * config.timer_b
+    assert caller.stats.calls_placed == 1 and caller.stats.calls_failed == 1

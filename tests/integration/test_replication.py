@@ -26,8 +26,8 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 COMMAND = REPO / "bin" / "xivo-master-slave-db-replication"
-REPLICATED = ["context", "dhcp", "extensions", "linefeatures", "staticsip", "trunkfeatures", "user_line",
-              "userfeatures", "usersip", "voicemail"]
+REPLICATED = ["context", "dhcp", "dialaction", "extensions", "incall", "linefeatures", "staticsip",
+              "trunkfeatures", "user_line", "userfeatures", "usersip", "voicemail"]
 EXCLUDED = ["alembic_version", "call_log", "call_log_participant", "cel", "mail", "monitoring", "netiface",
             "provisioning", "queue_log", "resolvconf", "stat_agent", "stat_call_on_queue", "stat_queue"]
 
@@ -139,7 +139,8 @@ def test_replicates_configuration_and_leaves_excluded_tables_alone(master_node, 
     slave_before = slave_db.snapshot()
     result = replicate("127.0.0.1")
     assert result.returncode == 0, result.stderr
-    assert re.fullmatch(r"Replicated 10 tables, \d+ rows to 127\.0\.0\.1:\d+/\S+ in \d+\.\d\d s\n", result.stdout)
+    assert re.fullmatch(rf"Replicated {len(REPLICATED)} tables, \d+ rows to 127\.0\.0\.1:\d+/\S+ in \d+\.\d\d s\n",
+                        result.stdout)
     assert result.stderr == ""
     master_after, slave_after = master_db.snapshot(), slave_db.snapshot()
     assert tables_of(slave_after, REPLICATED) == tables_of(master_after, REPLICATED)
@@ -154,7 +155,7 @@ def test_replicates_configuration_and_leaves_excluded_tables_alone(master_node, 
     assert slave_sequences["cel_id_seq"] == 1 and master_sequences["cel_id_seq"] is None
     entry = record(master_node)
     assert entry["result"] == "success" and "Replicated" not in entry["detail"]
-    assert "10 tables" in entry["detail"]
+    assert f"{len(REPLICATED)} tables" in entry["detail"]
     # Nothing was left behind on disk but our state.
     assert sorted(p.name for p in (master_node / "var/lib/xivo-ha").iterdir()) == [
         "replication-fingerprint.json", "replication.json", "replication.lock"]
@@ -282,7 +283,7 @@ def test_unchanged_data_is_skipped_and_any_change_is_not(master_node, master_db,
 
     master_db.execute("UPDATE userfeatures SET firstname = 'Changed' WHERE id = (SELECT min(id) FROM userfeatures)")
     changed = replicate("127.0.0.1")
-    assert changed.stdout.startswith("Replicated 10 tables"), changed.stdout + changed.stderr
+    assert changed.stdout.startswith(f"Replicated {len(REPLICATED)} tables"), changed.stdout + changed.stderr
     assert slave_db.query("SELECT count(*) FROM userfeatures WHERE firstname = 'Changed'") == [(1,)]
 
     # A row deleted and another inserted keep the count: still a change.
@@ -309,7 +310,7 @@ def test_unchanged_data_is_skipped_and_any_change_is_not(master_node, master_db,
     assert replicate("127.0.0.1").stdout.startswith("Replicated")
 
     forced = replicate("--force", "127.0.0.1")
-    assert forced.stdout.startswith("Replicated 10 tables")
+    assert forced.stdout.startswith(f"Replicated {len(REPLICATED)} tables")
 
 
 def test_dry_run_lists_tables_and_changes_nothing(master_node, master_db, slave_db):
@@ -317,7 +318,7 @@ def test_dry_run_lists_tables_and_changes_nothing(master_node, master_db, slave_
     result = replicate("--dry-run", "127.0.0.1")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("Would replicate 10 tables (")
+    assert lines[0].startswith(f"Would replicate {len(REPLICATED)} tables (")
     assert any(re.fullmatch(r"\s+usersip\s+40 rows", line) for line in lines)
     assert any(re.fullmatch(r"\s+context\s+3 rows", line) for line in lines)
     assert "Excluded (left untouched on the slave): alembic_version, call_log" in result.stdout

@@ -1,0 +1,32 @@
+"""The simulator's command line: a wrong one is one line on stderr and exit 2, nothing run."""
+
+from __future__ import annotations
+
+import pytest
+
+from xivo_ha_simulator import cli
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["run", "--phones", "abc"], "phones"),
+    (["run", "--phones", "0"], "phones"),
+    (["run", "--scenario", "meteor"], "scenario"),
+    (["run", "--time-scale", "-1"], "time-scale"),
+    (["run", "--created-before-fault", "10"], "new-users"),
+    (["run", "--no-such-switch"], "no-such-switch"),
+    (["run", "extra"], "extra"),
+    (["down", "--project"], "project"),
+])
+def test_a_wrong_command_line_is_one_line_on_stderr_and_exit_2(argv, names, capsys):
+    assert cli.main(argv) == cli.EXIT_USAGE
+    out = capsys.readouterr()
+    assert out.out == ""
+    lines = out.err.splitlines()
+    assert len(lines) == 1, out.err
+    assert lines[0].startswith("xivo-ha-simulator: ") and names in lines[0], lines[0]
+    assert "--help" in lines[0]
+
+
+def test_help_still_prints_the_switches(capsys):
+    assert cli.main(["run", "--help"]) == 0
+    assert "--phones" in capsys.readouterr().out
