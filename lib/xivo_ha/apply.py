@@ -1,8 +1,11 @@
 """Role changes: observe the node, plan every side effect, apply them in order, roll back on failure.
 
-The order is XiVO's: (a) ha.conf, (b) slave PostgreSQL access, (c) cron, (d) sentinels,
-(e) SIP expiry rows, (f) provisioning backup registrar (provd's registrar and device
-configs), (g) on an ex-slave, the slave services back on at boot (and started when asked).
+The order is XiVO's: (a) ha.conf, (b) slave PostgreSQL access (and, on a master in
+``[replication] mode = continuous``, the slave's stream access, wal_level = logical),
+(c) cron, (d) sentinels, (e) SIP expiry rows, (f) provisioning backup registrar (provd's
+registrar and device configs), (g) on an ex-slave, the slave services back on at boot
+(and started when asked), (h) the replication stream's database objects that the new
+role or mode does not keep (subscription, slots, publication, role).
 Restarting every service is left to the caller.  Everything that can be checked is
 checked while observing, before the first write; a step that still fails makes every
 applied step undo itself.
@@ -23,10 +26,12 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from . import cron, database, paths, pgaccess, provisioning, role, services, system
 from .errors import OperationFailed, UsageError
 from .log import Progress
+from .replication import stream
 from .role import ALLOW_LOOPBACK_ENV, HaConfig, Role
 from .settings import Settings
 
@@ -89,6 +94,7 @@ class Observed:
     files: dict[Path, FileState]
     sip_expiry: dict[str, str | None] = field(default_factory=dict)
     provd: provisioning.Snapshot = field(default_factory=lambda: provisioning.Snapshot(None, {}, {}, []))
+    stream: tuple[str, ...] = ()  # the replication stream's objects in the local database
 
 
 @dataclass
@@ -102,12 +108,13 @@ class Step:
     sip_expiry: dict[str, str | None] | None = None
     provd_puts: dict[str, dict] = field(default_factory=dict)
     undo_commands: list[list[str]] | None = None   # None: undoing runs ``commands`` again
+    database_change: Callable[[Settings], object] | None = None  # run last; not undone
     why: str = ""                                  # said once the step is applied
     said: list[str] | None = None                  # said instead of "wrote …", "ran …" when set
 
     def is_noop(self) -> bool:
         return (not self.writes and not self.directories and self.sip_expiry is None and not self.provd_puts
-                and not self.commands)
+                and not self.commands and self.database_change is None)
 
 
 def role_files() -> dict[str, Path]:
@@ -126,7 +133,7 @@ def observe(settings: Settings, target: HaConfig) -> Observed:
     for key in ("hba_file", "conf_file"):
         path = paths.node(getattr(settings.postgresql, key))
         state = FileState.read(path)
-        if target.role is Role.SLAVE and state.content is None:
+        if (target.role is Role.SLAVE or _streams(target, settings)) and state.content is None:
             raise OperationFailed(
                 f"{path} not found: is PostgreSQL 15 installed? Set [postgresql] {key} in "
                 f"{paths.SETTINGS} if it lives elsewhere. Nothing was changed."
@@ -138,9 +145,10 @@ def observe(settings: Settings, target: HaConfig) -> Observed:
     conn = database.connect(settings.database.dsn)
     try:
         expiry = database.read_sip_expiry(conn)
+        objects = tuple(stream.local_objects(conn))
     finally:
         conn.close()
-    return Observed(current, files, expiry, provd)
+    return Observed(current, files, expiry, provd, objects)
 
 
 def plan(target: HaConfig, settings: Settings, observed: Observed, start: bool = False) -> list[Step]:
@@ -166,7 +174,8 @@ def plan(target: HaConfig, settings: Settings, observed: Observed, start: bool =
         expiry_step.sip_expiry = dict(expiry)
 
     return [role_step, _pg_step(target, settings, observed), cron_step, sentinel_step, expiry_step,
-            _provd_step(target, observed), _services_step(target, settings, observed, start)]
+            _provd_step(target, observed), _services_step(target, settings, observed, start),
+            _stream_step(target, settings, observed)]
 
 
 def _want(step: Step, observed: Observed, path: Path, content: str | bytes | None, mode: int = 0o644) -> None:
@@ -177,11 +186,18 @@ def _want(step: Step, observed: Observed, path: Path, content: str | bytes | Non
         step.writes[path] = (content, mode)
 
 
+def _streams(target: HaConfig, settings: Settings) -> bool:
+    """A master in continuous mode: the slave streams from its PostgreSQL."""
+    return target.role is Role.MASTER and settings.replication.mode == stream.CONTINUOUS
+
+
 def _pg_step(target: HaConfig, settings: Settings, observed: Observed) -> Step:
     step = Step("b. slave PostgreSQL access")
     master_ip = target.remote_address if target.role is Role.SLAVE else None
-    for key, edit in (("hba_file", lambda text: pgaccess.edit_hba(text, master_ip)),
-                      ("conf_file", lambda text: pgaccess.edit_conf(text, master_ip is not None))):
+    slave_ip = target.remote_address if _streams(target, settings) else None
+    for key, edit in (("hba_file", lambda text: pgaccess.edit_hba(text, master_ip, slave_ip)),
+                      ("conf_file", lambda text: pgaccess.edit_conf(text, bool(master_ip or slave_ip),
+                                                                    slave_ip is not None))):
         path = paths.node(getattr(settings.postgresql, key))
         current = observed.files[path]
         if current.content is not None:
@@ -219,6 +235,18 @@ def _services_step(target: HaConfig, settings: Settings, observed: Observed, sta
             if start:
                 step.undo_commands.append(manager.command(manager.stop_command, name))
             step.undo_commands.append(manager.command(manager.disable_command, name))
+    return step
+
+
+def _stream_step(target: HaConfig, settings: Settings, observed: Observed) -> Step:
+    """Remove the stream's objects that the new role or mode does not keep.  Not undone
+    should a later step fail: in continuous mode the next verified copy recreates them."""
+    step = Step("h. replication stream")
+    plan = stream.teardown(target.role.value, settings.replication.mode, observed.stream)
+    if plan.needed:
+        removed = [o for o in observed.stream if (plan.subscription if o.startswith("subscription ") else plan.master)]
+        step.database_change = lambda config: stream.remove_local(config.database.dsn, plan.subscription, plan.master)
+        step.said = [f"removed {', '.join(removed)} ({plan.reason})"]
     return step
 
 
@@ -441,6 +469,8 @@ def _apply_step(step: Step, settings: Settings, timeout: float, observed: Observ
         _write_expiry(settings, step.sip_expiry)
     for command in step.commands:
         system.run(command, timeout=timeout, check=True)
+    if step.database_change is not None:
+        step.database_change(settings)
 
 
 def _write_expiry(settings: Settings, values: dict[str, str | None]) -> None:

@@ -241,7 +241,7 @@ def _pg_access_problems(access: dict, current: str | None, peer: str) -> list[st
     elif not access.get("error"):
         if access.get("hba_master"):
             problems.append(f"pg_hba.conf still lets {access['hba_master']} replicate into this {current} node")
-        if access.get("listens_everywhere"):
+        if access.get("listens_everywhere") and not access.get("streams"):
             problems.append(f"postgresql.conf still has our `{pgaccess.LISTEN_LINE}`")
     return problems
 
@@ -490,6 +490,22 @@ def check_services(facts: Facts, node: str = LOCAL) -> Check | None:
                 "when its cron job is active", node)
 
 
+def check_replication_stream(facts: Facts, node: str = LOCAL) -> Check | None:
+    """[replication] mode = continuous: the stream runs, its lag is under a minute."""
+    from .replication import stream
+
+    state = facts.get("stream")
+    if state is None or role_of(facts) not in (Role.MASTER.value, Role.SLAVE.value):
+        return None
+    serving = (facts.get("failover") or {}).get("mode") == "serving"
+    found = stream.verdict(facts.get("replication_mode") or stream.HOURLY, role_of(facts), state, serving)
+    if found is None:
+        return None
+    if found.level == OK:
+        return ok("replication-stream", found.sentence, node)
+    return (warn if found.level == WARN else fail)("replication-stream", found.sentence, found.remedy, node)
+
+
 # --- checks between the two nodes (pure) --------------------------------------------
 
 
@@ -633,6 +649,7 @@ def node_checks(facts: Facts, limits: Limits, node: str) -> list[Check]:
             check_job(facts, "replication", limits, node),
             check_job(facts, "sync", limits, node),
             check_services(facts, node),
+            check_replication_stream(facts, node),
         ]
     return [c for c in checks if c is not None]
 
@@ -749,6 +766,10 @@ def observe(settings: Settings, contact_peer: bool = True) -> dict:
         facts["failover"] = asdict(failover.load_state())
     facts["services"] = _services(settings)
     facts["probes"] = _probes(settings, config)
+    from .replication import stream
+
+    facts["replication_mode"] = settings.replication.mode
+    facts["stream"] = stream.observe_local(settings.database.dsn, config.role.value)
     return facts
 
 
@@ -798,7 +819,7 @@ def _pg_access(settings: Settings) -> dict:
     master = pgaccess.hba_master(hba)
     applies = pgaccess.first_match(hba, master) if master else None
     return {"hba_master": master, "listens_everywhere": pgaccess.listens_everywhere(conf),
-            "hba_applies": applies}
+            "hba_applies": applies, "streams": pgaccess.streams(conf)}
 
 
 def _read_bytes(path) -> bytes | None:

@@ -6,7 +6,10 @@ in which ``{service}`` is replaced by each name (``systemctl start {service}`` o
 real node, ``service {service} start`` / ``update-rc.d {service} enable`` in a
 container).
 
-* :meth:`Manager.start` enables each service at boot, then starts it, in order;
+* :meth:`Manager.start` enables each service at boot, then starts it, in order; with
+  ``[replication] mode = continuous`` it first disables the replication stream from
+  the master (:func:`xivo_ha.replication.stream.stop_on_slave`), so that nothing from
+  the master overwrites what the slave learns while it serves;
 * :meth:`Manager.stop` stops each service, then disables it at boot, in reverse
   order, so that a reboot or an upgrade does not bring them back on a slave;
 * :meth:`Manager.status` asks each one; the summary is ``running`` (all),
@@ -108,6 +111,7 @@ class Manager:
     disable_command: tuple[str, ...]
     status_command: tuple[str, ...]
     timeout: float = 120.0
+    stream_dsn: str | None = None  # continuous mode: the database whose subscription a start disables
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Manager":
@@ -122,6 +126,7 @@ class Manager:
             disable_command=_template(settings, "disable_command"),
             status_command=_template(settings, "status_command"),
             timeout=float(settings.services.command_timeout),
+            stream_dsn=settings.database.dsn if settings.replication.mode == "continuous" else None,
         )
 
     def command(self, template: Sequence[str], service: str) -> list[str]:
@@ -140,22 +145,32 @@ class Manager:
         progress(f"{verb}: {service}")
         return None
 
-    def _steps(self, plan: Sequence[tuple[str, Sequence[str], str]], progress: Progress) -> None:
-        failures = [
+    def _steps(self, plan: Sequence[tuple[str, Sequence[str], str]], progress: Progress,
+               failures: Sequence[str] = ()) -> None:
+        failures = [*failures, *[
             failure
             for verb, template, service in plan
             if (failure := self._step(verb, template, service, progress)) is not None
-        ]
+        ]]
         if failures:
             raise OperationFailed("; ".join(failures))
 
     def start(self, progress: Progress = quiet) -> None:
-        """Enable at boot, then start, each service in order."""
+        """Stop the replication stream (continuous mode), then enable at boot and start
+        each service in order (started even when the stream could not be stopped)."""
+        failures = []
+        if self.stream_dsn is not None:
+            from .replication import stream
+
+            try:
+                stream.stop_on_slave(self.stream_dsn, progress)
+            except OperationFailed as exc:
+                failures.append(str(exc))
         plan = []
         for service in self.services:
             plan.append(("enable", self.enable_command, service))
             plan.append(("start", self.start_command, service))
-        self._steps(plan, progress)
+        self._steps(plan, progress, failures)
 
     def stop(self, progress: Progress = quiet) -> None:
         """Stop, then disable at boot, each service in reverse order."""

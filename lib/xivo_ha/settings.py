@@ -44,6 +44,7 @@ class Replication:
     exclude_tables: list[str]
     lock_timeout: int
     timeout: int
+    mode: str
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ def collect(settings: Settings, probe_peer: bool = False) -> dict[str, Any]:
     report["interrupted_change"] = apply.interrupted_change()
     report["maintenance"] = _maintenance(settings)
     report["failover"] = _failover() if config.role is role.Role.SLAVE else None
+    report["replication"] = _replication(settings, config, report["failover"])
     report["peer"] = _peer(settings, config) if probe_peer and config.remote_address else None
     return report
 
@@ -56,6 +57,19 @@ def _maintenance(settings: Settings) -> dict[str, Any]:
     data = entry.to_dict()
     data["overdue"] = entry.age() > settings.doctor.maintenance_warn_age
     return data
+
+
+def _replication(settings: Settings, config: role.HaConfig, failover: dict | None) -> dict[str, Any]:
+    """The replication mode; on a master or slave, the stream as this node sees it and its verdict."""
+    from .replication import stream
+
+    mode = settings.replication.mode
+    if config.role is role.Role.DISABLED:
+        return {"mode": mode, "stream": None, "verdict": None}
+    state = stream.observe_local(settings.database.dsn, config.role.value)
+    found = stream.verdict(mode, config.role.value, state, serving=(failover or {}).get("mode") == "serving")
+    return {"mode": mode, "stream": state,
+            "verdict": None if found is None else {"status": found.level, "finding": found.sentence}}
 
 
 def _failover() -> dict[str, Any]:
@@ -141,6 +155,14 @@ def _more_lines(report: dict[str, Any]) -> list[str]:
         lines.append(text)
         if failover.get("reason"):
             lines.append(f"  last transition: {failover['reason']}")
+    replication = report.get("replication") or {}
+    if replication.get("mode"):
+        text = f"replication: {replication['mode']}"
+        if replication.get("verdict"):
+            verdict = replication["verdict"]
+            text += f", stream {verdict['finding']}" if verdict["status"] == "OK" else \
+                f"; {verdict['status']}: {verdict['finding']}"
+        lines.append(text)
     peer = report.get("peer")
     if peer:
         state_text = "reachable" if peer["reachable"] else "NOT reachable"

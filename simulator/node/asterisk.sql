@@ -5,9 +5,11 @@
 -- Load into an empty database created with UTF8 encoding:
 --   createdb -E UTF8 -T template0 asterisk && psql -d asterisk -f asterisk.sql
 -- Replicated to the slave: configuration (users, lines, extensions, voicemail, SIP,
--- contexts, DHCP, trunks).  Excluded by default: network configuration (netiface,
--- resolvconf), support configuration (mail, monitoring), provisioning, event data
--- (queue_log, cel, call_log*, stat_*), and alembic_version (compared, not copied).
+-- contexts, DHCP, trunks) and the registrar's bindings (location, Kamailio's table
+-- standing in for usersip's registration columns).  Excluded by default: network
+-- configuration (netiface, resolvconf), support configuration (mail, monitoring),
+-- provisioning, event data (queue_log, cel, call_log*, stat_*), and alembic_version
+-- (compared, not copied).
 
 BEGIN;
 
@@ -161,6 +163,40 @@ CREATE TABLE trunkfeatures (
 );
 CREATE INDEX trunkfeatures__idx__registerid ON trunkfeatures (registerid);
 
+-- The registrar's bindings: Kamailio's usrloc table (schema version 9, Kamailio
+-- 5.6, /usr/share/kamailio/postgres/usrloc-create.sql; only this table and
+-- the indexes its queries use).  It stands in for the realtime registration
+-- columns of XiVO's usersip (ipaddr, port, regseconds, fullcontact,
+-- useragent, ...), which Asterisk writes on each REGISTER.  Replicated: the
+-- slave's registrar loads the rows when it starts.
+CREATE TABLE location (
+    id serial PRIMARY KEY,
+    ruid varchar(64) NOT NULL DEFAULT '',
+    username varchar(64) NOT NULL DEFAULT '',
+    domain varchar(64) DEFAULT NULL,
+    contact varchar(512) NOT NULL DEFAULT '',
+    received varchar(128) DEFAULT NULL,
+    path varchar(512) DEFAULT NULL,
+    expires timestamp without time zone NOT NULL DEFAULT '2030-05-28 21:32:15',
+    q real NOT NULL DEFAULT 1.0,
+    callid varchar(255) NOT NULL DEFAULT 'Default-Call-ID',
+    cseq integer NOT NULL DEFAULT 1,
+    last_modified timestamp without time zone NOT NULL DEFAULT '2000-01-01 00:00:01',
+    flags integer NOT NULL DEFAULT 0,
+    cflags integer NOT NULL DEFAULT 0,
+    user_agent varchar(255) NOT NULL DEFAULT '',
+    socket varchar(64) DEFAULT NULL,
+    methods integer DEFAULT NULL,
+    instance varchar(255) DEFAULT NULL,
+    reg_id integer NOT NULL DEFAULT 0,
+    server_id integer NOT NULL DEFAULT 0,
+    connection_id integer NOT NULL DEFAULT 0,
+    keepalive integer NOT NULL DEFAULT 0,
+    partition integer NOT NULL DEFAULT 0,
+    CONSTRAINT location_ruid_idx UNIQUE (ruid)
+);
+CREATE INDEX location_account_contact_idx ON location (username, domain, contact);
+CREATE INDEX location_expires_idx ON location (expires);
 -- Incoming calls from trunks (XiVO's incall): the DID is an extension of type
 -- 'incall' (typeval = incall.id) in the context 'from-extern'; where the call
 -- goes is the incall's dialaction for the event 'answer' (category 'incall',

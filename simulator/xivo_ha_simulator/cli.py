@@ -26,7 +26,7 @@ from plumbum.cli.application import ShowHelp, ShowHelpAll, ShowVersion
 from plumbum.cli.switches import SwitchError
 
 from . import __version__, faults
-from .cluster import PROJECT, Cluster, ClusterError
+from .cluster import PROJECT, REPLICATION_MODES, Cluster, ClusterError
 from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE, DEFAULT_PSTN_RATE, DEFAULT_TRUNK_EXPIRY
 from .simulation import Options, Simulation
 
@@ -152,6 +152,11 @@ class Run(Application):
                                        "register row ~expiry, replicated to the slave")
     bound = cli.SwitchAttr(["--bound"], PositiveFloat(86400), default=DEFAULT_BOUND, argname="SECONDS",
                            help="Downtime bound, real-equivalent seconds (XiVO: 5 minutes)")
+    replication = cli.SwitchAttr(["--replication"], cli.Set(*REPLICATION_MODES), default="hourly",
+                                 help="[replication] mode of both nodes: the hourly verified copy (XiVO), or "
+                                      "continuous (a stream between the copies)")
+    fast = cli.Flag(["--fast"], help="The slave's check in fast mode: --loop 55 --interval 5 (divided by K), "
+                                     "one ping per round")
     new_users = cli.SwitchAttr(["--new-users"], cli.Range(1, 1000), default=0, argname="N",
                                help="Create N users on the master shortly before the fault (their phones start "
                                     "then) and report how many can register and call on the slave after it")
@@ -171,6 +176,7 @@ class Run(Application):
             failback_after=self.failback_after, report_dir=self.report_dir, sip_probe=self.sip_probe,
             failback_policy=self.failback_policy, failures_before_failover=self.failures_before_failover,
             call_rate=self.call_rate, bound=self.bound, reuse=self.reuse, project=self.project,
+            replication=self.replication, fast=self.fast,
             invite_timeout=self.invite_timeout,
             pstn_rate=self.pstn_rate, trunk_expiry=self.trunk_expiry,
             cti=not self.no_cti, new_users=self.new_users, created_before_fault=self.created_before_fault,

@@ -23,7 +23,13 @@ rows 180/300/240); only timers are divided by K: the registrar grants expiry/K
 ``xivo-check-master-status`` on the slave with ``docker exec`` every 60/K s
 (:class:`Checker`) with its probe timers divided by K through
 ``XIVO_HA_<SECTION>_<KEY>`` variables.  With K = 1 the nodes' own cron runs the
-checks and the simulator only watches the slave's state.
+checks and the simulator only watches the slave's state.  In fast mode each check
+repeats itself within its minute (``--loop 55 --interval 5``, divided by K, with
+one ping per round: ``[failover] loop``/``interval`` and ``[probe] ping_count`` on
+the slave).
+
+**Replication mode.**  ``[replication] mode`` (hourly or continuous) is written on
+both nodes before ``xivo-ha enable``, which sets up what the mode needs.
 
 All traffic stays on the compose network: the phones bind to the host's address
 on it (the bridge gateway), and probes go between the two containers.  A third
@@ -39,6 +45,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -71,6 +78,25 @@ REAL_PROBE_TIMERS = {
     "PROBE_PING_TIMEOUT": (1.0, 0.1),
     "PROBE_SIP_TIMEOUT": (32.0, 0.5),
 }
+
+# Fast mode: what a slave's cron line runs within each minute, real seconds.
+FAST_LOOP = 55.0
+FAST_INTERVAL = 5.0
+FAST_MIN_INTERVAL = 0.5  # the configspec's lower bound of [failover] interval
+REPLICATION_MODES = ("hourly", "continuous")
+# Prints the [replication] mode values the node's toolkit knows (none: it has no such setting).
+_MODES_SCRIPT = (
+    "import re\n"
+    "from configobj import ConfigObj\n"
+    "from xivo_ha import paths\n"
+    "spec = ConfigObj(str(paths.configspec()), list_values=False, _inspec=True)\n"
+    "line = spec.get('replication', {}).get('mode', '')\n"
+    "print(' '.join(re.findall(r'\"(\\w+)\"', line.split('default=')[0])))\n"
+)
+_MODE_SCRIPT = (
+    "from xivo_ha import settings\n"
+    "print(settings.load().replication.mode)\n"
+)
 
 Log = Callable[[str], None]
 
@@ -149,6 +175,22 @@ def scaled_probe_env(time_scale: float) -> dict[str, str]:
     return env
 
 
+def fast_check_switches(time_scale: float, fast: bool) -> list[str]:
+    """The switches of xivo-check-master-status in fast mode, loop and interval divided by K."""
+    if not fast:
+        return []
+    interval = max(FAST_MIN_INTERVAL, FAST_INTERVAL / time_scale)
+    return ["--loop", f"{FAST_LOOP / time_scale:g}", "--interval", f"{interval:g}"]
+
+
+def fast_settings(fast: bool) -> dict[tuple[str, str], str]:
+    """The slave's settings of a fast-mode node (real values), or the packaged defaults."""
+    if fast:
+        return {("failover", "loop"): f"{FAST_LOOP:g}", ("failover", "interval"): f"{FAST_INTERVAL:g}",
+                ("probe", "ping_count"): "1"}
+    return {("failover", "loop"): "0", ("failover", "interval"): "10", ("probe", "ping_count"): "3"}
+
+
 @dataclass(frozen=True)
 class BringUp:
     """What the bring-up established and how long each step took."""
@@ -183,11 +225,12 @@ class Cluster:
     """The two nodes of one compose project."""
 
     def __init__(self, project: str = PROJECT, time_scale: float = 10.0, net: str | None = None,
-                 compose: Path | None = None, log: Log | None = None):
+                 compose: Path | None = None, log: Log | None = None, fast: bool = False):
         if time_scale <= 0:
             raise ValueError("the time scale must be positive")
         self.project = project
         self.time_scale = float(time_scale)
+        self.fast = fast
         self.net = net or os.environ.get("XIVO_HA_SIM_NET") or "172.28.5"
         self.compose_path = compose or compose_file()
         self.log = log or (lambda text: None)
@@ -319,7 +362,7 @@ class Cluster:
 
     # ------------------------------------------------------------------ bring-up with the toolkit
 
-    def bring_up(self, users: int, trunk_expiry: int | None = None) -> BringUp:
+    def bring_up(self, users: int, trunk_expiry: int | None = None, replication: str = "hourly") -> BringUp:
         """Make the fresh nodes a master and a slave with the real toolkit; see the module doc."""
         master, slave = self.address(MASTER), self.address(SLAVE)
         steps: list[tuple[str, float]] = []
@@ -332,6 +375,7 @@ class Cluster:
             return value
 
         step(f"{users} demo users on the master", lambda: self.add_users(MASTER, users))
+        step(f"[replication] mode = {replication} on both nodes", lambda: self.set_replication_mode(replication))
         if trunk_expiry is not None:
             step(f"the trunk to the carrier on the master (register expiry {trunk_expiry} s)",
                  lambda: self.set_trunk(MASTER, trunk_expiry))
@@ -458,6 +502,36 @@ class Cluster:
         )
         self.exec(node, ["python3", "-c", script, section, key, value])
 
+    def replication_modes(self, node: str) -> tuple[str, ...]:
+        """The [replication] mode values the node's toolkit knows; () when it has no such setting."""
+        return tuple(self.exec(node, ["python3", "-c", _MODES_SCRIPT]).stdout.split())
+
+    def replication_mode(self, node: str) -> str:
+        """The node's [replication] mode: hourly when its toolkit has no such setting."""
+        if not self.replication_modes(node):
+            return "hourly"
+        return self.exec(node, ["python3", "-c", _MODE_SCRIPT]).stdout.strip()
+
+    def set_replication_mode(self, mode: str) -> bool:
+        """Set [replication] mode on both nodes; whether it changed on any.
+
+        A toolkit without the setting replicates hourly: nothing to write then for
+        hourly, and continuous is refused with what to do.
+        """
+        if mode not in REPLICATION_MODES:
+            raise ValueError(f"replication mode {mode!r}: expected one of {', '.join(REPLICATION_MODES)}")
+        changed = False
+        for node in NODES:
+            known = self.replication_modes(node)
+            if mode not in known and (known or mode != "hourly"):
+                raise ClusterError(f"the {node} node's xivo-ha has no [replication] mode = {mode} "
+                                   f"(it knows: {', '.join(known) or 'hourly only'}): rebuild the .deb and the "
+                                   f"node image (make deb, simulator/node/build-images node)")
+            if known and self.replication_mode(node) != mode:
+                self.set_setting(node, "replication", "mode", mode)
+                changed = True
+        return changed
+
     # ------------------------------------------------------------------ the slave's checks
 
     def check_env(self) -> dict[str, str]:
@@ -466,8 +540,8 @@ class Cluster:
     def check_once(self, timeout: float | None = None) -> Result:
         """One real xivo-check-master-status on the slave, probe timers divided by K."""
         budget = timeout or (120.0 + 3 * CHECK_PERIOD / self.time_scale)
-        result = self.exec(SLAVE, ["xivo-check-master-status", self.address(MASTER)], env=self.check_env(),
-                           timeout=budget, check=False)
+        argv = ["xivo-check-master-status", *fast_check_switches(self.time_scale, self.fast), self.address(MASTER)]
+        result = self.exec(SLAVE, argv, env=self.check_env(), timeout=budget, check=False)
         if result.returncode not in (0,):
             self.log(f"xivo-check-master-status exited {result.returncode}: {result.output()}")
         return result
@@ -517,6 +591,23 @@ class Cluster:
         state = self.slave_state()
         if state.get("mode") == SERVING:
             self.check_once()
+
+
+def transition_time(state: Mapping, now: float, now_wall: float) -> tuple[float, float]:
+    """(monotonic, wall) time the slave's state changed to its mode: the time it wrote
+    (``last_failover`` or ``last_failback``, ISO 8601), else now.
+
+    A check in fast mode runs many rounds; the change is seen at its end, up to a
+    loop later than it happened.
+    """
+    stamp = state.get("last_failover" if state.get("mode") == SERVING else "last_failback")
+    try:
+        wall = datetime.fromisoformat(str(stamp)).timestamp() if stamp else None
+    except ValueError:
+        wall = None
+    if wall is None or not 0 <= now_wall - wall <= 3600:
+        return now, now_wall
+    return now - (now_wall - wall), wall
 
 
 class Checker:
@@ -594,8 +685,8 @@ class Checker:
             self.history.append((time.monotonic(), str(state.get("condition") or "")))
         mode = state.get("mode")
         if mode and mode != self._mode:
-            event = SlaveEvent(time.monotonic(), time.time(), mode, str(state.get("condition", "")),
-                               str(state.get("reason", "")))
+            t, wall = transition_time(state, time.monotonic(), time.time())
+            event = SlaveEvent(t, wall, mode, str(state.get("condition", "")), str(state.get("reason", "")))
             self.events.append(event)
             self.log(f"slave: {mode}: {event.reason}")
             self._mode = mode

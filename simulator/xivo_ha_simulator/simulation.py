@@ -21,7 +21,8 @@ from typing import TextIO
 
 from . import cti, faults, pstn, rpo
 from . import report as rep
-from .cluster import CARRIER, MASTER, PROJECT, SHARE, SLAVE, BringUp, Checker, Cluster, ClusterError
+from .cluster import (CARRIER, MASTER, PROJECT, SHARE, SLAVE, BringUp, Checker, Cluster, ClusterError,
+                      fast_check_switches, fast_settings)
 from .constants import (DEFAULT_BOUND, DEFAULT_CALL_RATE, DEFAULT_PSTN_RATE, DEFAULT_TRUNK_EXPIRY, OUTAGE, SERVED,
                         SERVING)
 from .events import CTI_CONNECTED, NONE
@@ -50,6 +51,8 @@ class Options:
     reuse: bool = False
     project: str = PROJECT
     net: str | None = None
+    replication: str = "hourly"  # [replication] mode of both nodes
+    fast: bool = False  # the slave's check in fast mode
     cti: bool = True  # one XiVO Client per phone's user (cti.py)
     new_users: int = 0  # users created on the master shortly before the fault (rpo.py)
     created_before_fault: float = 0.0  # real seconds between their creation and the fault (divided by K)
@@ -145,7 +148,7 @@ class Simulation:
     # ---------------------------------------------------------------- phases
 
     def cluster(self) -> tuple[Cluster, BringUp]:
-        cluster = Cluster(self.o.project, self.k, self.o.net, log=self.say)
+        cluster = Cluster(self.o.project, self.k, self.o.net, log=self.say, fast=self.o.fast)
         if self.o.reuse and cluster.exists() and cluster.time_scale_of_nodes() == self.k:
             self.say("reusing the running cluster: resetting it")
             info = self.reuse(cluster)
@@ -153,13 +156,18 @@ class Simulation:
             if self.o.reuse:
                 self.say("no running cluster with this time scale: creating one")
             cluster.up(recreate=True)
-            info = cluster.bring_up(self.o.phones, trunk_expiry=self.o.trunk_expiry)
+            info = cluster.bring_up(self.o.phones, trunk_expiry=self.o.trunk_expiry, replication=self.o.replication)
         return cluster, info
 
     def reuse(self, cluster: Cluster) -> BringUp:
         cluster.reset(self.o.sip_probe)
         users, _ = cluster.users_digest(MASTER)
         slave_ip = cluster.address(SLAVE)
+        if cluster.set_replication_mode(self.o.replication):
+            # What the new mode needs (or no longer needs) is set up by the role change.
+            self.say(f"replication mode {self.o.replication}: xivo-ha enable again on both nodes")
+            cluster.exec(SLAVE, ["xivo-ha", "enable", "slave", cluster.address(MASTER)], timeout=120)
+            cluster.exec(MASTER, ["xivo-ha", "enable", "master", slave_ip], timeout=120)
         if users < self.o.phones:
             cluster.add_users(MASTER, self.o.phones)
             cluster.exec(MASTER, ["xivo-ha", "enable", "master", slave_ip], timeout=120)
@@ -204,7 +212,7 @@ class Simulation:
     def slave_settings(self, cluster: Cluster) -> dict:
         """Write this run's probe and failover settings on the slave; return them."""
         wanted = {("probe", "sip_probe"): "on" if self.o.sip_probe else "off",
-                  ("failover", "failures_before_failover"): "1"}
+                  ("failover", "failures_before_failover"): "1", **fast_settings(self.o.fast)}
         for section, key, value in self.fault.slave_settings:
             wanted[(section, key)] = value
         if self.o.failures_before_failover is not None:
@@ -332,7 +340,7 @@ class Simulation:
     def run(self) -> Outcome:
         o, k, fault = self.o, self.k, self.fault
         self.say(f"scenario {fault.name}: {fault.summary}; {o.phones} phones, time scale x{k:g}, "
-                 f"SIP probe {'on' if o.sip_probe else 'off'}"
+                 f"SIP probe {'on' if o.sip_probe else 'off'}, {self.modes()}"
                  + (f", failback after {o.failback_after:g}s" if o.failback_after is not None else ""))
         timings = {}
         t = time.monotonic()
@@ -504,6 +512,9 @@ class Simulation:
             "failback_policy": self.o.failback_policy,
             "call_rate": self.o.call_rate,
             "fault_steps": [step.describe() for step in self.fault.inject],
+            "replication_mode": self.o.replication,
+            "fast": self.o.fast,
+            "check_switches": fast_check_switches(self.k, self.o.fast),
             "slave_settings": settings,
             "slave_failovers": report.slave.failovers,
             "slave_failbacks": report.slave.failbacks,
@@ -528,6 +539,13 @@ class Simulation:
         simulation["replications"] = [{"wall": round(wall, 3), "ok": ok} for wall, ok in replications]
         files = rep.write_all(report, events, Path(self.o.report_dir), simulation)
         return {key: str(path) for key, path in files.items()}
+
+    def modes(self) -> str:
+        """The replication mode and the slave's check mode, as the report states them."""
+        check = "one check a minute (XiVO)"
+        if self.o.fast:
+            check = f"fast mode ({' '.join(fast_check_switches(self.k, True))}, one ping per round)"
+        return f"replication {self.o.replication}, slave checks: {check}"
 
     def table(self, outcome: Outcome) -> str:
         report = outcome.report
@@ -556,6 +574,7 @@ class Simulation:
                          f"{rep.how_often(slave.failbacks)}")
             if self.fault.note and not self.o.sip_probe:
                 lines.append(f"note: {self.fault.note}")
+        lines.append(self.modes())
         for reason in report.reasons:
             lines.append(f"  - {reason}")
         lines.append(f"verdict: {report.verdict}")

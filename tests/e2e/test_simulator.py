@@ -24,7 +24,10 @@ sampled to within seconds; the HA settings are the shipped defaults):
 * network-cut with a 3600 s trunk expiry: PSTN calls keep failing after the
   master is back (the carrier keeps the slave's registration);
 * power-off with 3 users created after the last replication: they cannot register on
-  the slave (the report says why), the others and their XiVO Clients move to it -- PASS.
+  the slave (the report says why), the others and their XiVO Clients move to it -- PASS;
+* power-off with `--replication continuous --fast`: the slave's registrar starts
+  with the bindings the stream brought, phones are called through it before they
+  register there (incoming calls back after the fault: p50/p95 printed).
 """
 
 from __future__ import annotations
@@ -335,3 +338,35 @@ def test_users_created_after_the_last_replication_cannot_register_on_the_slave(s
     last_login = {pid: [e for e in evs if e["event"] == "cti_connected"][-1]["node"]
                   for pid, evs in sim["cti_events"].items()}
     assert set(last_login.values()) == {"slave"}, last_login
+
+
+def test_continuous_replication_fast_checks_phones_called_on_the_slave_before_they_register_there(
+        sim_cluster, tmp_path):
+    """Power-off, continuous mode, fast checks: the slave's registrar starts with the master's bindings."""
+    code, report = simulate(tmp_path, "power-off", "--replication", "continuous", "--fast")
+    sim = report["simulation"]
+    assert (sim["replication_mode"], sim["fast"]) == ("continuous", True)
+    assert sim["check_switches"] == ["--loop", "5.5", "--interval", "0.5"]
+    serving = [e["wall"] for e in sim["slave_events"] if e["mode"] == "serving"]
+    assert len(serving) == 1, sim["slave_events"]
+    fault = report["fault"]["wall"]
+    # Per phone: the first call it answered once the slave served, and its first REGISTER there.
+    answered, registered = {}, {}
+    for number, entry in report["per_phone"].items():
+        events = entry["events"]
+        answered[number] = next((e["wall"] for e in events if e["event"] == "call_answered"
+                                 and e["wall"] >= serving[0]), None)
+        registered[number] = next((e["wall"] for e in events if e["event"] == "registered"
+                                   and e.get("node") == "slave"), None)
+    before = [n for n in answered if answered[n] is not None
+              and (registered[n] is None or answered[n] < registered[n])]
+    back = sorted((answered[n] - fault) * TIME_SCALE for n in answered if answered[n] is not None)
+    if back:
+        print(f"incoming calls back after the fault (real-equivalent s) over {len(back)} phones: "
+              f"p50 {back[len(back) // 2]:.1f}, p95 {back[min(len(back) - 1, int(0.95 * len(back)))]:.1f}; "
+              f"slave serving at {(serving[0] - fault) * TIME_SCALE:.1f} s; {len(before)} phones called "
+              f"through the slave before they registered there")
+    # Phones that only ever registered on the master were reached through the slave: it
+    # loaded their bindings, shipped by the stream, when it started serving.
+    assert before, {n: (answered[n], registered[n]) for n in answered}
+    assert int(sim_cluster.sql("slave", "SELECT count(DISTINCT username) FROM location")) >= len(before)

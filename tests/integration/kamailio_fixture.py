@@ -47,6 +47,9 @@ MODULE_PATH = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 ASTERISK_ROLE = "asterisk"
 ASTERISK_PASSWORD = "superpass"
 DEFAULT_LINES = range(1001, 1101)
+# The registrar writes its bindings (usrloc db_mode 1), as the node's entrypoint allows it to.
+LOCATION_GRANTS = (f"GRANT INSERT, UPDATE, DELETE ON location TO {ASTERISK_ROLE}; "
+                   f"GRANT USAGE ON SEQUENCE location_id_seq TO {ASTERISK_ROLE}")
 
 
 def line_credentials(number: int) -> Credentials:
@@ -64,7 +67,7 @@ class LineDatabase:
         try:
             self.server.create_database(self.name)
             self.sql(f"CREATE ROLE {ASTERISK_ROLE} LOGIN PASSWORD '{ASTERISK_PASSWORD}'; "
-                     f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ASTERISK_ROLE}")
+                     f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ASTERISK_ROLE}; {LOCATION_GRANTS}")
             self.server.stock_auth()  # from now on: peer for postgres, scram over TCP
             self.add_lines(lines)
         except BaseException:

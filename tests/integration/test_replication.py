@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 COMMAND = REPO / "bin" / "xivo-master-slave-db-replication"
-REPLICATED = ["context", "dhcp", "dialaction", "extensions", "incall", "linefeatures", "staticsip",
+REPLICATED = ["context", "dhcp", "dialaction", "extensions", "incall", "linefeatures", "location", "staticsip",
               "trunkfeatures", "user_line", "userfeatures", "usersip", "voicemail"]
 EXCLUDED = ["alembic_version", "call_log", "call_log_participant", "cel", "mail", "monitoring", "netiface",
             "provisioning", "queue_log", "resolvconf", "stat_agent", "stat_call_on_queue", "stat_queue"]

@@ -65,7 +65,8 @@ def test_plan_names_every_step_in_xivo_s_order(config):
     steps = apply.plan(HaConfig(Role.MASTER, SLAVE), config, fresh(config))
     assert [step.name for step in steps] == [
         "a. role in /etc/xivo/ha.conf", "b. slave PostgreSQL access", "c. cron", "d. sentinels",
-        "e. SIP expiry", "f. provisioning backup registrar", "g. slave services at boot"]
+        "e. SIP expiry", "f. provisioning backup registrar", "g. slave services at boot",
+        "h. replication stream"]
 
 
 def test_fresh_node_to_master(config):

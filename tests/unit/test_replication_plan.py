@@ -25,7 +25,7 @@ DEFAULT_EXCLUDES = ["netiface", "resolvconf", "mail", "monitoring", "provisionin
                     "call_log*", "stat_*", "alembic_version"]
 REFERENCE_TABLES = [
     "alembic_version", "context", "userfeatures", "voicemail", "usersip", "linefeatures", "extensions",
-    "user_line", "staticsip", "trunkfeatures", "dhcp", "netiface", "resolvconf", "mail", "monitoring",
+    "user_line", "staticsip", "trunkfeatures", "location", "dhcp", "netiface", "resolvconf", "mail", "monitoring",
     "provisioning", "queue_log", "cel", "call_log", "call_log_participant", "stat_agent", "stat_queue",
     "stat_call_on_queue",
 ]
@@ -56,12 +56,12 @@ def test_patterns_are_shell_style_and_case_sensitive():
 
 def test_default_plan_replicates_configuration_and_excludes_the_rest():
     plan = make_plan(info(), DEFAULT_EXCLUDES)
-    assert plan.tables == ("context", "dhcp", "extensions", "linefeatures", "staticsip", "trunkfeatures",
-                           "user_line", "userfeatures", "usersip", "voicemail")
+    assert plan.tables == ("context", "dhcp", "extensions", "linefeatures", "location", "staticsip",
+                           "trunkfeatures", "user_line", "userfeatures", "usersip", "voicemail")
     assert set(plan.excluded) == set(REFERENCE_TABLES) - set(plan.tables)
     assert "alembic_version" in plan.excluded and "call_log_participant" in plan.excluded
     assert plan.truncate == plan.tables and plan.delete == ()
-    assert "10 tables replicated, 13 excluded" in plan.explain()
+    assert "11 tables replicated, 13 excluded" in plan.explain()
 
 
 def test_circular_keys_between_replicated_tables_allow_truncate():

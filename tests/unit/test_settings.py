@@ -87,7 +87,7 @@ def test_binary_settings_and_relative_paths_are_refused(tmp_path):
 
 
 # The Python type each configspec check gives.
-CHECK_TYPES = {"string": str, "integer": int, "float": float, "boolean": bool, "string_list": list[str]}
+CHECK_TYPES = {"string": str, "option": str, "integer": int, "float": float, "boolean": bool, "string_list": list[str]}
 
 
 def test_every_configspec_key_has_its_typed_field_and_every_field_its_key():

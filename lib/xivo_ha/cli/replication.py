@@ -9,6 +9,7 @@ from plumbum import cli
 from . import Command, run
 from .. import database, events, metrics, paths, replication, role, runstate, settings, system
 from ..errors import OperationFailed
+from ..replication import stream
 
 JOB = "replication"
 FAILED = "Slave replication failed"
@@ -27,6 +28,9 @@ class Replication(Command):
 
     Runs on the master, every hour from cron.  When nothing changed on either side
     since the last successful run, nothing is copied (--force copies anyway).
+    With [replication] mode = continuous, every run copies and re-bases the
+    PostgreSQL logical replication stream that ships each change to the slave
+    within seconds: it starts exactly where the copy's snapshot ends.
     Before copying, both databases must have the same encoding and locale, the
     same alembic schema version and the same tables and columns; otherwise the
     error says how to fix the slave.
@@ -131,11 +135,16 @@ class Replication(Command):
             # would mail that every hour, and its database is checked instead.
             level = logger.warning if check.warn else logger.info if report is None else logger.debug
             level("%s", check.reason)
+            limits = database.Limits.from_settings(config)
+            sessions_must_be_ours = check.sessions_must_be_ours and not self.dry_run
+            if options.mode == stream.CONTINUOUS and not self.dry_run:
+                # Every verified copy re-bases the stream: whatever drifted or stopped is repaired.
+                return stream.rebase(config.database.dsn, target, options.exclude_tables, progress=logger.debug,
+                                     limits=limits, sessions_must_be_ours=sessions_must_be_ours)
             return replication.replicate(
                 config.database.dsn, target, options.exclude_tables,
                 force=self.force, dry_run=self.dry_run, progress=logger.debug,
-                limits=database.Limits.from_settings(config),
-                sessions_must_be_ours=check.sessions_must_be_ours and not self.dry_run,
+                limits=limits, sessions_must_be_ours=sessions_must_be_ours,
             )
 
     @staticmethod

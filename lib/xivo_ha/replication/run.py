@@ -166,6 +166,8 @@ class Run:
     info: DatabaseInfo | None = None  # the master's
     plan: Plan | None = None
     tables: list[Table] = field(default_factory=list)
+    snapshot: str | None = None  # an exported snapshot the master's transaction reads from
+    before_commit: Callable[[Any, Plan], None] | None = None  # run in the slave's transaction, last
 
     def both(self, function: Callable[[Any], Any]) -> tuple[Any, Any]:
         """``function`` on the master and, at the same time, on the slave: both results."""
@@ -187,19 +189,23 @@ def replicate(
     progress: Progress = quiet,
     limits: "database.Limits | None" = None,
     sessions_must_be_ours: bool = False,
+    snapshot: str | None = None,
+    before_commit: Callable[[Any, Plan], None] | None = None,
 ) -> Outcome:
     """Replicate (or skip, or describe with ``dry_run``); raises OperationFailed with the reason.
 
     Every session gets ``limits`` (default: the [database] settings); the whole run
     is cancelled after ``target.deadline`` seconds.  A lock held too long raises
-    :class:`Busy`.
+    :class:`Busy`.  With ``snapshot``, the master's copy reads that exported snapshot
+    (see :mod:`.stream`); ``before_commit(slave, plan)`` runs last in the slave's transaction.
     """
     started = time.monotonic()
     limits = database.Limits.from_settings() if limits is None else limits
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replication-slave") as pool:
         master, slave = _connect_both(master_dsn, target, limits, pool)
         try:
-            run = Run(master, slave, target, tuple(exclude), force, dry_run, progress, started, pool)
+            run = Run(master, slave, target, tuple(exclude), force, dry_run, progress, started, pool,
+                      snapshot=snapshot, before_commit=before_commit)
             return _within_deadline(run, sessions_must_be_ours)
         finally:
             _close(slave)
@@ -345,6 +351,9 @@ def _skip_if_unwritten(run: Run) -> Outcome | None:
 
 def _observe(run: Run) -> None:
     """Both catalogues, the plan, the preflight checks, the session settings."""
+    if run.snapshot is not None:
+        sql = catalogue.sql_module()
+        run.master.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(run.snapshot)))
     master_info, slave_info = run.both(catalogue.inspect)
     run.info = master_info
     run.plan = make_plan(master_info, run.exclude)
@@ -427,6 +436,8 @@ def _states(stats: Mapping[str, tuple], sequences: Mapping[str, tuple[int, bool]
 def _commit(run: Run, fingerprint: Fingerprint, counts: Mapping[str, int]) -> Outcome:
     """Commit on the slave, then remember the new fingerprint."""
     assert run.plan is not None
+    if run.before_commit is not None:
+        run.before_commit(run.slave, run.plan)
     run.progress("committing on the slave")
     run.slave.commit()
     run.master.rollback()
