@@ -114,7 +114,8 @@ class Simulator(Application):
 
 @Simulator.subcommand("run")
 class Run(Application):
-    """Build the cluster, start the phones and their calls, inject the fault, report what users lost (exit 0 PASS, 1 FAIL)"""
+    """Build the cluster, start the phones and their calls, inject the fault, report what users lost
+    (exit 0 PASS, 1 FAIL)"""
 
     phones = cli.SwitchAttr(["--phones"], cli.Range(1, 20000), default=200, argname="N",
                             help="Number of SIP phones (primary = master, backup = slave)")
