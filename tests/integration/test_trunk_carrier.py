@@ -101,8 +101,11 @@ def test_the_node_registers_its_trunk_and_the_carrier_routes_a_did_to_the_phone(
 
 
 def test_a_later_registration_takes_the_trunk_and_the_calls(tmp_path, database, carrier):
+    # Two nodes, each with its own database (the registrars keep their bindings there).
     add_trunk(database, carrier, expiry=60)
     first = start_trunk_node(tmp_path, database)
+    other = LineDatabase(range(1001, 1011))
+    add_trunk(other, carrier, expiry=60)
     second = None
 
     async def scenario():
@@ -110,7 +113,7 @@ def test_a_later_registration_takes_the_trunk_and_the_calls(tmp_path, database, 
         a = await phone_on(first, 1002)  # registered on the first node only
         try:
             assert CALL_CONNECTED in [k for k, _ in await until_trunk_on(carrier, a)]
-            second = start_trunk_node(tmp_path, database)  # registers its trunk now: the carrier's one binding
+            second = start_trunk_node(tmp_path, other)  # registers its trunk now: the carrier's one binding
             b = await phone_on(second, 1003)
             try:
                 on_second = await until_trunk_on(carrier, b)
@@ -127,6 +130,7 @@ def test_a_later_registration_takes_the_trunk_and_the_calls(tmp_path, database, 
         first.stop()
         if second is not None:
             second.stop()
+        other.stop()
     assert CALL_CONNECTED in [k for k, _ in on_second]
     # The first node still runs and its phone is registered there, but the carrier sends the
     # DID to the second node, where that line is not registered.
