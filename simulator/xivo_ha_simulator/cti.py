@@ -39,12 +39,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import threading
 import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from .events import CTI_CONNECT_FAILED, CTI_CONNECTED, CTI_LOST, Event
+from .loop import LoopThread
 
 PORT = 5003  # xivo-ctid's client port
 CONNECT_TIMEOUT = 3.0  # real seconds: the XiVO Client tries the backup when the main is silent this long
@@ -358,16 +358,7 @@ class Clients:
 
     def __init__(self, clients: Sequence[Client]):
         self.clients = list(clients)
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="cti-clients", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def _call(self, coro, timeout: float | None = None):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        self._loop = LoopThread("cti-clients")
 
     def start(self, rate: float | None = None) -> None:
         async def start_all():
@@ -375,24 +366,12 @@ class Clients:
                 client.start()
                 if rate and i + 1 < len(self.clients):
                     await asyncio.sleep(1.0 / rate)
-        self._call(start_all(), None if not rate else len(self.clients) / rate + 60)
+        self._loop.call(start_all(), None if not rate else len(self.clients) / rate + 60)
 
     def events(self) -> dict[str, list[Event]]:
-        async def collect():
-            return {client.phone_id: list(client.events) for client in self.clients}
-        if not self.loop.is_running():
-            return {client.phone_id: list(client.events) for client in self.clients}
-        return self._call(collect(), 60)
+        return self._loop.read(lambda: {client.phone_id: list(client.events) for client in self.clients})
 
     def stop(self, timeout: float = 60) -> None:
-        if not self.loop.is_running():
-            return
         async def stop_all():
             await asyncio.gather(*(client.stop() for client in self.clients))
-        try:
-            self._call(stop_all(), timeout)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout)
-            if not self._thread.is_alive():
-                self.loop.close()
+        self._loop.close(stop_all, timeout)

@@ -70,7 +70,6 @@ import asyncio
 import collections.abc
 import random
 import resource
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -97,6 +96,7 @@ from .events import (
     SWITCHED,
     Event,
 )
+from .loop import LoopThread
 
 NEXT_REFRESH = "next-refresh"
 PROBE = "probe"
@@ -1160,44 +1160,22 @@ class FleetThread:
 
     def __init__(self, fleet: Fleet):
         self.fleet = fleet
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="phones", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def _call(self, coro, timeout: float | None = None):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        self._loop = LoopThread("phones")
 
     def start(self, rate: float | None = None, timeout: float | None = None) -> None:
-        self._call(self.fleet.start(rate), timeout)
+        self._loop.call(self.fleet.start(rate), timeout)
 
     def wait_registered(self, timeout: float, node: str | None = None) -> bool:
-        return self._call(self.fleet.wait_registered(timeout, node), timeout + 5)
+        return self._loop.call(self.fleet.wait_registered(timeout, node), timeout + 5)
 
     def counts(self) -> dict[str, int]:
         return self.fleet.counts()  # a dict copy of plain ints: safe to read from here
 
     def events(self) -> dict[str, list[Event]]:
-        if not self.loop.is_running():
-            return self.fleet.events()
-
-        async def collect():
-            return self.fleet.events()
-        return self._call(collect(), 60)
+        return self._loop.read(self.fleet.events)
 
     def stop(self, timeout: float = 60) -> None:
-        if not self.loop.is_running():
-            return
-        try:
-            self._call(self.fleet.stop(), timeout)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout)
-            if not self._thread.is_alive():
-                self.loop.close()
+        self._loop.close(self.fleet.stop, timeout)
 
 
 def ensure_open_files(needed: int) -> int:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -33,6 +32,7 @@ from typing import Mapping, Sequence
 from . import sip
 from .constants import DEFAULT_PSTN_RATE, DID_PREFIX
 from .events import CALL_CONNECTED, CALL_ENDED, CALL_FAILED, CALL_PLACED, Event
+from .loop import LoopThread
 
 CARRIER = "carrier"  # the node label of the PSTN caller's events
 USER = "pstn"
@@ -357,40 +357,18 @@ class PstnThread:
 
     def __init__(self, caller: PstnCaller):
         self.caller = caller
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="pstn", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def _call(self, coro, timeout: float):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        self._loop = LoopThread("pstn")
 
     def start(self, local_host: str, timeout: float = 30) -> None:
         async def begin():
             await self.caller.open(local_host)
             self.caller.start()
-        self._call(begin(), timeout)
+        self._loop.call(begin(), timeout)
 
     def events(self) -> dict[str, list[Event]]:
-        async def collect():
-            return {phone: list(events) for phone, events in self.caller.events.items()}
-        if not self.loop.is_running():
-            return {phone: list(events) for phone, events in self.caller.events.items()}
-        return self._call(collect(), 60)
+        return self._loop.read(lambda: {phone: list(events) for phone, events in self.caller.events.items()})
 
     def stop(self, timeout: float = 60) -> None:
-        if not self.loop.is_running():
-            return
-
         async def end():
             self.caller.stop()
-        try:
-            self._call(end(), timeout)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout)
-            if not self._thread.is_alive():
-                self.loop.close()
+        self._loop.close(end, timeout)
