@@ -351,12 +351,18 @@ def call_outages(attempts: Sequence[Attempt], fault: float, restored: float | No
 
 
 def cti_outages(events: Iterable[Event], fault: float) -> PhoneOutages:
-    """One CTI client's outages since ``fault``: losses and failed connections until the next login."""
-    samples, failures, last = [], 0, None
+    """One CTI client's outages since ``fault``: losses and failed connections until the next login.
+
+    A failed connection while the client is logged in elsewhere (on the backup, trying its
+    main again) is not one: its user still has a CTI server.
+    """
+    samples, failures, last, logged_in = [], 0, None, False
     for event in events:
         if event.kind == CTI_CONNECTED:
+            logged_in = True
             samples.append((event.t, event.t, True))
-        elif event.kind in (CTI_LOST, CTI_CONNECT_FAILED):
+        elif event.kind == CTI_LOST or (event.kind == CTI_CONNECT_FAILED and not logged_in):
+            logged_in = False
             samples.append((event.t, event.t, False))
             if event.t >= fault:
                 failures += 1

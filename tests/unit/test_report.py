@@ -508,6 +508,21 @@ def test_cti_reconnection_is_reported_not_decisive():
     assert report.to_dict(r)["outages"]["cti"]["over_bound"] == ["1002"]
 
 
+def test_a_client_logged_in_on_the_backup_retrying_its_main_is_not_out():
+    # On the backup the client tries its main now and then (XiVO Client): those failures are
+    # not an outage; losing the backup is, until the main takes it back.
+    cti = {"1001": [ev(5, "cti_connected", "master"), ev(100, "cti_lost", "master", reason="reset"),
+                    ev(100.1, "cti_connect_failed", "master", reason="refused"),
+                    ev(107, "cti_connected", "slave"),
+                    ev(127, "cti_connect_failed", "master", reason="no answer"),
+                    ev(147, "cti_connect_failed", "master", reason="no answer"),
+                    ev(160, "cti_lost", "slave", reason="connection closed by the server"),
+                    ev(162, "cti_connected", "master")]}
+    outages = report.cti_outages(cti["1001"], FAULT)
+    assert outages.outages == (report.Outage(FAULT, 107), report.Outage(160, 162))
+    assert outages.failures == 3 and outages.last_failure == "slave: connection closed by the server"
+
+
 def test_calls_unsettled_waits_for_a_success_both_ways():
     events = with_calls(registered(2), **{"1001": [call(103, 106.2, "1002", ok=False)]})
     assert report.calls_unsettled(events, FAULT) == {"1001", "1002"}
