@@ -536,6 +536,7 @@ def compute(
     pstn: Mapping[str, Sequence[Event]] | None = None,
     cti: Mapping[str, Sequence[Event]] | None = None,
     rpo: object | None = None,
+    until: float | None = None,
 ) -> Report:
     """Per-phone outages, their statistics and the verdict: the only place a verdict is made.
 
@@ -547,10 +548,16 @@ def compute(
     did, needed to judge a fault during which the master keeps serving.
     Their CTI reconnection times (``cti.reconnection_times``) and ``rpo`` (an
     ``rpo.Rpo``, the users created shortly before the fault) are reported, they
-    do not decide the verdict.
+    do not decide the verdict.  ``until`` is when the observation ended: what
+    happened after it (a call still under way then) is left out, so the state
+    that ended the observation is the one judged.
     """
     if expect == SERVED and slave is None:
         raise ValueError("a fault the master serves through is judged on the slave's activity: pass slave=")
+    if until is not None:
+        events, pstn, cti = (None if source is None else {pid: [e for e in evs if e.t <= until]
+                                                          for pid, evs in source.items()}
+                             for source in (events, pstn, cti))
     downtimes = {pid: downtime(evs, fault_time) for pid, evs in events.items()}
     failback_downtimes = None
     if failback_time is not None:

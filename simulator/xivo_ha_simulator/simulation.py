@@ -68,6 +68,7 @@ class Observation:
     failback_wall: float | None
     restored: float | None  # when the fault was undone; None: it never was
     counts_at_end: dict  # phones per registrar when the observation ended
+    ended: float | None = None  # when it ended (what came later is not judged); None: the phones' end
 
 
 @dataclass(frozen=True)
@@ -395,7 +396,8 @@ class Simulation:
                              failback_wall=observation.failback_wall, expect=fault.expect,
                              slave=rep.SlaveActivity(checker.failovers(), checker.failbacks(),
                                                      tuple(e.t for e in checker.events if e.mode == SERVING)),
-                             restored=observation.restored, pstn=pstn_events, cti=cti_events, rpo=rpo_result)
+                             restored=observation.restored, pstn=pstn_events, cti=cti_events, rpo=rpo_result,
+                             until=observation.ended)
         checks = SlaveChecks(*checker.checks_between(observation.fault_time, observation.restored))
         timings["observation"] = round(time.monotonic() - observation.fault_time, 1)
         timings["total"] = round(time.monotonic() - self.started, 1)
@@ -447,7 +449,7 @@ class Simulation:
         counts = runner.counts()
         self.say(f"end of observation: master {counts.get(MASTER, 0)}, slave {counts.get(SLAVE, 0)}, "
                  f"none {counts.get(NONE, 0)} of {len(runner.fleet.phones)} phones")
-        return Observation(t0, t0_wall, t1, t1_wall, t1, counts)
+        return Observation(t0, t0_wall, t1, t1_wall, t1, counts, ended=time.monotonic())
 
     def _observed_enough(self, runner: FleetThread, now: float, t0: float, t1: float | None,
                          restore_at: float | None, window: float) -> bool:

@@ -523,6 +523,17 @@ def test_a_client_logged_in_on_the_backup_retrying_its_main_is_not_out():
     assert outages.failures == 3 and outages.last_failure == "slave: connection closed by the server"
 
 
+def test_what_comes_after_the_end_of_the_observation_is_not_judged():
+    # The observation ended at 120, every phone back both ways; a call placed at 119 failed
+    # at 121, while the phones were being stopped: it is not a new outage.
+    events = with_calls(registered(2), **{"1001": [call(113, 113.1, "1002", node="slave"),
+                                                   call(119, 121, "1002", ok=False)],
+                                          "1002": [call(114, 114.1, "1001", node="slave")]})
+    assert report.compute(events, FAULT, time_scale=10, until=120).passed
+    late = report.compute(events, FAULT, time_scale=10)
+    assert not late.passed and late.calls["outgoing"]["1001"].never
+
+
 def test_calls_unsettled_waits_for_a_success_both_ways():
     events = with_calls(registered(2), **{"1001": [call(103, 106.2, "1002", ok=False)]})
     assert report.calls_unsettled(events, FAULT) == {"1001", "1002"}
