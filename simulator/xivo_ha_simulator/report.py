@@ -440,14 +440,6 @@ def calls_unsettled(events: Mapping[str, Sequence[Event]], since: float,
     return waiting
 
 
-def calls_unmeasured(events: Mapping[str, Sequence[Event]], since: float,
-                     pstn: Mapping[str, Sequence[Event]] | None = None) -> set[str]:
-    """Phones with no call attempt, in one direction or the other, whose result came since ``since``."""
-    return {pid for direction in phone_calls(events, since, pstn=pstn).values()
-            for pid, o in direction.items() if not o.measured}
-
-
-
 @dataclass(frozen=True)
 class SlaveActivity:
     """How often the slave started (failover) and stopped (failback) its services during the run."""

@@ -455,16 +455,17 @@ class Simulation:
                          restore_at: float | None, window: float) -> bool:
         """After a failback: every phone home and calling both ways again, or the window is over; without a
         restore: the same since the fault.  After the window the observation goes on (up to its hard limit)
-        while a phone has had no call, in one direction or the other, since the fault: the verdict needs one.
+        while a phone has had no call, in one direction or the other, since the fault, or its last calls
+        failed: the verdict needs the call that ends its outage, not the end of the observation.
         """
         if t1 is not None:
             return ((self._back_since(runner, t1, MASTER) and self._clients_back_since(t1, MASTER))
-                    or (now > t1 + window and not self._unmeasured(runner, t0)))
+                    or (now > t1 + window and not self._unsettled(runner, t0)))
         if restore_at is None:
             if (self.fault.expect == OUTAGE and self._back_since(runner, t0, None)
                     and self._clients_back_since(t0, None)):
                 return True
-            return now > t0 + window and not self._unmeasured(runner, t0)
+            return now > t0 + window and not self._unsettled(runner, t0)
         return False
 
     def _clients_back_since(self, since: float, node: str | None) -> bool:
@@ -495,8 +496,8 @@ class Simulation:
             return False
         return self.o.call_rate == 0 or not rep.calls_unsettled(events, since, self._pstn_events())
 
-    def _unmeasured(self, runner: FleetThread, since: float) -> bool:
-        return self.o.call_rate > 0 and bool(rep.calls_unmeasured(self._events(runner), since, self._pstn_events()))
+    def _unsettled(self, runner: FleetThread, since: float) -> bool:
+        return self.o.call_rate > 0 and bool(rep.calls_unsettled(self._events(runner), since, self._pstn_events()))
 
     # ---------------------------------------------------------------- files and table
 
