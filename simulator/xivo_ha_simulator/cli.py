@@ -27,7 +27,8 @@ from plumbum.cli.switches import SwitchError
 
 from . import __version__, faults
 from .cluster import PROJECT, REPLICATION_MODES, Cluster, ClusterError
-from .constants import DEFAULT_BOUND, DEFAULT_CALL_RATE, DEFAULT_PSTN_RATE, DEFAULT_TRUNK_EXPIRY
+from .constants import (DEFAULT_BOUND, DEFAULT_CALL_RATE, DEFAULT_PSTN_RATE, DEFAULT_REDIAL_AFTER,
+                        DEFAULT_TRUNK_EXPIRY)
 from .simulation import Options, Simulation
 
 EXIT_PASS = 0
@@ -144,6 +145,10 @@ class Run(Application):
                                     help="How long a phone waits for an answer to an INVITE before it retries the "
                                          "call through its other registrar and re-registers there (real seconds, "
                                          "scaled like every SIP timer; default: Timer B, 64 x T1 = 32 s)")
+    redial_after = cli.SwitchAttr(["--redial-after"], NonNegativeFloat(3600), default=DEFAULT_REDIAL_AFTER,
+                                  argname="SECONDS",
+                                  help="A user whose call failed dials it again after SECONDS (real, scaled; at "
+                                       "most 10 times in a row; 0: never)")
     pstn_rate = cli.SwitchAttr(["--pstn-rate"], NonNegativeFloat(3600), default=DEFAULT_PSTN_RATE, argname="N",
                                help="Calls from the PSTN per phone per real hour, to random users' DIDs through "
                                     "the trunk carrier (0: none)")
@@ -178,7 +183,7 @@ class Run(Application):
             failback_policy=self.failback_policy, failures_before_failover=self.failures_before_failover,
             call_rate=self.call_rate, bound=self.bound, reuse=self.reuse, project=self.project,
             replication=self.replication, fast=self.fast,
-            invite_timeout=self.invite_timeout,
+            invite_timeout=self.invite_timeout, redial_after=self.redial_after,
             pstn_rate=self.pstn_rate, trunk_expiry=self.trunk_expiry,
             cti=not self.no_cti, new_users=self.new_users, created_before_fault=self.created_before_fault,
         )

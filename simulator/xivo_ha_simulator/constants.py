@@ -8,6 +8,7 @@ package).  Keep them in step with ``xivo_ha.failover``.
 
 DEFAULT_BOUND = 300.0  # downtime bound, seconds, real-equivalent (XiVO: 5 minutes)
 DEFAULT_CALL_RATE = 60.0  # calls per phone per real hour: several per phone during a 5-minute fault
+DEFAULT_REDIAL_AFTER = 30.0  # real seconds before a user dials a failed call again
 
 # What a fault's catalog entry expects of the cluster (see faults).
 OUTAGE = "outage"  # the master stops serving: every phone must be back within the bound

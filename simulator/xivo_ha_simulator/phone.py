@@ -31,7 +31,9 @@ small state machine driven by responses and timers:
   client transaction (Timer A doubling, Timer B = ``invite_timeout``,
   default 64 x T1); a 401/407 is ACKed and answered once; a 2xx is ACKed to
   the callee's Contact and the caller sends BYE there after ``hold_time``.
-  Every other final answer is a failed call.  No media, no SDP.
+  Every other final answer is a failed call, which its user dials again
+  after ``redial_after`` (at most ``redials`` times in a row; 0: never).
+  No media, no SDP.
 * **Call failover**: when Timer B fires without any answer from the
   registrar, the phone retries the call through its other registrar (the
   backup, or the primary when the call went to the backup) as a new INVITE
@@ -148,6 +150,8 @@ class PhoneConfig:
     call_rate: float = 0.0  # calls each phone places per real hour (0: none)
     hold_time: float = 30.0  # real seconds a connected call lasts before the caller's BYE
     invite_timeout: float | None = None  # real seconds an unanswered INVITE waits (None: Timer B = 64 x T1)
+    redial_after: float = 0.0  # real seconds before a user dials a failed call again (0: never)
+    redials: int = 10  # at most this many times in a row
 
     def __post_init__(self):
         if self.failback not in FAILBACK_POLICIES:
@@ -164,6 +168,8 @@ class PhoneConfig:
             raise ValueError("hold_time must be positive")
         if self.invite_timeout is not None and self.invite_timeout <= 0:
             raise ValueError("invite_timeout must be positive")
+        if self.redial_after < 0 or self.redials < 0:
+            raise ValueError("redial_after and redials must not be negative")
 
     @property
     def requested_expires(self) -> int:
@@ -297,10 +303,11 @@ class _Call:
     """An outgoing call, from its first INVITE to the BYE."""
 
     __slots__ = ("call_id", "from_tag", "number", "node", "uri", "cseq", "started", "auth_answers",
-                 "ack", "remote", "to_tag", "timer", "tried")
+                 "ack", "remote", "to_tag", "timer", "tried", "redial")
 
-    def __init__(self, number: str, node: Registrar, uri: str, started: float, host: str):
+    def __init__(self, number: str, node: Registrar, uri: str, started: float, host: str, redial: int = 0):
         self.call_id = sip.new_call_id(host)
+        self.redial = redial  # how many times its user had already dialled the number in vain
         self.from_tag = sip.new_tag()
         self.number = number
         self.node = node
@@ -435,6 +442,7 @@ class Phone(asyncio.DatagramProtocol):
         self._calls: dict[str, _Call] = {}  # outgoing, by Call-ID
         self._incoming: dict[str, _Incoming] = {}  # answered, by Call-ID
         self._call_timer: asyncio.TimerHandle | None = None
+        self._redial_timers: set[asyncio.TimerHandle] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -494,6 +502,8 @@ class Phone(asyncio.DatagramProtocol):
         self._transactions.clear()
         timers = [self._refresh_timer, self._expiry_timer, self._retry_timer, self._probe_timer, self._call_timer]
         timers += [c.timer for c in self._calls.values()] + [i.timer for i in self._incoming.values()]
+        timers += list(self._redial_timers)
+        self._redial_timers.clear()
         for timer in timers:
             if timer is not None:
                 timer.cancel()
@@ -810,10 +820,11 @@ class Phone(asyncio.DatagramProtocol):
             self.call(_rand.choice(self.peers))
             self._schedule_call()
 
-    def call(self, number: str) -> str:
+    def call(self, number: str, redial: int = 0) -> str:
         """Call ``number`` now, through the registrar in use (else the primary); its Call-ID."""
         node = self.node or self.primary
-        call = _Call(number, node, sip.sip_uri(number, node.host, node.port), self.loop.time(), self.local_host)
+        call = _Call(number, node, sip.sip_uri(number, node.host, node.port), self.loop.time(), self.local_host,
+                     redial)
         self._calls[call.call_id] = call
         self.stats.calls_placed += 1
         self._log(CALL_PLACED, node, to=number)
@@ -911,6 +922,16 @@ class Phone(asyncio.DatagramProtocol):
         self._calls.pop(call.call_id, None)
         self.stats.calls_failed += 1
         self._log(CALL_FAILED, call.node, to=call.number, reason=reason)
+        cfg = self.config
+        if self._running and cfg.redial_after > 0 and call.redial < cfg.redials:
+            timer = None
+
+            def redial() -> None:
+                self._redial_timers.discard(timer)
+                if self._running:
+                    self.call(call.number, call.redial + 1)
+            timer = self.loop.call_later(cfg.scaled(cfg.redial_after), redial)
+            self._redial_timers.add(timer)
 
     def _hang_up(self, call: _Call, remote_uri: str) -> None:
         call.timer = None

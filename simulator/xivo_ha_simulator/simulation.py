@@ -23,8 +23,8 @@ from . import cti, faults, pstn, rpo
 from . import report as rep
 from .cluster import (CARRIER, MASTER, PROJECT, SHARE, SLAVE, BringUp, Checker, Cluster, ClusterError,
                       fast_check_switches, fast_settings)
-from .constants import (DEFAULT_BOUND, DEFAULT_CALL_RATE, DEFAULT_PSTN_RATE, DEFAULT_TRUNK_EXPIRY, OUTAGE, SERVED,
-                        SERVING)
+from .constants import (DEFAULT_BOUND, DEFAULT_CALL_RATE, DEFAULT_PSTN_RATE, DEFAULT_REDIAL_AFTER,
+                        DEFAULT_TRUNK_EXPIRY, OUTAGE, SERVED, SERVING)
 from .events import CTI_CONNECTED, NONE
 from .phone import Credentials, Fleet, FleetThread, PhoneConfig, Registrar, provisioned_line
 from .sip import SIP_PORT
@@ -45,6 +45,7 @@ class Options:
     failures_before_failover: int | None = None
     call_rate: float = DEFAULT_CALL_RATE
     invite_timeout: float | None = None
+    redial_after: float = DEFAULT_REDIAL_AFTER
     pstn_rate: float = DEFAULT_PSTN_RATE
     trunk_expiry: int = DEFAULT_TRUNK_EXPIRY
     bound: float = DEFAULT_BOUND
@@ -226,7 +227,8 @@ class Simulation:
     def fleet(self, info: BringUp) -> tuple[FleetThread, PhoneConfig]:
         """The phones, provisioned from the master, on a thread of their own (not started)."""
         config = PhoneConfig(expires=REAL_EXPIRES, time_scale=self.k, failback=self.o.failback_policy,
-                             call_rate=self.o.call_rate, invite_timeout=self.o.invite_timeout)
+                             call_rate=self.o.call_rate, invite_timeout=self.o.invite_timeout,
+                             redial_after=self.o.redial_after)
         primary, backup, credentials = self.provisioned(info, provisioned_line)
         fleet = Fleet(Registrar(MASTER, primary), Registrar(SLAVE, backup), self.o.phones, config,
                       local_hosts=(info.gateway,), first_user=FIRST_USER, credentials=credentials.get)

@@ -110,6 +110,33 @@ def test_a_callee_that_is_not_registered_gets_480(kamailio):
     assert kinds(a, CALL_FAILED) == [(CALL_FAILED, {"to": "1005", "reason": "480 Temporarily Unavailable"})]
 
 
+def test_a_user_dials_a_failed_call_again_and_gets_through_once_the_callee_is_back(kamailio):
+    async def scenario():
+        a = Phone("1006", Registrar("master", "127.0.0.1", kamailio.port), None,
+                  PhoneConfig(**CONFIG, redial_after=0.3, redials=20), credentials=line_credentials(1006))
+        await a.open()
+        a.start()
+        await until(lambda: a.node is not None)
+        b = None
+        try:
+            a.call("1007")  # 1007 is not registered yet: 480, then the user dials again
+            await until(lambda: a.stats.calls_failed >= 1)
+            (b,) = await registered_phones(kamailio.port, 1007)
+            await until(lambda: any(e.kind == CALL_CONNECTED for e in a.events))
+        finally:
+            a.stop()
+            if b is not None:
+                b.stop()
+        return a
+
+    a = asyncio.run(scenario())
+    outcomes = kinds(a, CALL_FAILED, CALL_CONNECTED)
+    assert outcomes[0] == (CALL_FAILED, {"to": "1007", "reason": "480 Temporarily Unavailable"})
+    assert outcomes[-1][0] == CALL_CONNECTED and outcomes[-1][1]["to"] == "1007"
+    assert all(kind == CALL_FAILED for kind, _ in outcomes[:-1])
+    assert len(kinds(a, CALL_PLACED)) == len(outcomes)  # one dial per outcome, none after the success
+
+
 def test_a_caller_with_a_wrong_secret_cannot_call(kamailio):
     async def scenario():
         a, b = await registered_phones(kamailio.port, 1006, 1007)
