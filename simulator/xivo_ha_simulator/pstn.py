@@ -59,10 +59,14 @@ class PstnConfig:
     hold_time: float = 30.0
     t1: float = T1
     t2: float = T2
+    redial_after: float = 0.0  # real seconds before a caller dials a failed DID again (0: never)
+    redials: int = 10  # at most this many times in a row
 
     def __post_init__(self):
         if self.rate < 0:
             raise ValueError("the PSTN call rate must not be negative")
+        if self.redial_after < 0 or self.redials < 0:
+            raise ValueError("redial_after and redials must not be negative")
         if self.time_scale <= 0:
             raise ValueError("time_scale must be positive")
         if self.hold_time <= 0:
@@ -74,10 +78,11 @@ class PstnConfig:
 
 class _Call:
     __slots__ = ("did", "phone", "call_id", "from_tag", "to_tag", "branch", "invite", "started", "interval",
-                 "answered", "timer", "ack", "routes", "target", "bye", "bye_branch", "bye_deadline")
+                 "answered", "timer", "ack", "routes", "target", "bye", "bye_branch", "bye_deadline", "redial")
 
-    def __init__(self, did: str, phone: str, local_host: str, started: float):
+    def __init__(self, did: str, phone: str, local_host: str, started: float, redial: int = 0):
         self.did = did
+        self.redial = redial  # how many times this caller had already dialled the DID in vain
         self.phone = phone
         self.call_id = sip.new_call_id(local_host)
         self.from_tag = sip.new_tag()
@@ -110,6 +115,7 @@ class PstnCaller(asyncio.DatagramProtocol):
         self.loop: asyncio.AbstractEventLoop | None = None
         self._calls: dict[str, _Call] = {}  # by Call-ID
         self._timer: asyncio.TimerHandle | None = None
+        self._redial_timers: set[asyncio.TimerHandle] = set()
         self._running = False
         self.placed = self.connected = self.failed = 0
 
@@ -147,6 +153,9 @@ class PstnCaller(asyncio.DatagramProtocol):
             if call.timer is not None:
                 call.timer.cancel()
         self._calls.clear()
+        for timer in self._redial_timers:
+            timer.cancel()
+        self._redial_timers.clear()
         if self.transport is not None:
             self.transport.close()
             self.transport = None
@@ -182,11 +191,11 @@ class PstnCaller(asyncio.DatagramProtocol):
                            branch=branch, contact=f"<{sip.sip_uri(USER, self.local_host, self.local_port)}>",
                            extra_headers=[("Route", route) for route in routes])
 
-    def call(self, did: str) -> str:
+    def call(self, did: str, redial: int = 0) -> str:
         """Call ``did`` now; its Call-ID."""
         if did not in self.dids:
             raise ValueError(f"{did} is not a DID of the simulated users")
-        call = _Call(did, self.dids[did], self.local_host, self.loop.time())
+        call = _Call(did, self.dids[did], self.local_host, self.loop.time(), redial)
         host, port = self.carrier
         call.invite = bytes(self._request(call, "INVITE", sip.sip_uri(did, host, port), 1, call.branch))
         call.interval = self.config.scaled(self.config.t1)
@@ -216,6 +225,16 @@ class PstnCaller(asyncio.DatagramProtocol):
         self._calls.pop(call.call_id, None)
         self.failed += 1
         self._log(call, CALL_FAILED, reason=reason)
+        cfg = self.config
+        if self._running and cfg.redial_after > 0 and call.redial < cfg.redials:
+            timer = None
+
+            def redial() -> None:
+                self._redial_timers.discard(timer)
+                if self._running:
+                    self.call(call.did, call.redial + 1)
+            timer = self.loop.call_later(cfg.scaled(cfg.redial_after), redial)
+            self._redial_timers.add(timer)
 
     def datagram_received(self, data: bytes, addr) -> None:
         try:

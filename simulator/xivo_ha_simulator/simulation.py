@@ -332,7 +332,8 @@ class Simulation:
         """The PSTN's calls to the phones' DIDs through the carrier, started with the phones."""
         dids = {pstn.did_of(phone.user): phone.user for phone in runner.fleet.phones}
         caller = pstn.PstnThread(pstn.PstnCaller((cluster.address(CARRIER), SIP_PORT), dids,
-                                                 pstn.PstnConfig(rate=self.o.pstn_rate, time_scale=self.k)))
+                                                 pstn.PstnConfig(rate=self.o.pstn_rate, time_scale=self.k,
+                                                                 redial_after=self.o.redial_after)))
         caller.start(info.gateway)
         self.say(f"PSTN calls through the carrier {cluster.address(CARRIER)} at {self.o.pstn_rate:g} per phone "
                  f"per real hour (trunk register expiry {self.o.trunk_expiry} s)")

@@ -100,6 +100,42 @@ def test_the_node_registers_its_trunk_and_the_carrier_routes_a_did_to_the_phone(
     assert phone.stats.calls_answered == 1
 
 
+def test_a_pstn_caller_dials_a_failed_did_again_and_gets_through_once_the_phone_is_back(tmp_path, database,
+                                                                                        carrier):
+    add_trunk(database, carrier, expiry=60)
+    node = start_trunk_node(tmp_path, database)
+
+    async def scenario():
+        anchor = await phone_on(node, 1001)
+        assert CALL_CONNECTED in [k for k, _ in await until_trunk_on(carrier, anchor)]  # the trunk is up
+        anchor.stop()
+        did = did_of("1004")
+        caller = PstnCaller((carrier.address, carrier.port), {did: "1004"},
+                            PstnConfig(rate=0, hold_time=0.3, redial_after=0.3, redials=30))
+        await caller.open("127.0.0.1")
+        caller.start()  # rate 0: no random calls, only this one and its redials
+        phone = None
+        try:
+            caller.call(did)  # 1004 is not registered yet: the call fails, the caller dials again
+            await until(lambda: any(e.kind == CALL_FAILED for e in caller.events["1004"]))
+            phone = await phone_on(node, 1004)
+            await until(lambda: any(e.kind == CALL_CONNECTED for e in caller.events["1004"]))
+        finally:
+            caller.stop()
+            if phone is not None:
+                phone.stop()
+        return [(e.kind, e.info) for e in caller.events["1004"]]
+
+    try:
+        events = asyncio.run(scenario())
+    finally:
+        node.stop()
+    outcomes = [(kind, info) for kind, info in events if kind in (CALL_CONNECTED, CALL_FAILED)]
+    assert outcomes[0][0] == CALL_FAILED and outcomes[-1][0] == CALL_CONNECTED, events
+    assert all(kind == CALL_FAILED for kind, _ in outcomes[:-1])
+    assert [kind for kind, _ in events].count(CALL_PLACED) == len(outcomes)
+
+
 def test_a_later_registration_takes_the_trunk_and_the_calls(tmp_path, database, carrier):
     # Two nodes, each with its own database (the registrars keep their bindings there).
     add_trunk(database, carrier, expiry=60)
