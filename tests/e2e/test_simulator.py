@@ -239,7 +239,8 @@ def test_packet_loss_causes_no_failover(sim_cluster, tmp_path):
     assert during["attempts"] > 0 and during["failures"] == 0, during
     # The report states the loss and the settings it ran with: the scenario's, not tuned for the test.
     assert sim["fault_steps"] == ["drop 30% of the packets from the slave at the master (nftables)"]
-    assert sim["slave_settings"] == {"probe.sip_probe": "off", "failover.failures_before_failover": "3"}
+    assert sim["slave_settings"] == {"probe.sip_probe": "off", "failover.failures_before_failover": "3",
+                                     "failover.loop": "0", "failover.interval": "10", "probe.ping_count": "3"}
 
 
 def test_flapping_reports_each_outage_within_the_bound(sim_cluster, tmp_path):
