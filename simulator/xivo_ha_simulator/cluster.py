@@ -281,9 +281,15 @@ class Cluster:
             cmd.append("-i")
         for key, value in (env or {}).items():
             cmd += ["-e", f"{key}={value}"]
-        cmd += [self.container(node), *argv]
-        return run(cmd, timeout=timeout, stdin=stdin, check=check,
-                   what=what or f"{node}: {' '.join(argv)}")
+        what = what or f"{node}: {' '.join(argv)}"
+        result = run([*cmd, self.container(node), *argv], timeout=timeout, stdin=stdin, check=False, what=what)
+        if not result.ok and "No such container" in result.stderr:
+            # Another run recreated the nodes since this object looked the container up.
+            self._containers.pop(node, None)
+            result = run([*cmd, self.container(node), *argv], timeout=timeout, stdin=stdin, check=False, what=what)
+        if check and not result.ok:
+            raise ClusterError(f"{what} failed (exit {result.returncode}): {result.output() or 'no output'}")
+        return result
 
     def host_key_fingerprint(self, node: str) -> str:
         """``SHA256:...`` of the node's ed25519 ssh host key, read inside the node."""
@@ -336,8 +342,12 @@ class Cluster:
         return result.ok and bool(result.stdout.strip())
 
     def time_scale_of_nodes(self) -> float | None:
-        """The time scale the running nodes were started with."""
-        result = self.exec(MASTER, ["cat", "/etc/xivo-ha-simulator/node.conf"], check=False)
+        """The time scale the nodes were started with, read on a running one (a run may have
+        left the master powered off)."""
+        node = next((n for n in NODES if self.running(n)), None)
+        if node is None:
+            return None
+        result = self.exec(node, ["cat", "/etc/xivo-ha-simulator/node.conf"], check=False)
         for line in result.stdout.splitlines():
             key, _, value = line.partition("=")
             if key.strip() == "TIME_SCALE":
