@@ -1,7 +1,9 @@
-"""An asyncio event loop in a background thread, for the simulator's synchronous driver.
+"""An asyncio event loop in a background thread, for the simulator's synchronous driver,
+and the pending timers of an owner that stops.
 
-The phones, the PSTN caller and the CTI clients each run on one: every call blocks
-until the loop has done the work, and is safe from the driver's thread.
+The phones, the PSTN caller and the CTI clients each run on one :class:`LoopThread`:
+every call blocks until the loop has done the work, and is safe from the driver's
+thread.  Their redials are :class:`Pending` timers, cancelled when they stop.
 """
 
 from __future__ import annotations
@@ -45,3 +47,24 @@ class LoopThread:
             self._thread.join(timeout)
             if not self._thread.is_alive():
                 self.loop.close()
+
+
+class Pending:
+    """Timers of an owner that may still be due when it stops (:meth:`cancel_all`)."""
+
+    def __init__(self) -> None:
+        self._handles: set[asyncio.TimerHandle] = set()
+
+    def later(self, loop: asyncio.AbstractEventLoop, delay: float, action: Callable[[], Any]) -> None:
+        handle = None
+
+        def fire() -> None:
+            self._handles.discard(handle)
+            action()
+        handle = loop.call_later(delay, fire)
+        self._handles.add(handle)
+
+    def cancel_all(self) -> None:
+        for handle in self._handles:
+            handle.cancel()
+        self._handles.clear()

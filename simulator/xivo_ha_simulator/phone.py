@@ -98,7 +98,7 @@ from .events import (
     SWITCHED,
     Event,
 )
-from .loop import LoopThread
+from .loop import LoopThread, Pending
 
 NEXT_REFRESH = "next-refresh"
 PROBE = "probe"
@@ -442,7 +442,7 @@ class Phone(asyncio.DatagramProtocol):
         self._calls: dict[str, _Call] = {}  # outgoing, by Call-ID
         self._incoming: dict[str, _Incoming] = {}  # answered, by Call-ID
         self._call_timer: asyncio.TimerHandle | None = None
-        self._redial_timers: set[asyncio.TimerHandle] = set()
+        self._redials = Pending()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -502,8 +502,7 @@ class Phone(asyncio.DatagramProtocol):
         self._transactions.clear()
         timers = [self._refresh_timer, self._expiry_timer, self._retry_timer, self._probe_timer, self._call_timer]
         timers += [c.timer for c in self._calls.values()] + [i.timer for i in self._incoming.values()]
-        timers += list(self._redial_timers)
-        self._redial_timers.clear()
+        self._redials.cancel_all()
         for timer in timers:
             if timer is not None:
                 timer.cancel()
@@ -924,14 +923,11 @@ class Phone(asyncio.DatagramProtocol):
         self._log(CALL_FAILED, call.node, to=call.number, reason=reason)
         cfg = self.config
         if self._running and cfg.redial_after > 0 and call.redial < cfg.redials:
-            timer = None
+            self._redials.later(self.loop, cfg.scaled(cfg.redial_after), lambda: self._redial(call))
 
-            def redial() -> None:
-                self._redial_timers.discard(timer)
-                if self._running:
-                    self.call(call.number, call.redial + 1)
-            timer = self.loop.call_later(cfg.scaled(cfg.redial_after), redial)
-            self._redial_timers.add(timer)
+    def _redial(self, failed: _Call) -> None:
+        if self._running:
+            self.call(failed.number, failed.redial + 1)
 
     def _hang_up(self, call: _Call, remote_uri: str) -> None:
         call.timer = None

@@ -32,7 +32,7 @@ from typing import Mapping, Sequence
 from . import sip
 from .constants import DEFAULT_PSTN_RATE, DID_PREFIX
 from .events import CALL_CONNECTED, CALL_ENDED, CALL_FAILED, CALL_PLACED, Event
-from .loop import LoopThread
+from .loop import LoopThread, Pending
 
 CARRIER = "carrier"  # the node label of the PSTN caller's events
 USER = "pstn"
@@ -115,7 +115,7 @@ class PstnCaller(asyncio.DatagramProtocol):
         self.loop: asyncio.AbstractEventLoop | None = None
         self._calls: dict[str, _Call] = {}  # by Call-ID
         self._timer: asyncio.TimerHandle | None = None
-        self._redial_timers: set[asyncio.TimerHandle] = set()
+        self._redials = Pending()
         self._running = False
         self.placed = self.connected = self.failed = 0
 
@@ -153,9 +153,7 @@ class PstnCaller(asyncio.DatagramProtocol):
             if call.timer is not None:
                 call.timer.cancel()
         self._calls.clear()
-        for timer in self._redial_timers:
-            timer.cancel()
-        self._redial_timers.clear()
+        self._redials.cancel_all()
         if self.transport is not None:
             self.transport.close()
             self.transport = None
@@ -227,14 +225,11 @@ class PstnCaller(asyncio.DatagramProtocol):
         self._log(call, CALL_FAILED, reason=reason)
         cfg = self.config
         if self._running and cfg.redial_after > 0 and call.redial < cfg.redials:
-            timer = None
+            self._redials.later(self.loop, cfg.scaled(cfg.redial_after), lambda: self._redial(call))
 
-            def redial() -> None:
-                self._redial_timers.discard(timer)
-                if self._running:
-                    self.call(call.did, call.redial + 1)
-            timer = self.loop.call_later(cfg.scaled(cfg.redial_after), redial)
-            self._redial_timers.add(timer)
+    def _redial(self, failed: _Call) -> None:
+        if self._running:
+            self.call(failed.did, failed.redial + 1)
 
     def datagram_received(self, data: bytes, addr) -> None:
         try:
