@@ -152,6 +152,10 @@ class Run(Application):
     pstn_rate = cli.SwitchAttr(["--pstn-rate"], NonNegativeFloat(3600), default=DEFAULT_PSTN_RATE, argname="N",
                                help="Calls from the PSTN per phone per real hour, to random users' DIDs through "
                                     "the trunk carrier (0: none)")
+    sweep = cli.SwitchAttr(["--sweep"], PositiveFloat(3600), default=None, argname="SECONDS",
+                           help="At the fault and at the restore the PSTN dials every user's DID, and again as "
+                                "soon as a call got no answer within SECONDS (real, scaled), until each "
+                                "connected: every phone's incoming outage measured to within SECONDS")
     trunk_expiry = cli.SwitchAttr(["--trunk-expiry"], cli.Range(1, 86400), default=DEFAULT_TRUNK_EXPIRY,
                                   argname="SECONDS",
                                   help="The trunk's registration expiry (real seconds): the master's staticsip "
@@ -184,7 +188,7 @@ class Run(Application):
             call_rate=self.call_rate, bound=self.bound, reuse=self.reuse, project=self.project,
             replication=self.replication, fast=self.fast,
             invite_timeout=self.invite_timeout, redial_after=self.redial_after,
-            pstn_rate=self.pstn_rate, trunk_expiry=self.trunk_expiry,
+            pstn_rate=self.pstn_rate, sweep=self.sweep, trunk_expiry=self.trunk_expiry,
             cti=not self.no_cti, new_users=self.new_users, created_before_fault=self.created_before_fault,
         )
         simulation = Simulation(options)

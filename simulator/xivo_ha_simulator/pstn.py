@@ -13,10 +13,21 @@ Events are kept per callee, keyed by the phone id the DID belongs to (see
 ``events``): ``CALL_PLACED``, then ``CALL_CONNECTED`` or ``CALL_FAILED``
 (``reason``: the final answer, or ``timeout``), with ``to`` = the DID.
 
+A **sweep** (:meth:`PstnCaller.sweep`, at the fault and at the restore)
+measures every phone's incoming outage to within its ``patience``: every DID
+is dialled at once (the first attempts spread over the patience), and dialled
+again as soon as an attempt got no 2xx within the patience (``CALL_FAILED``,
+reason ``no answer within P s``; the attempt is cancelled once it had a
+provisional answer, and what it gets later is acknowledged, a late 2xx hung
+up, never logged), until the DID connected once.  A DID's attempts never
+overlap and start at least the patience apart; the random calls leave the
+DIDs of a sweep under way alone.  Its events carry ``sweep: true``.
+
     caller = PstnCaller(("172.28.5.20", 5060), {"01001001": "1001", ...}, PstnConfig(rate=60))
     await caller.open("172.28.5.1")
     caller.start()
     ...
+    caller.sweep(patience=5, limit=600)   # at the fault
     caller.stop()
     caller.events   # {"1001": [Event, ...], ...}
 """
@@ -24,9 +35,10 @@ Events are kept per callee, keyed by the phone id the DID belongs to (see
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from . import sip
@@ -76,13 +88,30 @@ class PstnConfig:
         return seconds / self.time_scale
 
 
+@dataclass(eq=False)
+class _Sweep:
+    """A sweep under way: its patience (measured seconds), end (loop time) and the DIDs not connected yet."""
+
+    patience: float
+    reason: str  # the failure reason of an attempt without a 2xx within the patience
+    started: float
+    until: float
+    pending: set = field(default_factory=set)
+
+
 class _Call:
     __slots__ = ("did", "phone", "call_id", "from_tag", "to_tag", "branch", "invite", "started", "interval",
-                 "answered", "timer", "ack", "routes", "target", "bye", "bye_branch", "bye_deadline", "redial")
+                 "answered", "timer", "ack", "routes", "target", "bye", "bye_branch", "bye_deadline", "redial",
+                 "sweep", "patience", "given_up", "cancelled")
 
-    def __init__(self, did: str, phone: str, local_host: str, started: float, redial: int = 0):
+    def __init__(self, did: str, phone: str, local_host: str, started: float, redial: int = 0,
+                 sweep: _Sweep | None = None):
         self.did = did
         self.redial = redial  # how many times this caller had already dialled the DID in vain
+        self.sweep = sweep  # the sweep that placed it, if any
+        self.patience: asyncio.TimerHandle | None = None  # the sweep's give-up timer
+        self.given_up = False  # logged failed by the sweep: what comes later is only answered
+        self.cancelled = False
         self.phone = phone
         self.call_id = sip.new_call_id(local_host)
         self.from_tag = sip.new_tag()
@@ -116,6 +145,9 @@ class PstnCaller(asyncio.DatagramProtocol):
         self._calls: dict[str, _Call] = {}  # by Call-ID
         self._timer: asyncio.TimerHandle | None = None
         self._redials = Pending()
+        self._sweep: _Sweep | None = None
+        self._sweep_timers = Pending()
+        self._sweeping: dict[str, _Call] = {}  # DID -> its sweep attempt under way (any sweep)
         self._running = False
         self.placed = self.connected = self.failed = 0
 
@@ -150,10 +182,14 @@ class PstnCaller(asyncio.DatagramProtocol):
             self._timer.cancel()
             self._timer = None
         for call in self._calls.values():
-            if call.timer is not None:
-                call.timer.cancel()
+            for timer in (call.timer, call.patience):
+                if timer is not None:
+                    timer.cancel()
         self._calls.clear()
         self._redials.cancel_all()
+        self._sweep_timers.cancel_all()
+        self._sweep = None
+        self._sweeping.clear()
         if self.transport is not None:
             self.transport.close()
             self.transport = None
@@ -168,12 +204,93 @@ class PstnCaller(asyncio.DatagramProtocol):
     def _due(self) -> None:
         self._timer = None
         if self._running:
-            self.call(_rand.choice(sorted(self.dids)))
+            did = _rand.choice(sorted(self.dids))
+            if did not in self._sweeping and not (self.sweeping() and did in self._sweep.pending):
+                self.call(did)
             self._schedule()
+
+    # ------------------------------------------------------------------ sweeps
+
+    def sweep(self, patience: float, limit: float) -> None:
+        """Dial every DID now, each again as soon as an attempt got no 2xx within ``patience``,
+        until each connected once or ``limit`` passed (real seconds, scaled).  A new sweep
+        replaces the one under way."""
+        if not (patience > 0 and limit >= patience and math.isfinite(limit)):
+            raise ValueError(f"a sweep needs 0 < patience <= limit (finite), not {patience!r} and {limit!r}")
+        if self.transport is None:
+            raise RuntimeError("open() the PSTN caller before sweep()")
+        self._sweep_timers.cancel_all()
+        now = self.loop.time()
+        sweep = self._sweep = _Sweep(self.config.scaled(patience), f"no answer within {patience:g}s", now,
+                                     now + self.config.scaled(limit), set(self.dids))
+        dids = sorted(self.dids)
+        _rand.shuffle(dids)
+        step = sweep.patience / max(1, len(dids))
+        for i, did in enumerate(dids):
+            self._sweep_timers.later(self.loop, i * step, lambda did=did: self._sweep_dial(sweep, did))
+
+    def sweeping(self) -> int:
+        """How many DIDs the sweep under way has not connected yet (0: none under way)."""
+        sweep = self._sweep
+        if sweep is None or self.loop is None or self.loop.time() >= sweep.until:
+            return 0
+        return len(sweep.pending)
+
+    def _sweep_dial(self, sweep: _Sweep, did: str) -> None:
+        if (sweep is not self._sweep or did not in sweep.pending or did in self._sweeping
+                or self.transport is None or self.loop.time() >= sweep.until):
+            return  # done, replaced, or the DID's attempt under way dials it again when it ends
+        call = self._calls[self.call(did, sweep=sweep)]
+        self._sweeping[did] = call
+        call.patience = self.loop.call_later(sweep.patience, self._give_up, call)
+
+    def _sweep_next(self, call: _Call, connected: bool) -> None:
+        """A sweep attempt ended: its DID is done, or dialled again once the patience since it started passed."""
+        if self._sweeping.get(call.did) is call:
+            del self._sweeping[call.did]
+        if call.patience is not None:
+            call.patience.cancel()
+            call.patience = None
+        sweep = self._sweep
+        if sweep is None or call.did not in sweep.pending:
+            return
+        if connected and call.started >= sweep.started:
+            sweep.pending.discard(call.did)
+            return
+        wait = max(0.0, call.started + sweep.patience - self.loop.time())
+        self._sweep_timers.later(self.loop, wait, lambda: self._sweep_dial(sweep, call.did))
+
+    def _give_up(self, call: _Call) -> None:
+        """No 2xx within the sweep's patience: a failed attempt; the call is cancelled and forgotten."""
+        call.patience = None
+        if self._calls.get(call.call_id) is not call:
+            return
+        if call.timer is not None:
+            call.timer.cancel()
+        self.failed += 1
+        self._log(call, CALL_FAILED, reason=call.sweep.reason)
+        call.given_up = True
+        if call.answered:
+            self._cancel(call)
+        # What may still come for it is answered for at most Timer B, then it is forgotten.
+        call.timer = self.loop.call_later(self.config.scaled(64 * self.config.t1), self._forget, call)
+        self._sweep_next(call, connected=False)
+
+    def _cancel(self, call: _Call) -> None:
+        host, port = self.carrier
+        call.cancelled = True
+        self._send(bytes(self._request(call, "CANCEL", sip.sip_uri(call.did, host, port), 1, call.branch)))
+
+    def _forget(self, call: _Call) -> None:
+        self._calls.pop(call.call_id, None)
 
     # ------------------------------------------------------------------ calls
 
     def _log(self, call: _Call, kind: str, **info) -> None:
+        if call.given_up:
+            return  # the sweep logged its failure: nothing more of it counts
+        if call.sweep is not None:
+            info["sweep"] = True
         self.events[call.phone].append(Event(time.monotonic(), time.time(), kind, CARRIER,
                                              {"to": call.did, **info}))
 
@@ -189,11 +306,11 @@ class PstnCaller(asyncio.DatagramProtocol):
                            branch=branch, contact=f"<{sip.sip_uri(USER, self.local_host, self.local_port)}>",
                            extra_headers=[("Route", route) for route in routes])
 
-    def call(self, did: str, redial: int = 0) -> str:
+    def call(self, did: str, redial: int = 0, sweep: _Sweep | None = None) -> str:
         """Call ``did`` now; its Call-ID."""
         if did not in self.dids:
             raise ValueError(f"{did} is not a DID of the simulated users")
-        call = _Call(did, self.dids[did], self.local_host, self.loop.time(), redial)
+        call = _Call(did, self.dids[did], self.local_host, self.loop.time(), redial, sweep)
         host, port = self.carrier
         call.invite = bytes(self._request(call, "INVITE", sip.sip_uri(did, host, port), 1, call.branch))
         call.interval = self.config.scaled(self.config.t1)
@@ -221,8 +338,13 @@ class PstnCaller(asyncio.DatagramProtocol):
         if call.timer is not None:
             call.timer.cancel()
         self._calls.pop(call.call_id, None)
+        if call.given_up:
+            return
         self.failed += 1
         self._log(call, CALL_FAILED, reason=reason)
+        if call.sweep is not None:
+            self._sweep_next(call, connected=False)
+            return
         cfg = self.config
         if self._running and cfg.redial_after > 0 and call.redial < cfg.redials:
             self._redials.later(self.loop, cfg.scaled(cfg.redial_after), lambda: self._redial(call))
@@ -254,6 +376,8 @@ class PstnCaller(asyncio.DatagramProtocol):
         code = msg.status_code or 0
         if code < 200:
             call.answered = True
+            if call.given_up and not call.cancelled:
+                self._cancel(call)  # given up before any answer: a CANCEL may go only now
             return
         if call.ack is not None:  # a retransmitted 2xx: our ACK was lost
             if code < 300:
@@ -275,8 +399,13 @@ class PstnCaller(asyncio.DatagramProtocol):
         call.routes = list(reversed(msg.header_values("Record-Route")))
         call.ack = bytes(self._request(call, "ACK", call.target, 1, sip.new_branch(), call.routes))
         self._send(call.ack)
+        if call.given_up:  # a 2xx after the sweep gave up: hang up at once
+            self._hang_up(call)
+            return
         self.connected += 1
         self._log(call, CALL_CONNECTED, setup=round(self.loop.time() - call.started, 6))
+        if call.sweep is not None:
+            self._sweep_next(call, connected=True)
         call.timer = self.loop.call_later(self.config.scaled(self.config.hold_time), self._hang_up, call)
 
     def _hang_up(self, call: _Call) -> None:
@@ -378,6 +507,13 @@ class PstnThread:
             await self.caller.open(local_host)
             self.caller.start()
         self._loop.call(begin(), timeout)
+
+    def sweep(self, patience: float, limit: float) -> None:
+        """:meth:`PstnCaller.sweep` on the caller's loop."""
+        self._loop.read(lambda: self.caller.sweep(patience, limit))
+
+    def sweeping(self) -> int:
+        return self._loop.read(self.caller.sweeping)
 
     def events(self) -> dict[str, list[Event]]:
         return self._loop.read(lambda: {phone: list(events) for phone, events in self.caller.events.items()})

@@ -47,6 +47,7 @@ class Options:
     invite_timeout: float | None = None
     redial_after: float = DEFAULT_REDIAL_AFTER
     pstn_rate: float = DEFAULT_PSTN_RATE
+    sweep: float | None = None  # real seconds: the PSTN sweeps every DID at the fault and the restore (pstn.py)
     trunk_expiry: int = DEFAULT_TRUNK_EXPIRY
     bound: float = DEFAULT_BOUND
     reuse: bool = False
@@ -426,6 +427,7 @@ class Simulation:
         t1 = t1_wall = None
         # Hard limit on the whole observation (every loop here is bounded by it).
         hard_end = t0 + (restore_after or 0.0) + 2 * window + 60.0
+        self.sweep(hard_end)
         while True:
             now = time.monotonic()
             if now > hard_end:
@@ -440,6 +442,7 @@ class Simulation:
                 progress.done()
                 t1, t1_wall = time.monotonic(), time.time()
                 self.apply(cluster, fault.restore, "restore")
+                self.sweep(hard_end)
                 if fault.expect == SERVED:
                     # The master served throughout: nothing to fail back, the
                     # observation ends with the fault.
@@ -454,13 +457,25 @@ class Simulation:
                  f"none {counts.get(NONE, 0)} of {len(runner.fleet.phones)} phones")
         return Observation(t0, t0_wall, t1, t1_wall, t1, counts, ended=time.monotonic())
 
+    def sweep(self, until: float) -> None:
+        """With ``--sweep``: the PSTN dials every DID from now until each connected, or ``until``."""
+        if self.o.sweep is None or self.caller is None:
+            return
+        limit = max(self.o.sweep, (until - time.monotonic()) * self.k)
+        self.caller.sweep(self.o.sweep, limit)
+        self.say(f"PSTN sweep: every DID dialled, again after {self.o.sweep:g}s real "
+                 f"({self.o.sweep / self.k:.2f}s) without an answer, until it connects")
+
     def _observed_enough(self, runner: FleetThread, now: float, t0: float, t1: float | None,
                          restore_at: float | None, window: float) -> bool:
         """After a failback: every phone home and calling both ways again, or the window is over; without a
         restore: the same since the fault.  After the window the observation goes on (up to its hard limit)
         while a phone has had no call, in one direction or the other, since the fault, or its last calls
-        failed: the verdict needs the call that ends its outage, not the end of the observation.
+        failed: the verdict needs the call that ends its outage, not the end of the observation.  It never
+        ends while a PSTN sweep has DIDs to connect.
         """
+        if self.o.sweep is not None and self.caller is not None and self.caller.sweeping():
+            return False
         if t1 is not None:
             return ((self._back_since(runner, t1, MASTER) and self._clients_back_since(t1, MASTER))
                     or (now > t1 + window and not self._unsettled(runner, t0)))
@@ -531,7 +546,8 @@ class Simulation:
             "slave_events": [e.to_dict() for e in checker.events],
             "lost_registration": report.lost_registration,
             "pstn": pstn.summary(report.pstn, outcome.observation.fault_time, outcome.observation.restored,
-                                 self.k, rate=self.o.pstn_rate, trunk_expiry=self.o.trunk_expiry),
+                                 self.k, rate=self.o.pstn_rate, trunk_expiry=self.o.trunk_expiry,
+                                 sweep=self.o.sweep),
             "counts_at_end": outcome.observation.counts_at_end,
             "cluster": {"master": info.master, "slave": info.slave, "users": info.users,
                         "sip_expiry": info.expiry, "granted_expiry_scaled": info.granted,

@@ -267,3 +267,53 @@ def test_a_bad_register_row_is_left_out_with_its_reason(database, carrier):
     assert settings["warnings"] == [f"trunk {TRUNK_USER} does not register: 'tcp://{TRUNK_USER}:***@"
                                     f"{carrier.address}:{carrier.port}~60': transport 'tcp' (only udp)"]
     assert settings["hosts"] == [carrier.address]  # its calls are still accepted, as Asterisk's peer would
+
+
+def test_a_sweep_dials_each_did_again_until_it_connects_through_the_node_that_took_the_trunk(tmp_path, database,
+                                                                                            carrier):
+    # The first node is killed: the carrier relays to it, answers 100 Trying, nothing more comes; the
+    # sweep cancels each attempt after its patience and dials again, until the second node registers
+    # the trunk and the phones are registered there.
+    add_trunk(database, carrier, expiry=60)
+    first = start_trunk_node(tmp_path, database)
+    other = LineDatabase(range(1001, 1011))
+    add_trunk(other, carrier, expiry=60)
+    second = None
+    users = ("1001", "1002")
+
+    async def scenario():
+        nonlocal second
+        phones = [await phone_on(first, int(user)) for user in users]
+        caller = PstnCaller((carrier.address, carrier.port), {did_of(u): u for u in users},
+                            PstnConfig(rate=0, hold_time=0.3))
+        await caller.open("127.0.0.1")
+        caller.start()
+        try:
+            assert CALL_CONNECTED in [k for k, _ in await until_trunk_on(carrier, phones[0])]
+            first.kill()
+            caller.sweep(0.5, limit=20)
+            await asyncio.sleep(1.6)
+            second = start_trunk_node(tmp_path, other)
+            phones += [await phone_on(second, int(user)) for user in users]
+            assert await until(lambda: caller.sweeping() == 0, timeout=15)
+            await asyncio.sleep(1.0)  # the last calls' BYEs
+            return {u: [(e.kind, e.info) for e in caller.events[u]] for u in users}
+        finally:
+            caller.stop()
+            for phone in phones:
+                phone.stop()
+
+    try:
+        events = asyncio.run(scenario())
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        other.stop()
+    for user in users:
+        kinds = [kind for kind, _ in events[user]]
+        results = [(kind, info.get("reason")) for kind, info in events[user] if kind in (CALL_CONNECTED, CALL_FAILED)]
+        assert results[-1] == (CALL_CONNECTED, None) and kinds[-1] == CALL_ENDED, events[user]
+        assert kinds.count(CALL_PLACED) == len(results)
+        assert (CALL_FAILED, "no answer within 0.5s") in results, results
+        assert all(info.get("sweep") for _, info in events[user])

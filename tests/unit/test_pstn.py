@@ -47,3 +47,12 @@ def test_without_a_restore_everything_after_the_fault_is_during_it():
     out = summary(events, fault_time=10, restored=None, time_scale=1)
     assert out["calls"]["during"] == {"connected": 0, "failed": 1}
     assert out["first_connected_after_fault"] is None and out["restored_after_fault"] is None
+
+
+@pytest.mark.parametrize("patience, limit", [(0, 10), (-1, 10), (5, 4), (5, float("inf")), (float("nan"), 10)])
+def test_a_sweep_needs_a_positive_patience_within_a_finite_limit(patience, limit):
+    from xivo_ha_simulator.pstn import PstnCaller
+
+    caller = PstnCaller(("127.0.0.1", 5060), {did_of("1001"): "1001"})
+    with pytest.raises(ValueError):
+        caller.sweep(patience, limit)

@@ -13,6 +13,7 @@ from xivo_ha_simulator import cli
     (["run", "--scenario", "meteor"], "scenario"),
     (["run", "--time-scale", "-1"], "time-scale"),
     (["run", "--created-before-fault", "10"], "new-users"),
+    (["run", "--sweep", "0"], "sweep"),
     (["run", "--no-such-switch"], "no-such-switch"),
     (["run", "extra"], "extra"),
     (["down", "--project"], "project"),
