@@ -3,10 +3,13 @@
 ``--new-users N --created-before-fault S``: N users are created on the master
 (in SQL, the rows XiVO's web interface writes for a user with a SIP line and
 an extension) S real seconds (S/K measured) before the fault, and their phones
-start then.  The slave only knows them if a ``xivo-master-slave-db-replication``
-ran between their creation and the fault: XiVO runs it hourly from cron, and
-the simulator keeps that cadence compressed by K (:class:`Replicator`, every
-3600/K s, when the nodes' cron does not run, i.e. K != 1).
+start then.  In hourly mode the slave only knows them if a
+``xivo-master-slave-db-replication`` ran between their creation and the fault:
+XiVO runs it hourly from cron, and the simulator keeps that cadence compressed
+by K (:class:`Replicator`, every 3600/K s, when the nodes' cron does not run,
+i.e. K != 1).  In continuous mode the stream brings them within seconds.
+Either way the simulator counts their lines in the slave's database just
+before the fault (``on_slave_at_fault``).
 
 :func:`compute` is pure: from the new phones' events, the fault time, when the
 users were created and when the master last replicated, it says how many of
@@ -38,13 +41,16 @@ class Rpo:
     called: int  # of the users, phones with a call connected through the backup after the fault
     per_user: dict = field(default_factory=dict)  # phone id -> {"registered": bool, "called": bool}
     sentence: str = ""
+    on_slave_at_fault: int | None = None  # of the users, lines in the slave's database just before the fault
+    mode: str = "hourly"  # the [replication] mode of the run
 
     def to_dict(self) -> dict:
         return {"users": self.users, "created_wall": round(self.created_wall, 3),
                 "last_replication_wall": None if self.last_replication_wall is None
                 else round(self.last_replication_wall, 3),
                 "replicated_before_fault": self.replicated, "registered_on_slave": self.registered,
-                "called_on_slave": self.called, "sentence": self.sentence, "per_user": self.per_user}
+                "called_on_slave": self.called, "on_slave_at_fault": self.on_slave_at_fault, "mode": self.mode,
+                "sentence": self.sentence, "per_user": self.per_user}
 
 
 def clock(wall: float | None) -> str:
@@ -52,8 +58,13 @@ def clock(wall: float | None) -> str:
 
 
 def compute(events: Mapping[str, Sequence[Event]], fault_time: float, created_wall: float,
-            last_replication_wall: float | None, backup: str = "slave") -> Rpo:
-    """How many of the new users' phones could register and call on ``backup`` after the fault, and why not."""
+            last_replication_wall: float | None, backup: str = "slave", on_slave_at_fault: int | None = None,
+            mode: str = "hourly") -> Rpo:
+    """How many of the new users' phones could register and call on ``backup`` after the fault, and why not.
+
+    ``on_slave_at_fault``: how many of their lines the backup's database had just before the
+    fault (None: not looked); in continuous mode that, not the hourly copy, says whether they
+    were replicated."""
     per_user: dict[str, dict] = {}
     refusals: Counter = Counter()
     for pid, evs in events.items():
@@ -67,16 +78,24 @@ def compute(events: Mapping[str, Sequence[Event]], fault_time: float, created_wa
     users = len(per_user)
     registered = sum(1 for u in per_user.values() if u["registered"])
     called = sum(1 for u in per_user.values() if u["called"])
-    replicated = last_replication_wall is not None and created_wall <= last_replication_wall
     text = (f"{registered} of {users} users created at {clock(created_wall)} registered on the {backup} after "
             f"the fault, {called} called through it")
-    if registered < users:
+    if mode == "continuous":
+        replicated = on_slave_at_fault == users
+        why = (f"in the {backup}'s database at the fault" if replicated
+               else f"not in the {backup}'s database at the fault: the stream had not brought them")
+    else:
+        replicated = last_replication_wall is not None and created_wall <= last_replication_wall
         why = (f"created before the last replication at {clock(last_replication_wall)}" if replicated
                else f"not replicated yet: created after the last replication "
                     f"({clock(last_replication_wall)})")
+    if registered < users:
         seen = ", ".join(f"{reason} x{n}" for reason, n in refusals.most_common(3))
         text += f"; the others: {why}" + (f" (the {backup} answered: {seen})" if seen else "")
-    return Rpo(users, created_wall, last_replication_wall, replicated, registered, called, per_user, text)
+    if on_slave_at_fault is not None:
+        text += f"; {on_slave_at_fault} of {users} were in the {backup}'s database at the fault ({mode} replication)"
+    return Rpo(users, created_wall, last_replication_wall, replicated, registered, called, per_user, text,
+               on_slave_at_fault, mode)
 
 
 class Replicator:

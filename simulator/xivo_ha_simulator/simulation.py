@@ -278,6 +278,16 @@ class Simulation:
         except ValueError:
             return None
 
+    def lines_on(self, cluster: Cluster, node: str, numbers: list[str]) -> int | None:
+        """How many of the lines of ``numbers`` (SIP lines with their usersip row) ``node``'s database has."""
+        listed = ", ".join(f"'{int(n)}'" for n in numbers)
+        try:
+            return int(cluster.sql(node, "SELECT count(*) FROM linefeatures l JOIN usersip s ON s.name = l.name "
+                                         f"WHERE l.number IN ({listed})"))
+        except (ClusterError, ValueError) as exc:
+            self.say(f"cannot count the new users' lines on the {node}: {exc}")
+            return None
+
     def new_users(self, cluster: Cluster, info: BringUp, config: PhoneConfig,
                   numbers: list[int]) -> tuple[FleetThread, float]:
         """Create ``new_users`` users on the master, as the web interface would, and start their phones.
@@ -361,7 +371,7 @@ class Simulation:
         checker = Checker(cluster, log=self.say)
         replicator = rpo.Replicator(lambda: self.replicate(cluster, info.slave), k, self.say)
         runner = caller = clients = newcomers = None
-        created_wall = last_replication = None
+        created_wall = last_replication = on_slave = None
         try:
             checker.start()
             replicator.start()
@@ -381,6 +391,7 @@ class Simulation:
                          + ("" if replicator.drives else " (its cron)"))
                 time.sleep(max(0.0, fault_at - time.time()))
                 last_replication = self.last_replication(cluster)
+                on_slave = self.lines_on(cluster, SLAVE, [p.user for p in newcomers.fleet.phones])
             observation = self.inject_and_observe(cluster, checker, runner)
         finally:
             events = runner.events() if runner is not None else {}
@@ -394,7 +405,8 @@ class Simulation:
             checker.stop()
         rpo_result = None
         if new_events is not None:
-            rpo_result = rpo.compute(new_events, observation.fault_time, created_wall, last_replication, SLAVE)
+            rpo_result = rpo.compute(new_events, observation.fault_time, created_wall, last_replication, SLAVE,
+                                     on_slave, o.replication)
         report = rep.compute(events, observation.fault_time, observation.failback_time, time_scale=k,
                              bound=o.bound, primary=MASTER, backup=SLAVE, fault_wall=observation.fault_wall,
                              failback_wall=observation.failback_wall, expect=fault.expect,

@@ -59,3 +59,20 @@ def test_the_replicator_runs_on_its_period_only_with_a_compressed_time():
     idle.start()
     idle.stop()
     assert not idle.drives and idle.runs == []
+
+
+def test_in_continuous_mode_the_users_the_stream_brought_count_as_replicated_whatever_the_hourly_copy():
+    result = rpo.compute({"1201": replicated_phone(), "1202": replicated_phone()}, FAULT, created_wall=WALL + 40,
+                         last_replication_wall=WALL + 10, on_slave_at_fault=2, mode="continuous")
+    assert (result.registered, result.called, result.replicated) == (2, 2, True)
+    data = result.to_dict()
+    assert (data["mode"], data["on_slave_at_fault"], data["replicated_before_fault"]) == ("continuous", 2, True)
+    assert result.sentence.endswith("; 2 of 2 were in the slave's database at the fault (continuous replication)")
+
+
+def test_in_continuous_mode_users_missing_on_the_slave_at_the_fault_are_blamed_on_the_stream():
+    result = rpo.compute({"1201": stale_phone(), "1202": replicated_phone()}, FAULT, created_wall=WALL + 40,
+                         last_replication_wall=WALL + 10, on_slave_at_fault=1, mode="continuous")
+    assert (result.registered, result.replicated) == (1, False)
+    assert "the others: not in the slave's database at the fault: the stream had not brought them" in result.sentence
+    assert "403 Forbidden x2" in result.sentence
