@@ -20,8 +20,11 @@ again as soon as an attempt got no 2xx within the patience (``CALL_FAILED``,
 reason ``no answer within P s``; the attempt is cancelled once it had a
 provisional answer, and what it gets later is acknowledged, a late 2xx hung
 up, never logged), until the DID connected once.  A DID's attempts never
-overlap and start at least the patience apart; the random calls leave the
-DIDs of a sweep under way alone.  Its events carry ``sweep: true``.
+overlap and start at least the patience apart, and at most
+:data:`SWEEP_CONCURRENCY` sweep calls are under way at once (the others wait
+their turn, oldest first): the sweep loads the cluster at most like that many
+busy callers, whatever the number of phones.  The random calls leave the DIDs
+of a sweep under way alone.  Its events carry ``sweep: true``.
 
     caller = PstnCaller(("172.28.5.20", 5060), {"01001001": "1001", ...}, PstnConfig(rate=60))
     await caller.open("172.28.5.1")
@@ -35,6 +38,7 @@ DIDs of a sweep under way alone.  Its events carry ``sweep: true``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import random
 import time
@@ -53,6 +57,7 @@ T2 = 4.0
 # Real seconds a call that got a provisional answer may wait for its final one
 # (beyond the carrier's own INVITE timer, which answers 408 first).
 RINGING_LIMIT = 180.0
+SWEEP_CONCURRENCY = 50  # sweep calls under way at once, at most
 
 _rand = random.Random()
 
@@ -97,6 +102,8 @@ class _Sweep:
     started: float
     until: float
     pending: set = field(default_factory=set)
+    concurrency: int = SWEEP_CONCURRENCY
+    waiting: collections.deque = field(default_factory=collections.deque)  # DIDs due, for a free call
 
 
 class _Call:
@@ -211,18 +218,20 @@ class PstnCaller(asyncio.DatagramProtocol):
 
     # ------------------------------------------------------------------ sweeps
 
-    def sweep(self, patience: float, limit: float) -> None:
+    def sweep(self, patience: float, limit: float, concurrency: int = SWEEP_CONCURRENCY) -> None:
         """Dial every DID now, each again as soon as an attempt got no 2xx within ``patience``,
-        until each connected once or ``limit`` passed (real seconds, scaled).  A new sweep
-        replaces the one under way."""
+        until each connected once or ``limit`` passed (real seconds, scaled), at most
+        ``concurrency`` calls under way.  A new sweep replaces the one under way."""
         if not (patience > 0 and limit >= patience and math.isfinite(limit)):
             raise ValueError(f"a sweep needs 0 < patience <= limit (finite), not {patience!r} and {limit!r}")
+        if not (isinstance(concurrency, int) and concurrency > 0):
+            raise ValueError(f"a sweep needs at least one call under way, not {concurrency!r}")
         if self.transport is None:
             raise RuntimeError("open() the PSTN caller before sweep()")
         self._sweep_timers.cancel_all()
         now = self.loop.time()
         sweep = self._sweep = _Sweep(self.config.scaled(patience), f"no answer within {patience:g}s", now,
-                                     now + self.config.scaled(limit), set(self.dids))
+                                     now + self.config.scaled(limit), set(self.dids), concurrency)
         dids = sorted(self.dids)
         _rand.shuffle(dids)
         step = sweep.patience / max(1, len(dids))
@@ -240,6 +249,10 @@ class PstnCaller(asyncio.DatagramProtocol):
         if (sweep is not self._sweep or did not in sweep.pending or did in self._sweeping
                 or self.transport is None or self.loop.time() >= sweep.until):
             return  # done, replaced, or the DID's attempt under way dials it again when it ends
+        if len(self._sweeping) >= sweep.concurrency:
+            if did not in sweep.waiting:
+                sweep.waiting.append(did)
+            return
         call = self._calls[self.call(did, sweep=sweep)]
         self._sweeping[did] = call
         call.patience = self.loop.call_later(sweep.patience, self._give_up, call)
@@ -252,13 +265,16 @@ class PstnCaller(asyncio.DatagramProtocol):
             call.patience.cancel()
             call.patience = None
         sweep = self._sweep
-        if sweep is None or call.did not in sweep.pending:
+        if sweep is None:
             return
-        if connected and call.started >= sweep.started:
-            sweep.pending.discard(call.did)
-            return
-        wait = max(0.0, call.started + sweep.patience - self.loop.time())
-        self._sweep_timers.later(self.loop, wait, lambda: self._sweep_dial(sweep, call.did))
+        if call.did in sweep.pending:
+            if connected and call.started >= sweep.started:
+                sweep.pending.discard(call.did)
+            else:
+                wait = max(0.0, call.started + sweep.patience - self.loop.time())
+                self._sweep_timers.later(self.loop, wait, lambda: self._sweep_dial(sweep, call.did))
+        while sweep.waiting and len(self._sweeping) < sweep.concurrency:
+            self._sweep_dial(sweep, sweep.waiting.popleft())
 
     def _give_up(self, call: _Call) -> None:
         """No 2xx within the sweep's patience: a failed attempt; the call is cancelled and forgotten."""

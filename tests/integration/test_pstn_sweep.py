@@ -211,3 +211,30 @@ def test_every_did_is_dialled_the_first_attempts_spread_over_the_patience_a_new_
     assert len(first) == len(phones) and 0 < max(first) - min(first) < PATIENCE
     assert len(every) == 2 * len(phones)
     assert all(outcomes(caller, p) == [(CALL_CONNECTED, None)] * 2 for p in phones)
+
+
+def test_at_most_the_concurrency_of_sweep_calls_are_under_way_the_others_wait_their_turn():
+    phones = [str(1001 + i) for i in range(6)]
+
+    async def scenario():
+        carrier = await FakeCarrier().open()  # 100 Trying only: every call lasts its whole patience
+        caller = await caller_for(carrier, phones)
+        try:
+            caller.sweep(PATIENCE, limit=10, concurrency=2)
+            peak = 0
+            deadline = time.monotonic() + 4 * PATIENCE
+            while time.monotonic() < deadline:
+                peak = max(peak, len(caller._sweeping))
+                await asyncio.sleep(0.005)
+            carrier.mode = "ok"
+            await until(lambda: caller.sweeping() == 0)
+            return caller, peak
+        finally:
+            caller.stop()
+            carrier.transport.close()
+
+    caller, peak = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert peak == 2
+    assert all(outcomes(caller, p)[-1] == (CALL_CONNECTED, None) for p in phones)
+    # Two at a time, a patience each: six DIDs got one attempt each in three patiences.
+    assert all(outcomes(caller, p).count((CALL_FAILED, f"no answer within {PATIENCE:g}s")) >= 1 for p in phones)

@@ -49,10 +49,11 @@ def test_without_a_restore_everything_after_the_fault_is_during_it():
     assert out["first_connected_after_fault"] is None and out["restored_after_fault"] is None
 
 
-@pytest.mark.parametrize("patience, limit", [(0, 10), (-1, 10), (5, 4), (5, float("inf")), (float("nan"), 10)])
-def test_a_sweep_needs_a_positive_patience_within_a_finite_limit(patience, limit):
+@pytest.mark.parametrize("patience, limit, concurrency", [(0, 10, 1), (-1, 10, 1), (5, 4, 1), (5, float("inf"), 1),
+                                                       (float("nan"), 10, 1), (5, 10, 0)])
+def test_a_sweep_needs_a_positive_patience_within_a_finite_limit_and_a_call_at_least(patience, limit, concurrency):
     from xivo_ha_simulator.pstn import PstnCaller
 
     caller = PstnCaller(("127.0.0.1", 5060), {did_of("1001"): "1001"})
     with pytest.raises(ValueError):
-        caller.sweep(patience, limit)
+        caller.sweep(patience, limit, concurrency)
