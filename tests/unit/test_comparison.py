@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from xivo_ha_simulator import comparison, report
+from xivo_ha_simulator import cli, comparison, report
 from xivo_ha_simulator.cluster import BringUp, Checker, Cluster, ClusterError, SlaveEvent
 from xivo_ha_simulator.events import Event
 from xivo_ha_simulator.simulation import Observation, Options, Outcome, SlaveChecks, Simulation
@@ -133,21 +133,34 @@ def test_the_table_without_new_users_says_so():
 # --------------------------------------------------------------------------- the two runs
 
 
-class Runs:
-    """A ``simulate`` that writes each run's real report files where it is told to, as a run does."""
+def phone(pid, other, back):
+    """A phone whose call fails after the fault (at 100), back on the slave at ``back``, then calling the other."""
+    def ev(t, kind, node=None, **info):
+        return Event(t, WALL + t - 100, kind, node, info or None)
+    return [ev(0, "started"), ev(1, "registered", "master"),
+            ev(101, "call_placed", "master", to=other), ev(102, "call_failed", "master", to=other, reason="timeout"),
+            ev(back, "registered", "slave"),
+            ev(back + 1, "call_placed", "slave", to=other), ev(back + 1.1, "call_connected", "slave", to=other, setup=0.1)]
 
-    def __init__(self, fail_first: bool = False):
+
+class Runs:
+    """A ``simulate`` that writes each run's real report files where it is told to, as a run does.
+
+    ``back``: when the phones are back on the slave in each mode (measured seconds; the fault at 100,
+    the bound 300 s real at x10).
+    """
+
+    def __init__(self, fail_first: bool = False, back: dict | None = None):
         self.given: list[Options] = []
         self.fail_first = fail_first
+        self.back = back or {"hourly": 112.0, "continuous": 103.0}
 
     def __call__(self, options: Options):
         self.given.append(options)
         if self.fail_first:
             raise ClusterError("the node image xivo-ha/node:latest is missing")
-        back = 112.0 if options.replication == "hourly" else 103.0  # on the slave, measured seconds
-        events = {"1001": [Event(0, WALL - 100, "started", None, None),
-                           Event(1, WALL - 99, "registered", "master", None),
-                           Event(back, WALL + back - 100, "registered", "slave", None)]}
+        back = self.back[options.replication]
+        events = {"1001": phone("1001", "1002", back), "1002": phone("1002", "1001", back)}
         judged = report.compute(events, 100.0, None, time_scale=10, fault_wall=WALL,
                                 slave=report.SlaveActivity(1, 0, serving_since=(106.0,)))
         outcome = Outcome(judged, Observation(100.0, WALL, None, None, None, {"slave": 1}),
@@ -190,3 +203,17 @@ def test_a_first_run_that_cannot_build_the_cluster_stops_there(tmp_path):
     with pytest.raises(ClusterError, match="missing"):
         comparison.run_both(Options(report_dir=str(tmp_path / "r")), runs, io.StringIO())
     assert len(runs.given) == 1 and not (tmp_path / "r" / "comparison.json").exists()
+
+
+@pytest.mark.parametrize("hourly_back, code", [(112.0, cli.EXIT_PASS), (135.0, cli.EXIT_FAIL)])
+def test_the_command_line_prints_both_tables_then_the_comparison_and_passes_when_both_pass(
+        tmp_path, monkeypatch, capsys, hourly_back, code):
+    monkeypatch.setattr(cli, "simulate", Runs(back={"hourly": hourly_back, "continuous": 103.0}))
+    assert cli.main(["run", "--compare-replication", "--phones", "2", "--report-dir", str(tmp_path)]) == code
+    lines = capsys.readouterr().out.splitlines()
+    verdict = "verdict: PASS" if code == cli.EXIT_PASS else "verdict: FAIL"
+    order = [lines.index(line) for line in ("replication hourly:", "table of the hourly run", "replication continuous:",
+                                            "table of the continuous run", verdict)]
+    assert order == sorted(order) and lines[0].startswith("run 1 of 2: replication hourly")
+    assert lines[-2].startswith("report: ") and lines[-2].endswith(f"{tmp_path / 'comparison.json'}")
+    assert f"{tmp_path / 'hourly' / 'report.json'}" in lines[-2]
