@@ -140,7 +140,8 @@ def phone(pid, other, back):
     return [ev(0, "started"), ev(1, "registered", "master"),
             ev(101, "call_placed", "master", to=other), ev(102, "call_failed", "master", to=other, reason="timeout"),
             ev(back, "registered", "slave"),
-            ev(back + 1, "call_placed", "slave", to=other), ev(back + 1.1, "call_connected", "slave", to=other, setup=0.1)]
+            ev(back + 1, "call_placed", "slave", to=other),
+            ev(back + 1.1, "call_connected", "slave", to=other, setup=0.1)]
 
 
 class Runs:
