@@ -81,7 +81,7 @@ def serving_after_fault(data: Mapping) -> float | None:
     walls = [e["wall"] for e in events if e.get("mode") == SERVING and e["wall"] >= fault]
     if not walls:
         return None
-    return round((walls[0] - fault) * data["time_scale"], 3)
+    return round((min(walls) - fault) * data["time_scale"], 3)
 
 
 def _rpo(data: Mapping) -> dict | None:
