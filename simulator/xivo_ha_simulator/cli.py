@@ -11,7 +11,9 @@ the cluster.
 
 ``argv`` excludes the program name.  Exit codes: 0 PASS, 1 FAIL (or the cluster
 could not be built: the message says why), 2 bad usage.  This module only parses
-the switches: the run itself is :class:`simulation.Simulation`.
+the switches: the run itself is :class:`simulation.Simulation`, and the two
+runs of ``--compare-replication`` (hourly, then continuous) are
+:func:`comparison.run_both`'s; that exits 0 only when both pass.
 """
 
 from __future__ import annotations
@@ -19,17 +21,18 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from typing import Sequence
+from pathlib import Path
+from typing import Iterable, Sequence
 
 from plumbum import cli
 from plumbum.cli.application import ShowHelp, ShowHelpAll, ShowVersion
 from plumbum.cli.switches import SwitchError
 
-from . import __version__, faults
+from . import __version__, comparison, faults
 from .cluster import PROJECT, REPLICATION_MODES, Cluster, ClusterError
 from .constants import (DEFAULT_BOUND, DEFAULT_CALL_RATE, DEFAULT_PSTN_RATE, DEFAULT_REDIAL_AFTER,
                         DEFAULT_TRUNK_EXPIRY)
-from .simulation import Options, Simulation
+from .simulation import Options, Outcome, Simulation
 
 EXIT_PASS = 0
 EXIT_FAIL = 1
@@ -165,6 +168,10 @@ class Run(Application):
     replication = cli.SwitchAttr(["--replication"], cli.Set(*REPLICATION_MODES), default="hourly",
                                  help="[replication] mode of both nodes: the hourly verified copy (XiVO), or "
                                       "continuous (a stream between the copies)")
+    compare_replication = cli.Flag(["--compare-replication"], excludes=["--replication"],
+                                   help="Run the scenario twice on one cluster, hourly then continuous "
+                                        "replication, and report both side by side (<report-dir>/hourly, "
+                                        "/continuous, comparison.json)")
     fast = cli.Flag(["--fast"], help="The slave's check in fast mode: --loop 55 --interval 5 (divided by K), "
                                      "one ping per round")
     new_users = cli.SwitchAttr(["--new-users"], cli.Range(1, 1000), default=0, argname="N",
@@ -191,18 +198,45 @@ class Run(Application):
             pstn_rate=self.pstn_rate, sweep=self.sweep, trunk_expiry=self.trunk_expiry,
             cti=not self.no_cti, new_users=self.new_users, created_before_fault=self.created_before_fault,
         )
-        simulation = Simulation(options)
         try:
-            outcome = simulation.run()
+            return self.compare(options) if self.compare_replication else self.single(options)
         except ClusterError as exc:
             print(f"xivo-ha-simulator: {exc}", file=sys.stderr)
             return EXIT_FAIL
+
+    @staticmethod
+    def single(options: Options) -> int:
+        outcome, table = simulate(options)
         print()
-        print(simulation.table(outcome))
-        print(f"report: {', '.join(outcome.files.values())}")
-        print(f"the cluster is still up for inspection (docker-compose -p {options.project} ps); "
-              f"`xivo-ha-simulator down` removes it")
+        print(table)
+        _files_and_cluster(options, outcome.files.values())
         return EXIT_PASS if outcome.passed else EXIT_FAIL
+
+    @staticmethod
+    def compare(options: Options) -> int:
+        result, outcomes = comparison.run_both(options, simulate, sys.stdout)
+        for mode, (_, table) in outcomes.items():
+            print()
+            print(f"replication {mode}:")
+            print(table)
+        print()
+        print(comparison.format_table(result))
+        files = [path for outcome, _ in outcomes.values() for path in outcome.files.values()]
+        _files_and_cluster(options, [*files, str(Path(options.report_dir) / comparison.COMPARISON)])
+        return EXIT_PASS if all(outcome.passed for outcome, _ in outcomes.values()) else EXIT_FAIL
+
+
+def simulate(options: Options) -> tuple[Outcome, str]:
+    """One run: its outcome and its table."""
+    simulation = Simulation(options)
+    outcome = simulation.run()
+    return outcome, simulation.table(outcome)
+
+
+def _files_and_cluster(options: Options, files: Iterable[str]) -> None:
+    print(f"report: {', '.join(files)}")
+    print(f"the cluster is still up for inspection (docker-compose -p {options.project} ps); "
+          f"`xivo-ha-simulator down` removes it")
 
 
 @Simulator.subcommand("down")

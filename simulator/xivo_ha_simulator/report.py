@@ -1184,6 +1184,11 @@ def figures(report: Report) -> list[str]:
             continue
         rows.append((label, _fmt_seconds(stats.p50), _fmt_seconds(stats.p95), _fmt_seconds(stats.max), "-",
                      f"{stats.over_bound}/{stats.phones}", str(stats.never), "-"))
+    return aligned(rows)
+
+
+def aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as columns: the first left-aligned, the others right-aligned, a rule under the header."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]

@@ -31,3 +31,20 @@ def test_a_wrong_command_line_is_one_line_on_stderr_and_exit_2(argv, names, caps
 def test_help_still_prints_the_switches(capsys):
     assert cli.main(["run", "--help"]) == 0
     assert "--phones" in capsys.readouterr().out
+
+
+def test_compare_replication_excludes_replication_and_nothing_is_created(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "Simulation", lambda *a, **k: pytest.fail("a usage error must not start a run"))
+    argv = ["run", "--compare-replication", "--replication", "hourly", "--report-dir", str(tmp_path / "r")]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    out = capsys.readouterr()
+    assert out.out == ""
+    lines = out.err.splitlines()
+    assert len(lines) == 1 and "--compare-replication" in lines[0] and "--replication" in lines[0], out.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_replication_is_in_the_help(capsys):
+    assert cli.main(["run", "--help"]) == 0
+    assert "--compare-replication" in capsys.readouterr().out
