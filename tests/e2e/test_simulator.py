@@ -23,11 +23,12 @@ sampled to within seconds; the HA settings are the shipped defaults):
   power-off no phone can register or call on it -- FAIL, and the reasons say so.
 * network-cut with a 3600 s trunk expiry: PSTN calls keep failing after the
   master is back (the carrier keeps the slave's registration);
-* power-off with 3 users created after the last replication: they cannot register on
-  the slave (the report says why), the others and their XiVO Clients move to it -- PASS;
-* power-off with `--replication continuous --fast`: the slave's registrar starts
-  with the bindings the stream brought, phones are called through it before they
-  register there (incoming calls back after the fault: p50/p95 printed).
+* power-off with `--compare-replication --fast --sweep 5`, 3 users created 60 s before the
+  fault: hourly, the new users cannot register on the slave (the report says why), the
+  others and their XiVO Clients move to it -- PASS; continuous, the slave's registrar
+  starts with the bindings the stream brought, phones are called through it before they
+  register there, the new users register and call on it, and every DID is reached sooner
+  than with the hourly copy (PSTN outages printed) -- PASS.
 """
 
 from __future__ import annotations
@@ -319,18 +320,32 @@ def test_a_long_trunk_expiry_keeps_pstn_calls_failing_after_the_network_comes_ba
     assert pstn["last_failed_after_fault"] - pstn["last_connected_after_fault"] > 20, pstn
 
 
-def test_users_created_after_the_last_replication_cannot_register_on_the_slave(sim_cluster, tmp_path):
-    # 3 users created 20 s real (2 s here) before a power-off: the master last replicated when the
-    # run reset the cluster, before they existed, and its next hourly run (every 360 s here) is far.
-    code, report = simulate(tmp_path, "power-off", "--new-users", "3", "--created-before-fault", "20")
+def compare(report_dir: Path, scenario: str, *extra: str) -> tuple[int, dict, dict]:
+    """``xivo-ha-simulator run --compare-replication`` on the e2e cluster; (exit code, comparison.json,
+    report.json by mode)."""
+    from xivo_ha_simulator import cli
+
+    argv = ["run", "--reuse", "--project", PROJECT, "--phones", str(CALLING), "--time-scale", f"{TIME_SCALE:g}",
+            "--call-rate", f"{CALL_RATE:g}", "--pstn-rate", f"{CALL_RATE:g}", "--scenario", scenario,
+            "--report-dir", str(report_dir), "--compare-replication", *extra]
+    code = cli.main(argv)
+    path = report_dir / "comparison.json"
+    assert path.is_file(), f"no comparison.json after `xivo-ha-simulator {' '.join(argv)}` (exit {code})"
+    reports = {mode: json.loads((report_dir / mode / "report.json").read_text()) for mode in ("hourly", "continuous")}
+    return code, json.loads(path.read_text()), reports
+
+
+def assert_new_users_not_on_the_hourly_slave(report: dict) -> None:
+    # 3 users created 60 s real (6 s here) before the power-off: the master last replicated when
+    # the run reset the cluster, before they existed, and its next hourly run (every 360 s here) is far.
     rpo, sim = report["rpo"], report["simulation"]
-    assert rpo["users"] == 3 and not rpo["replicated_before_fault"], rpo
+    assert rpo["users"] == 3 and not rpo["replicated_before_fault"] and rpo["on_slave_at_fault"] == 0, rpo
     assert rpo["registered_on_slave"] == 0 and rpo["called_on_slave"] == 0, rpo
     assert "not replicated yet: created after the last replication" in rpo["sentence"]
     assert rpo["last_replication_wall"] < rpo["created_wall"]
     assert sim["replications"] == []  # none was due during the run
     # The users created before that replication (the fleet's) moved to the slave and passed.
-    assert report["verdict"] == "PASS" and code == 0, report["reasons"]
+    assert report["verdict"] == "PASS", report["reasons"]
     assert report["failovers_seen"] == CALLING
     # The XiVO Clients: every one logged in again, on the slave's CTI server, within the bound.
     cti = report["cti_reconnection"]
@@ -341,16 +356,18 @@ def test_users_created_after_the_last_replication_cannot_register_on_the_slave(s
     assert set(last_login.values()) == {"slave"}, last_login
 
 
-def test_continuous_replication_fast_checks_phones_called_on_the_slave_before_they_register_there(
-        sim_cluster, tmp_path):
-    """Power-off, continuous mode, fast checks: the slave's registrar starts with the master's bindings."""
-    code, report = simulate(tmp_path, "power-off", "--replication", "continuous", "--fast")
+def assert_the_continuous_slave_knew_the_phones_and_the_new_users(report: dict, cluster) -> None:
     sim = report["simulation"]
     assert (sim["replication_mode"], sim["fast"]) == ("continuous", True)
     assert sim["check_switches"] == ["--loop", "5.5", "--interval", "0.5"]
+    assert report["verdict"] == "PASS", report["reasons"]
+    # The users created 60 s before the fault reached the slave by the stream: they registered and
+    # called there.
+    rpo = report["rpo"]
+    assert rpo["mode"] == "continuous" and rpo["on_slave_at_fault"] == 3 and rpo["replicated_before_fault"], rpo
+    assert rpo["registered_on_slave"] == 3 and rpo["called_on_slave"] == 3, rpo
     serving = [e["wall"] for e in sim["slave_events"] if e["mode"] == "serving"]
     assert len(serving) == 1, sim["slave_events"]
-    fault = report["fault"]["wall"]
     # Per phone: the first call it answered once the slave served, and its first REGISTER there.
     answered, registered = {}, {}
     for number, entry in report["per_phone"].items():
@@ -361,13 +378,28 @@ def test_continuous_replication_fast_checks_phones_called_on_the_slave_before_th
                                    and e.get("node") == "slave"), None)
     before = [n for n in answered if answered[n] is not None
               and (registered[n] is None or answered[n] < registered[n])]
-    back = sorted((answered[n] - fault) * TIME_SCALE for n in answered if answered[n] is not None)
-    if back:
-        print(f"incoming calls back after the fault (real-equivalent s) over {len(back)} phones: "
-              f"p50 {back[len(back) // 2]:.1f}, p95 {back[min(len(back) - 1, int(0.95 * len(back)))]:.1f}; "
-              f"slave serving at {(serving[0] - fault) * TIME_SCALE:.1f} s; {len(before)} phones called "
-              f"through the slave before they registered there")
     # Phones that only ever registered on the master were reached through the slave: it
     # loaded their bindings, shipped by the stream, when it started serving.
     assert before, {n: (answered[n], registered[n]) for n in answered}
-    assert int(sim_cluster.sql("slave", "SELECT count(DISTINCT username) FROM location")) >= len(before)
+    assert int(cluster.sql("slave", "SELECT count(DISTINCT username) FROM location")) >= len(before)
+
+
+def test_hourly_and_continuous_replication_side_by_side(sim_cluster, tmp_path):
+    """Power-off, fast checks, a PSTN sweep, 3 users created 60 s before the fault: hourly, then continuous."""
+    code, result, reports = compare(tmp_path, "power-off", "--fast", "--sweep", "5", "--new-users", "3",
+                                    "--created-before-fault", "60")
+    assert_new_users_not_on_the_hourly_slave(reports["hourly"])
+    assert_the_continuous_slave_knew_the_phones_and_the_new_users(reports["continuous"], sim_cluster)
+    assert code == 0 and result["verdict"] == "PASS", result["runs"]
+    assert {mode: reports[mode]["simulation"]["pstn"]["sweep"] for mode in reports} == {"hourly": 5.0,
+                                                                                       "continuous": 5.0}
+    pstn = result["directions"]["pstn"]
+    for mode in ("hourly", "continuous"):
+        assert pstn[mode]["phones"] == CALLING and pstn[mode]["never"] == 0, pstn
+    print(f"PSTN calls back after the fault (real-equivalent s, p50/p95/max): hourly "
+          f"{pstn['hourly']['p50']}/{pstn['hourly']['p95']}/{pstn['hourly']['max']}, continuous "
+          f"{pstn['continuous']['p50']}/{pstn['continuous']['p95']}/{pstn['continuous']['max']}; slave serving "
+          f"after {result['runs']['continuous']['slave_serving_after_fault']} s")
+    # The hourly slave starts with expired bindings: a DID is reached once its phone re-registered
+    # there; the continuous slave starts with the master's bindings.
+    assert pstn["continuous"]["p95"] < pstn["hourly"]["p95"], pstn
