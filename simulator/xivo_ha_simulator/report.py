@@ -33,7 +33,10 @@ failed attempts whose result came at or after the fault, and it lasts
   success after the fault proved the service up until then: a second outage
   after a failback, or a flap),
 
-to the result of the next successful attempt.  A run that no success ends is
+to the result of the next successful attempt.  A failed attempt placed before the
+result of a success after the fault is left out: it shows the service as it was
+before that success (a call to the powered-off master that times out after a
+call through the slave got through).  A run that no success ends is
 *never* back: infinite (``null`` in JSON, counted in ``never``).  A phone has
 any number of outages: its **longest** and its **total** are reported (a
 flapping fault makes several).  A phone with no attempt in a direction whose
@@ -270,6 +273,7 @@ def outage_runs(samples: Iterable[tuple[float, float, bool]], since: float) -> l
     runs: list[Outage] = []
     start = None
     ok_since = False
+    last_ok = None  # when the last success since ``since`` came
     for began, ended, ok in sorted(samples, key=lambda s: s[1]):
         if ended < since:
             start = None if ok else since  # a run under way at the fault counts from the fault
@@ -279,6 +283,9 @@ def outage_runs(samples: Iterable[tuple[float, float, bool]], since: float) -> l
                 runs.append(Outage(start, ended))
                 start = None
             ok_since = True
+            last_ok = ended
+        elif last_ok is not None and began < last_ok:
+            continue  # placed before a success proved the service up: stale
         elif start is None:
             start = max(since, began) if ok_since else since
     if start is not None:

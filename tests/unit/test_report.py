@@ -406,6 +406,19 @@ def test_an_outage_runs_from_the_fault_to_the_next_success():
     assert r.call_counts == {"internal": {"before": (1, 0), "during": (6, 3), "after": (0, 0)}}
 
 
+def test_a_failure_placed_before_a_success_after_the_fault_starts_no_outage():
+    # 1001's call to 1003 placed just before the fault times out after its next call got through
+    # the slave: the phone could call again from 101.2, and it is not "never back".
+    late = [call(99.5, 132, "1003", ok=False, reason="408 Request Timeout"), call(101, 101.2, "1002", node="slave"),
+            call(120, 121, "1002", ok=False), call(125, 125.1, "1002", node="slave")]
+    events = with_calls(registered(3), **{"1001": late, "1002": [call(104, 104.1, "1001", node="slave")],
+                                          "1003": [call(104, 104.1, "1001", node="slave")]})
+    r = report.compute(events, FAULT, time_scale=10, restored=None)
+    phone = r.calls["outgoing"]["1001"]
+    assert phone.outages == (report.Outage(120, 125.1),) and not phone.never
+    assert phone.failures == 2  # both failures are still counted as failed attempts
+
+
 def test_flapping_makes_two_outages_longest_and_total():
     flaps = [call(102, 105.2, "1002", ok=False), call(110, 110.1, "1002"),  # 100 -> 110.1
              call(120, 123.2, "1002", ok=False), call(125, 128.2, "1002", ok=False),
