@@ -29,7 +29,8 @@ from .simulation import Options
 
 MODES = ("hourly", "continuous")
 DIRECTIONS = (INCOMING, PSTN, OUTGOING, REGISTRATION, CTI)  # the comparison's order: what users lose first
-FIGURES = ("p50", "p95", "max", "phones", "never")
+FIGURES = ("p50", "p95", "max", "phones", "never", "back_p50", "back_p95", "back_max")
+BACK = ("back_p50", "back_p95", "back_max")  # fault -> first success per phone (report.py's "back")
 COMPARISON = "comparison.json"  # in the report directory, next to the two runs' directories
 PASS, FAIL = "PASS", "FAIL"  # report.json's verdicts
 
@@ -65,6 +66,7 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 def _direction(reports: Mapping[str, Mapping], direction: str) -> dict:
     entry = {mode: _figures(reports[mode]["outages"][direction]) for mode in MODES}
     entry["ratio_p95"] = ratio(*(entry[mode]["p95"] for mode in MODES))
+    entry["ratio_back_p95"] = ratio(*(entry[mode]["back_p95"] for mode in MODES))
     return entry
 
 
@@ -155,6 +157,10 @@ def _per_mode(result: Mapping, text: Callable[[Mapping], str]) -> str:
 def format_table(result: Mapping) -> str:
     """The comparison as a terminal table: a row per direction, then the slave, the RPO, the verdicts."""
     lines = aligned(_rows(result))
+    for direction, entry in result["directions"].items():
+        if any(entry[mode].get(key) is not None for mode in MODES for key in BACK):
+            backs = "; ".join(f"{mode} {'/'.join(_seconds(entry[mode].get(key)) for key in BACK)}" for mode in MODES)
+            lines.append(f"{direction} back after the fault (first call through, p50/p95/max): {backs}")
     serving = _per_mode(result, lambda run: "-" if run["slave_serving_after_fault"] is None
                         else f"{run['slave_serving_after_fault']:.0f} s")
     lines.append(f"slave serving after the fault (real-equivalent): {serving}")

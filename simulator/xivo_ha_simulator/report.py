@@ -46,6 +46,14 @@ passed silently.  For CTI a connection lost, or one connection attempt failed,
 is a failure at that instant, a login a success; a client with no CTI event
 at all is unmeasured.
 
+**Back** (per phone and call direction): from the fault to the result of its
+first successful attempt after it, whatever failed before; never: infinite.
+It bounds the outage from above (a phone whose first call after the fault
+connected has no outage, yet was back only then); with a PSTN sweep, which
+dials every DID at the fault and again within its patience, it is the PSTN
+outage itself to within the patience.  Reported (``back_p50``, ``back_p95``,
+``back_max``), not decisive.
+
 **Registration** (as before): the downtime is the time from the fault to the
 phone's first successful registration at or after the fault, on any node; the
 failback downtime from the failback to its first registration *on the
@@ -302,6 +310,7 @@ class PhoneOutages:
     failures: int = 0  # of those, the failed ones
     last_failure: str | None = None  # "node: reason" of the last failed attempt
     periods: dict = field(default_factory=dict)  # "before"/"during"/"after" -> (attempts, failures)
+    back: float | None = None  # measured seconds from the fault to its first success after it; None: none
 
     @property
     def measured(self) -> bool:
@@ -348,12 +357,14 @@ def call_outages(attempts: Sequence[Attempt], fault: float, restored: float | No
     done = [a for a in attempts if a.ended is not None]
     after = sorted((a for a in done if a.ended >= fault), key=lambda a: a.ended)
     failed = [a for a in after if not a.ok]
+    first_ok = next((a.ended for a in after if a.ok), None)
     return PhoneOutages(
         outages=tuple(outage_runs(((a.placed, a.ended, a.ok) for a in done), fault)),
         tries=len(after),
         failures=len(failed),
         last_failure=_why(failed[-1].node, failed[-1].reason) if failed else None,
         periods=period_counts(done, fault, restored),
+        back=None if first_ok is None else first_ok - fault,
     )
 
 
@@ -392,6 +403,9 @@ class OutageStats:
     unmeasured: tuple[str, ...]  # phones with no attempt since the fault
     bound: float
     time_scale: float
+    back_p50: float | None = None  # fault -> first success, over the measured phones (see the module)
+    back_p95: float | None = None
+    back_max: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -403,6 +417,7 @@ def outage_stats(direction: str, per_phone: Mapping[str, PhoneOutages], time_sca
     measured = {pid: o for pid, o in per_phone.items() if o.measured}
     longest = {pid: None if o.longest is None else o.longest * time_scale for pid, o in measured.items()}
     totals = [None if o.total is None else o.total * time_scale for o in measured.values()]
+    back = [None if o.back is None else o.back * time_scale for o in measured.values()]
     return OutageStats(
         direction=direction,
         phones=len(measured),
@@ -415,6 +430,9 @@ def outage_stats(direction: str, per_phone: Mapping[str, PhoneOutages], time_sca
         unmeasured=tuple(sorted(pid for pid, o in per_phone.items() if not o.measured)),
         bound=bound,
         time_scale=time_scale,
+        back_p50=percentile(back, 50),
+        back_p95=percentile(back, 95),
+        back_max=percentile(back, 100),
     )
 
 
@@ -874,6 +892,9 @@ def _outage_dict(stats: OutageStats, decisive: bool) -> dict:
         "p95": _json_number(stats.p95),
         "max": _json_number(stats.max),
         "max_total": _json_number(stats.max_total),
+        "back_p50": _json_number(stats.back_p50),
+        "back_p95": _json_number(stats.back_p95),
+        "back_max": _json_number(stats.back_max),
         "phones": stats.phones,
         "never": len(stats.never),
         "over_bound": list(stats.over_bound),
@@ -953,6 +974,8 @@ def to_dict(report: Report, events: Mapping[str, Sequence[Event]] | None = None,
             "pstn": "the carrier's calls to the phone's DID",
             "cti": "the user's CTI client: a lost connection or a failed connection attempt until the next login",
             "unmeasured": "phones with no attempt since the fault: they fail a decisive criterion",
+            "back": "per phone and call direction, the fault -> the first success after it (back_p50/p95/max): "
+            "an upper bound of the outage, the outage itself with a PSTN sweep",
             "attempts": "calls placed before the fault, during it (until the restore) and after; "
             "calls without a result when the phones stopped are left out",
             "downtime": "fault -> first successful registration after it, any node",

@@ -61,7 +61,8 @@ def test_each_direction_sets_the_two_modes_side_by_side_with_the_ratio_of_their_
                                 report_dirs={"hourly": "r/hourly", "continuous": "r/continuous"})
     assert list(result["directions"]) == ["incoming", "pstn", "outgoing", "registration", "cti"]
     incoming = result["directions"]["incoming"]
-    assert incoming["hourly"] == {"p50": 40, "p95": 120, "max": 150, "phones": 200, "never": 0, "over_bound": 0}
+    assert incoming["hourly"] == {"p50": 40, "p95": 120, "max": 150, "phones": 200, "never": 0, "over_bound": 0,
+                                  "back_p50": None, "back_p95": None, "back_max": None}  # not in these reports
     assert incoming["continuous"]["p95"] == 30 and incoming["ratio_p95"] == 4.0
     pstn = result["directions"]["pstn"]
     assert (pstn["hourly"]["never"], pstn["hourly"]["over_bound"], pstn["ratio_p95"]) == (3, 1, None)
@@ -122,6 +123,18 @@ def test_the_table_has_one_row_per_direction_then_serving_rpo_and_verdicts():
         "verdicts: hourly FAIL; continuous PASS",
         "verdict: FAIL",
     ]
+
+
+def test_the_table_says_when_each_phone_was_first_reached_after_the_fault_where_the_reports_have_it():
+    slow, fast = hourly(), continuous()
+    slow["outages"]["pstn"] |= {"back_p50": 184.2, "back_p95": 295.0, "back_max": 298.6}
+    fast["outages"]["pstn"] |= {"back_p50": 8.1, "back_p95": 10.5, "back_max": 10.7}
+    result = comparison.compare({"hourly": slow, "continuous": fast})
+    assert result["directions"]["pstn"]["ratio_back_p95"] == pytest.approx(28.095)
+    lines = comparison.format_table(result).splitlines()
+    assert "pstn back after the fault (first call through, p50/p95/max): hourly 184/295/299; continuous 8/10/11" \
+        in lines
+    assert not any(line.startswith("incoming back") for line in lines)
 
 
 def test_the_table_without_new_users_says_so():

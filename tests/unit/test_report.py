@@ -573,12 +573,16 @@ def test_report_json_carries_outages_calls_and_the_slave_serving(tmp_path):
     paths = report.write_all(r, events, tmp_path)
     data = json.loads(paths["json"].read_text())
     assert list(data["outages"]) == ["incoming", "outgoing", "pstn", "registration", "cti", "over_bound"]
+    # back: 1001 at 113.1, 1002 at 114.1 (its first call connected: no outage, but back only then)
     assert data["outages"]["outgoing"] == {"p50": 0.0, "p95": pytest.approx(131), "max": pytest.approx(131),
-                                           "max_total": pytest.approx(131), "phones": 2, "never": 0,
+                                           "max_total": pytest.approx(131), "back_p50": pytest.approx(131),
+                                           "back_p95": pytest.approx(141), "back_max": pytest.approx(141),
+                                           "phones": 2, "never": 0,
                                            "over_bound": [], "unmeasured": [], "decisive": True}
     assert data["outages"]["registration"]["decisive"] is False
-    assert data["outages"]["pstn"] == {"p50": None, "p95": None, "max": None, "max_total": None, "phones": 0,
-                                       "never": 0, "over_bound": [], "unmeasured": [], "decisive": False}
+    assert data["outages"]["pstn"] == {"p50": None, "p95": None, "max": None, "max_total": None, "back_p50": None,
+                                       "back_p95": None, "back_max": None, "phones": 0, "never": 0,
+                                       "over_bound": [], "unmeasured": [], "decisive": False}
     assert data["calls"] == {"internal": {"before": {"attempts": 0, "failures": 0},
                                           "during": {"attempts": 3, "failures": 1},
                                           "after": {"attempts": 0, "failures": 0}}}
