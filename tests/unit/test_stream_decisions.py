@@ -48,6 +48,54 @@ def test_a_stopped_stream_says_the_next_verified_copy_repairs_it():
     assert "xivo-master-slave-db-replication" in found.remedy
 
 
+SLOT = {"side": "master", "exists": True, "enabled": True, "streaming": True, "publication": True,
+        "lag_seconds": 0.0, "lag_bytes": 0, "errors": 0}
+DISABLED = {**STREAMING, "enabled": False, "streaming": False, "lag_seconds": None, "lag_bytes": None}
+
+
+def slave_report(stream_state, mode="standby", role="slave"):
+    """What `xivo-ha status --json` on the slave says, the parts the repair reads."""
+    return {"role": role, "failover": {"mode": mode, "reason": "master 10.20.30.1 answers"},
+            "replication": {"mode": "continuous", "stream": stream_state}}
+
+
+@pytest.mark.parametrize("master, report, problem, needed, words", [
+    # The slave stands by and its stream is off: repaired.
+    (SLOT, slave_report(DISABLED), "", True, "subscription is disabled"),
+    (SLOT, slave_report({**DISABLED, "errors": 3}), "", True, "3 apply error(s)"),
+    (SLOT, slave_report({"side": "slave", "exists": False}), "", True, "no subscription"),
+    ({"side": "master", "exists": False, "publication": True}, slave_report(STREAMING), "", True,
+     "this master has no replication slot"),
+    # Not repaired: it flows, or PostgreSQL reconnects by itself.
+    (SLOT, slave_report(STREAMING), "", False, "streaming"),
+    ({**SLOT, "streaming": False}, slave_report({**STREAMING, "streaming": False}), "", False,
+     "PostgreSQL reconnects by itself"),
+    # Not repaired: the slave serves, or cannot tell, or says it is a master.
+    (SLOT, slave_report(DISABLED, mode="serving"), "", False, "expected while it serves"),
+    (SLOT, slave_report(DISABLED, mode="unknown"), "", False, "cannot tell whether it serves"),
+    (SLOT, {**slave_report(DISABLED), "failover": None}, "", False, "cannot tell whether it serves"),
+    (SLOT, slave_report(DISABLED, role="master"), "", False, "says it is a master"),
+    # Not repaired: someone cannot be asked or read.
+    (SLOT, None, "ssh to 10.20.30.2 failed: Connection refused", False, "ssh to 10.20.30.2 failed"),
+    (SLOT, slave_report({"side": "slave", "error": "connection refused"}), "", False,
+     "the slave cannot read its stream: connection refused"),
+    (SLOT, {"role": "slave", "failover": {"mode": "standby"}}, "", False, "does not report its stream"),
+    ({"side": "master", "error": "no such database"}, slave_report(DISABLED), "", False,
+     "cannot read this master's stream: no such database"),
+])
+def test_repair_needed(master, report, problem, needed, words):
+    decided, sentence = stream.repair_needed(master, report, problem)
+    assert decided is needed
+    assert words in sentence, sentence
+
+
+def test_a_repair_says_what_it_repairs_and_what_it_waits_for():
+    needed, sentence = stream.repair_needed(SLOT, slave_report(DISABLED))
+    assert needed and "stands by" in sentence
+    _, sentence = stream.repair_needed(SLOT, slave_report(DISABLED, mode="serving"))
+    assert "after failback" in sentence
+
+
 @pytest.mark.parametrize("role, mode, objects, subscription, master", [
     ("master", "continuous", ["publication xivo_ha", "role xivo_ha_replication"], False, False),
     ("master", "continuous", ["subscription xivo_ha"], True, False),  # an ex-slave promoted

@@ -24,7 +24,8 @@ the verified copy already has; a re-base (:func:`rebase`) is one verified copy:
 Failover (:func:`stop_on_slave`, from ``xivo-manage-slave-services start``) disables
 the subscription first and brings the sequences up to the replicated rows, so that
 nothing from the master overwrites what the slave learns while serving.  The stream
-stays off until the master's next verified copy re-bases the slave.
+stays off until the slave stands by again: then the master's per-minute repair
+(:func:`repair_needed`, ``xivo-master-slave-db-replication --repair-stream``) re-bases it.
 """
 
 from __future__ import annotations
@@ -102,6 +103,49 @@ def verdict(mode: str, role: str, state: Mapping[str, Any], serving: bool = Fals
                                "every 30 s): the stream may be stuck",
                        "check the network between the nodes and the master's PostgreSQL")
     return Verdict("OK", f"streaming, {_lag(state)}")
+
+
+def repair_needed(master_state: Mapping[str, Any], slave_report: Mapping[str, Any] | None,
+                  problem: str = "") -> tuple[bool, str]:
+    """Whether the master's per-minute repair (``--repair-stream``) re-bases the stream now,
+    and why, from this master's :func:`observe` and the slave's ``xivo-ha status --json``
+    (None when it could not be asked: ``problem`` says why).
+
+    Only a slave that stands by is repaired, and only when its stream is off for good:
+    no subscription, a disabled one (after a failover or a conflict), or no slot on this
+    master.  A stream enabled but not connected right now is left to PostgreSQL, which
+    reconnects by itself: a network blip costs no full copy.
+    """
+    if slave_report is None:
+        return False, f"could not ask the slave whether it stands by ({problem}): the stream is not repaired now"
+    failover = slave_report.get("failover") if isinstance(slave_report.get("failover"), dict) else {}
+    if slave_report.get("role") == "master":
+        return False, "the slave says it is a master (its /etc/xivo/ha.conf): its stream is not repaired"
+    if failover.get("mode") == "serving":
+        return False, ("the slave serves (failover): its stream is off, as expected while it serves; "
+                       "it is repaired once the slave stands by again after failback")
+    if failover.get("mode") != "standby":
+        return False, (f"the slave cannot tell whether it serves (failover state {failover.get('mode') or 'missing'})"
+                       ": its stream is not repaired until its next xivo-check-master-status run records it")
+    replication = slave_report.get("replication")
+    slave = replication.get("stream") if isinstance(replication, dict) else None
+    if not isinstance(slave, dict):
+        return False, "the slave stands by but does not report its stream (is its xivo-ha as recent as this one?)"
+    if slave.get("error"):
+        return False, f"the slave cannot read its stream: {slave['error']}"
+    if master_state.get("error"):
+        return False, f"cannot read this master's stream: {master_state['error']}"
+    if not slave.get("exists"):
+        return True, "the slave stands by and has no subscription"
+    if not slave.get("enabled"):
+        cause = f" after {slave['errors']} apply error(s)" if slave.get("errors") else ""
+        return True, f"the slave stands by and its subscription is disabled{cause}"
+    if not master_state.get("exists"):
+        return True, "the slave stands by and this master has no replication slot"
+    if not slave.get("streaming"):
+        return False, (f"the stream is enabled but not connected right now ({describe(slave)}): "
+                       "PostgreSQL reconnects by itself")
+    return False, f"the stream is {describe(slave)}: nothing to repair"
 
 
 def _lag(state: Mapping[str, Any]) -> str:
