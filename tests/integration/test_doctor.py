@@ -96,9 +96,11 @@ def pair(tmp_path, sshd, asterisk_db, second_postgres_server):
         second_postgres_server.drop_database(slave_db.name)
 
 
-def _build_pair(tmp_path, sshd, master_db, slave_db, master_services, slave_services) -> Pair:
+def _build_pair(tmp_path, sshd, master_db, slave_db, master_services, slave_services, mode: str = "hourly") -> Pair:
+    """Both nodes set up and the first replication and sync done, in [replication] ``mode``."""
     slave_root = sshd.slave_root
-    slave_env = {"XIVO_HA_ALLOW_LOOPBACK_PEER": "1", **services_env(slave_services, ["asterisk"])}
+    slave_env = {"XIVO_HA_ALLOW_LOOPBACK_PEER": "1", "XIVO_HA_REPLICATION_MODE": mode,
+                 **services_env(slave_services, ["asterisk"])}
     slave = make_node(slave_root, slave_db, slave_env)
     # The slave's own settings file: what its xivo-ha reads when the master's doctor calls it.
     services = services_env(slave_services, ["asterisk"])
@@ -110,6 +112,7 @@ def _build_pair(tmp_path, sshd, master_db, slave_db, master_services, slave_serv
         "services": {key[len("XIVO_HA_SERVICES_"):].lower(): quoted_list(value)
                      for key, value in services.items() if key != "XIVO_HA_SERVICES_COMMAND_TIMEOUT"},
         "doctor": {"ping_timeout": "1"},
+        "replication": {"mode": mode},
     }))
 
     master_root = tmp_path / "master"
@@ -121,6 +124,7 @@ def _build_pair(tmp_path, sshd, master_db, slave_db, master_services, slave_serv
         "XIVO_HA_SYNC_DIRECTORIES": "/etc/asterisk/extensions_extra.d",
         "XIVO_HA_REPLICATION_SLAVE_PORT": str(slave_db.server.port),
         "XIVO_HA_REPLICATION_SLAVE_DBNAME": slave_db.name,
+        "XIVO_HA_REPLICATION_MODE": mode,
         **services_env(master_services, ["asterisk"]),
     })
     extra = master.path("/etc/asterisk/extensions_extra.d")

@@ -326,6 +326,21 @@ def test_dry_run_lists_tables_and_changes_nothing(master_node, master_db, slave_
     assert not (master_node / "var/lib/xivo-ha/replication.json").exists()
 
 
+def test_repair_stream_in_hourly_mode_has_nothing_to_repair(master_node, slave_db):
+    before = slave_db.snapshot()
+    result = replicate("--repair-stream", "127.0.0.1")
+    assert (result.returncode, result.stdout) == (0, "[replication] mode is hourly: there is no stream to repair\n")
+    assert slave_db.snapshot() == before
+    assert not (master_node / "var/lib/xivo-ha/replication.json").exists()
+
+
+@pytest.mark.parametrize("switch", ["--force", "--dry-run"])
+def test_repair_stream_with_force_or_dry_run_is_a_usage_error(master_node, switch):
+    result = replicate("--repair-stream", switch, "127.0.0.1")
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and "--repair-stream" in result.stderr
+
+
 def test_excluded_table_referring_to_a_replicated_one_keeps_its_rows(master_node, master_db, slave_db):
     for db in (master_db, slave_db):
         db.execute("ALTER TABLE provisioning ADD COLUMN context varchar(39) REFERENCES context (name)")

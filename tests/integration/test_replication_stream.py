@@ -20,9 +20,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from netns import SlaveServices
 from node import closed_port, make_node, service_journal
 from pg import DEMO_USERS, TEMPLATE, Database, PgServer
-from test_replication import EXCLUDED, REPLICATED
+from test_doctor import LOOPBACK, _build_pair
+from test_replication import EXCLUDED, REPLICATED, serving_state
 from xivo_ha import database, role
 from xivo_ha.replication import stream
 
@@ -382,3 +384,100 @@ def test_failover_starts_the_services_even_when_the_stream_cannot_be_stopped(pai
     assert "cannot stop the replication stream" in result.stderr
     assert [line for line in service_journal(slave) if line.endswith(" start")] == [
         "service monit start", "service asterisk start"]
+
+
+# --- the master's per-minute repair (`--repair-stream`), the slave asked over the HA key ---------
+
+
+@pytest.fixture
+def asked_pair(tmp_path, sshd, master_db, slave_db):
+    """The pair of test_doctor (a real sshd: the master asks the slave with `xivo-ha status
+    --json`), in continuous mode, after its first verified copy started the stream."""
+    master_services = SlaveServices(tmp_path / "master-services")
+    slave_services = SlaveServices(tmp_path / "slave-services")
+    master_services.add_sleeper("asterisk")
+    slave_services.add_sleeper("asterisk")
+    master_db.add_demo_users(1, 10)
+    try:
+        pair = _build_pair(tmp_path, sshd, master_db, slave_db, master_services, slave_services, mode="continuous")
+        wait_for(lambda: subscription(slave_db).get("streaming"), "the first copy's stream runs")
+        yield pair
+    finally:
+        master_services.cleanup()
+        slave_services.cleanup()
+
+
+def repair(pair) -> subprocess.CompletedProcess:
+    result = pair.master.run("--repair-stream", LOOPBACK, command="xivo-master-slave-db-replication")
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def slots(master_db) -> list[str]:
+    return [row[0] for row in master_db.query("SELECT slot_name FROM pg_replication_slots ORDER BY 1")]
+
+
+def failover_state(pair, mode: str) -> None:
+    pair.slave.path("/var/lib/xivo-ha/failover.json").write_text(
+        serving_state(mode=mode, last_failback=None if mode == "serving" else "2024-05-01T13:00:00.000+00:00"))
+
+
+def test_repair_stream_rebases_once_the_slave_stands_by_after_failback(asked_pair, master_db, slave_db):
+    pair = asked_pair
+    fingerprint = pair.master.path("/var/lib/xivo-ha/replication-fingerprint.json")
+    copied, slot = fingerprint.read_text(), slots(master_db)
+    # The stream flows: nothing to do, nothing copied, nothing said.
+    assert (repair(pair).stdout, repair(pair).stderr) == ("", "")
+    assert slots(master_db) == slot and fingerprint.read_text() == copied
+
+    # Failover: the slave serves with its subscription disabled; the repair leaves it so.
+    assert pair.slave.run("start", command="xivo-manage-slave-services").returncode == 0
+    failover_state(pair, "serving")
+    assert not subscription(slave_db)["enabled"]
+    assert repair(pair).stdout == ""
+    assert not subscription(slave_db)["enabled"]
+    assert slots(master_db) == slot and fingerprint.read_text() == copied
+
+    # Failback: once the slave stands by, the next minute's repair re-bases it.
+    assert pair.slave.run("stop", command="xivo-manage-slave-services").returncode == 0
+    failover_state(pair, "standby")
+    master_db.execute("UPDATE userfeatures SET firstname = 'DuringFailover' WHERE id = 3")
+    result = repair(pair)
+    assert result.stdout.startswith("Stream repaired (the slave stands by and its subscription is disabled): "
+                                    f"replicated {len(REPLICATED)} tables"), result.stdout
+    assert result.stdout.count("\n") == 1 and result.stderr == ""
+    assert json.loads(pair.job_record("replication").read_text())["result"] == "success"
+    assert slots(master_db) != slot and slave_name(slave_db, 3) == [("DuringFailover",)]
+    wait_for(lambda: subscription(slave_db).get("streaming"), "the repaired stream runs")
+    master_db.execute("UPDATE userfeatures SET firstname = 'AfterRepair' WHERE id = 4")
+    wait_for(lambda: slave_name(slave_db, 4) == [("AfterRepair",)], "changes flow again")
+    assert repair(pair).stdout == "" and len(slots(master_db)) == 1
+
+
+def test_repair_stream_failing_every_minute_mails_once_and_once_more_when_it_works(asked_pair, master_db, slave_db):
+    pair = asked_pair
+    outbox = pair.tmp / "outbox"
+    mta = pair.tmp / "mta"
+    mta.mkdir()
+    (mta / "sendmail").write_text(f"#!/bin/sh\ncat >> {outbox}\n")
+    (mta / "sendmail").chmod(0o755)
+    pair.master.env["PATH"] = f"{mta}:/usr/sbin:/usr/bin:/bin"
+    with slave_db.connect() as conn:
+        stream.stop_subscription(conn, detach=False)  # as after a conflict
+    hba = master_db.server.data / "pg_hba.conf"
+    stock = hba.read_text()
+    hba.write_text(f"host all {stream.ROLE} 127.0.0.1/32 reject\n" + stock)
+    master_db.server.psql_as_postgres("postgres", "SELECT pg_reload_conf()")
+    try:
+        for minute in range(2):
+            result = pair.master.run("--repair-stream", LOOPBACK, command="xivo-master-slave-db-replication")
+            assert result.returncode == 1 and "the stream could not start" in result.stderr
+            assert json.loads(pair.job_record("replication").read_text())["result"] == "failed"
+            assert outbox.read_text().count("Subject: [xivo-ha]") == 1
+    finally:
+        hba.write_text(stock)
+        master_db.server.psql_as_postgres("postgres", "SELECT pg_reload_conf()")
+    assert repair(pair).stdout.startswith("Stream repaired")
+    mails = outbox.read_text()
+    assert mails.count("Subject: [xivo-ha]") == 2 and "slave replication works again" in mails
+    wait_for(lambda: subscription(slave_db).get("streaming"), "the repaired stream runs")

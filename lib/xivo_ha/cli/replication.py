@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from plumbum import cli
@@ -43,6 +44,14 @@ class Replication(Command):
     Every session has [database] statement_timeout and lock_timeout; the run is
     cancelled after [replication] timeout seconds.
 
+    --repair-stream (continuous mode, every minute from cron): looks at the stream
+    first, without the lock: the slave's `xivo-ha status --json` and this master's
+    slot.  Only when the slave stands by and its stream is off (no subscription, a
+    subscription disabled by a failover or a conflict, no slot on this master) does it
+    take the lock, look again, and re-base as above; a serving slave, one that cannot
+    be asked, or a stream merely disconnected (PostgreSQL reconnects by itself) is left
+    alone: exit 0, nothing printed.  In hourly mode there is no stream to repair.
+
     Prints one summary line.  On failure: exit 1, "Slave replication failed:
     <reason>" on stderr; the first failure is also in syslog and mailed to root
     when an MTA is installed, and so is the next run that works again.
@@ -59,12 +68,26 @@ class Replication(Command):
         ["-n", "--dry-run"],
         help="Check both databases and print the tables and row counts that would be replicated; change nothing",
     )
+    repair_stream = cli.Flag(
+        ["--repair-stream"], excludes=["--force", "--dry-run"],
+        help="Continuous mode (every minute from cron): re-base only when the slave stands by and its stream "
+             "is off (no subscription, disabled, no slot on this master); otherwise do nothing, silently",
+    )
 
     def main(self, slave_ip: str):
         logger = self.log()
         slave = role.validate_peer(slave_ip)
         config = settings.load()
         self._check_role(slave, logger)
+        if self.repair_stream:
+            if config.replication.mode != stream.CONTINUOUS:
+                print(f"[replication] mode is {config.replication.mode}: there is no stream to repair")
+                return 0
+            # Every minute: a look first, without the lock, and mostly nothing to do.
+            needed, reason, report = self._repair_decision(config, slave)
+            if not needed:
+                (logger.debug if report is not None else logger.info)("%s", reason)
+                return 0
         started = time.monotonic()
         try:
             outcome = self._replicate(config, slave, logger)
@@ -91,6 +114,9 @@ class Replication(Command):
 
         if outcome.status == "dry-run":
             self._print_dry_run(outcome)
+            return 0
+        if outcome.status == "unneeded":
+            logger.debug("%s", outcome.sentence)
             return 0
         runstate.record(JOB, "skipped" if outcome.status == "skipped" else "success",
                         time.monotonic() - started, outcome.sentence)
@@ -127,7 +153,15 @@ class Replication(Command):
             deadline=float(options.timeout),
         )
         with system.exclusive_lock(paths.state(replication.LOCK_FILE), "replication"):
-            report, problem = replication.ask_slave(config, slave)
+            repair = ""
+            if self.repair_stream:
+                # Another run may have re-based it, or the slave may serve since the first look.
+                needed, repair, report = self._repair_decision(config, slave)
+                if not needed:
+                    return replication.Outcome("unneeded", repair)
+                problem = ""  # a re-base is only needed when the slave was asked
+            else:
+                report, problem = replication.ask_slave(config, slave)
             check = replication.serving_check(report, problem, slave, self.force)
             if not check.go and not self.dry_run:
                 raise replication.SlaveServing(check.reason)
@@ -139,13 +173,25 @@ class Replication(Command):
             sessions_must_be_ours = check.sessions_must_be_ours and not self.dry_run
             if options.mode == stream.CONTINUOUS and not self.dry_run:
                 # Every verified copy re-bases the stream: whatever drifted or stopped is repaired.
-                return stream.rebase(config.database.dsn, target, options.exclude_tables, progress=logger.debug,
-                                     limits=limits, sessions_must_be_ours=sessions_must_be_ours)
+                outcome = stream.rebase(config.database.dsn, target, options.exclude_tables, progress=logger.debug,
+                                        limits=limits, sessions_must_be_ours=sessions_must_be_ours)
+                if repair:
+                    outcome = dataclasses.replace(outcome, sentence=f"stream repaired ({repair}): {outcome.sentence}")
+                return outcome
             return replication.replicate(
                 config.database.dsn, target, options.exclude_tables,
                 force=self.force, dry_run=self.dry_run, progress=logger.debug,
                 limits=limits, sessions_must_be_ours=sessions_must_be_ours,
             )
+
+    @staticmethod
+    def _repair_decision(config, slave: str) -> tuple[bool, str, dict | None]:
+        """--repair-stream: the slave's report and this master's own view of the stream,
+        and whether they call for a re-base (and why); the report, None when not asked."""
+        report, problem = replication.ask_slave(config, slave)
+        master = stream.observe_local(config.database.dsn, "master")
+        needed, reason = stream.repair_needed(master, report, problem)
+        return needed, reason, report
 
     @staticmethod
     def _print_dry_run(outcome: replication.Outcome) -> None:

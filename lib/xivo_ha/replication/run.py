@@ -57,7 +57,7 @@ class Target:
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # "replicated", "skipped", "dry-run"
+    status: str  # "replicated", "skipped", "dry-run", "unneeded" (--repair-stream: nothing to repair)
     sentence: str
     tables: int = 0
     rows: int = 0
