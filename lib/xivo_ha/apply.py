@@ -161,7 +161,7 @@ def plan(target: HaConfig, settings: Settings, observed: Observed, start: bool =
     _want(role_step, observed, files["ha"], target.to_json())
 
     cron_step = Step("c. cron")
-    for path, content in cron.desired_files(target).items():
+    for path, content in cron.desired_files(target, settings.replication.mode).items():
         _want(cron_step, observed, path, content)
 
     sentinel_step = Step("d. sentinels")

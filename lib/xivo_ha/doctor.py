@@ -740,7 +740,7 @@ def observe(settings: Settings, contact_peer: bool = True) -> dict:
         facts["route"] = _route(peer)
     facts["cron"] = {name: _read(paths.node(name)) for name in cron.CRON_FILES.values()}
     if config is not None:
-        desired = cron.desired_files(config)
+        desired = cron.desired_files(config, settings.replication.mode)
         facts["cron_expected"] = {name: desired[paths.node(name)] for name in cron.CRON_FILES.values()}
     facts["sentinels"] = {
         "is-primary": paths.node(paths.SENTINEL_PRIMARY).exists(),

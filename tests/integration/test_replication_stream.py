@@ -246,6 +246,8 @@ def test_enable_master_opens_the_stream_and_status_shows_it(pair, master_db, sla
     conf = master.path("/etc/postgresql/15/main/postgresql.conf").read_text().splitlines()
     assert "wal_level = logical" in conf and "listen_addresses = '*'" in conf
     assert master.path("/postgresql-reloaded").exists()
+    cron = master.path("/etc/cron.d/xivo-ha-master").read_text().splitlines()
+    assert "* * * * * root /usr/sbin/xivo-master-slave-db-replication --repair-stream 127.0.0.1 >/dev/null 2>&1" in cron
     # Before the first copy: no stream, which both nodes report as a failure.
     assert status(slave)["verdict"]["status"] == "FAIL"
     copy(master)

@@ -81,7 +81,7 @@ def test_fresh_node_to_master(config):
     assert role_step.writes[paths.node(paths.HA_CONF)] == (
         '{"node_type": "master", "remote_address": "10.20.30.2"}\n', 0o644)
     cron_path = paths.node(paths.CRON_MASTER)
-    assert steps[2].writes[cron_path] == (cron.render(HaConfig(Role.MASTER, SLAVE)), 0o644)
+    assert steps[2].writes[cron_path] == (cron.render(HaConfig(Role.MASTER, SLAVE), "hourly"), 0o644)
 
 
 def test_fresh_node_to_slave_opens_postgresql_to_the_master_and_reloads(config):

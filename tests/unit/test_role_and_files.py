@@ -87,10 +87,31 @@ def test_unusable_ha_conf_values_are_usage_errors(text):
 
 
 def test_cron_files_follow_cron_d_rules():
-    files = cron.desired_files(HaConfig(Role.SLAVE, "10.0.0.1"))
+    files = cron.desired_files(HaConfig(Role.SLAVE, "10.0.0.1"), "hourly")
     for path, content in files.items():
         assert "." not in path.name
         if content is not None:
             assert content.endswith("\n")
             assert "* * * * * root /usr/sbin/xivo-check-master-status 10.0.0.1 >/dev/null\n" in content
-    assert cron.render(role.DISABLED) is None
+    assert cron.render(role.DISABLED, "hourly") is None
+
+
+HOURLY_MASTER_CRON = (
+    "# Written by `xivo-ha enable master 10.0.0.2` from /etc/xivo/ha.conf: do not edit.\n"
+    "0 * * * * root /usr/sbin/xivo-master-slave-db-replication 10.0.0.2 >/dev/null\n"
+    "0 * * * * root /usr/bin/xivo-sync >/dev/null\n"
+)
+REPAIR_LINE = "* * * * * root /usr/sbin/xivo-master-slave-db-replication --repair-stream 10.0.0.2 >/dev/null 2>&1\n"
+
+
+def test_the_hourly_master_cron_file_is_xivos():
+    assert cron.render(HaConfig(Role.MASTER, "10.0.0.2"), "hourly") == HOURLY_MASTER_CRON
+
+
+def test_a_continuous_master_repairs_the_stream_every_minute():
+    assert cron.render(HaConfig(Role.MASTER, "10.0.0.2"), "continuous") == HOURLY_MASTER_CRON + REPAIR_LINE
+
+
+def test_the_slave_cron_file_does_not_depend_on_the_mode():
+    config = HaConfig(Role.SLAVE, "10.0.0.1")
+    assert cron.render(config, "continuous") == cron.render(config, "hourly")

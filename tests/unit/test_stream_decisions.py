@@ -160,6 +160,8 @@ def test_a_continuous_master_plans_the_stream_access_and_a_restart(continuous):
     assert pgaccess.hba_stream_peer(hba) == SLAVE and pgaccess.streams(conf)
     assert pg.commands == [list(continuous.postgresql.reload_command)]
     assert next(step for step in steps if step.name.startswith("h. ")).is_noop()
+    cron_file = next(step for step in steps if step.name.startswith("c. ")).writes[paths.node(paths.CRON_MASTER)][0]
+    assert f"--repair-stream {SLAVE} " in cron_file
 
 
 def test_an_hourly_master_plans_nothing_for_a_stream(node_root):
@@ -167,6 +169,8 @@ def test_an_hourly_master_plans_nothing_for_a_stream(node_root):
     assert hourly.replication.mode == "hourly"
     steps = apply.plan(HaConfig(Role.MASTER, SLAVE), hourly, _observed(hourly))
     assert next(step for step in steps if step.name.startswith("b. ")).is_noop()
+    cron_file = next(step for step in steps if step.name.startswith("c. ")).writes[paths.node(paths.CRON_MASTER)][0]
+    assert "--repair-stream" not in cron_file
 
 
 def test_disable_plans_the_removal_of_the_streams_objects(continuous):

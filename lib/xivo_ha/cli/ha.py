@@ -148,13 +148,13 @@ class Cron(Group):
 
 @Cron.subcommand("regenerate")
 class CronRegenerate(Command):
-    """Rewrite /etc/cron.d/xivo-ha-master or -slave from /etc/xivo/ha.conf (used by the package)"""
+    """Rewrite /etc/cron.d/xivo-ha-master or -slave from ha.conf and [replication] mode (used by the package)"""
 
     DESCRIPTION_MORE = "While maintenance is on, the file is written with its jobs still paused."
 
     def main(self):
         config = role.read()
-        for path, content in cron.desired_files(config).items():
+        for path, content in cron.desired_files(config, settings.load().replication.mode).items():
             content = maintenance.regenerate_content(content)
             if content is None:
                 if system.remove(path):
