@@ -74,6 +74,9 @@ def verdict(mode: str, role: str, state: Mapping[str, Any], serving: bool = Fals
     """What ``state`` (from :func:`observe`) says about the stream; None when there is
     nothing to say (hourly mode and nothing left of a stream)."""
     copy = "the master's next verified copy (`xivo-master-slave-db-replication <slave>`, hourly) re-bases it"
+    repair = ("the master's per-minute repair (`xivo-master-slave-db-replication --repair-stream <slave>`) "
+              "re-bases it within a minute while the slave stands by; `xivo-master-slave-db-replication <slave>` "
+              "on the master re-bases it at once")
     if state.get("error"):
         return Verdict("WARN" if mode == HOURLY else "FAIL", f"cannot read the stream's state: {state['error']}",
                        "check that PostgreSQL runs on this node")
@@ -85,13 +88,14 @@ def verdict(mode: str, role: str, state: Mapping[str, Any], serving: bool = Fals
     if not state.get("exists"):
         what = "no subscription" if role == "slave" else "no replication slot"
         return Verdict("FAIL", f"continuous mode but {what}: configuration changes reach the slave hourly only",
-                       copy.replace("re-bases it", "creates it"))
+                       repair.replace("re-bases it", "creates it"))
     if role == "slave" and serving and not state.get("enabled"):
-        return Verdict("OK", f"stream off while the slave serves (failover): {copy} after failback")
+        return Verdict("OK", "stream off while the slave serves (failover): the master's per-minute repair "
+                             "re-bases it once the slave stands by again")
     if role == "slave" and not state.get("enabled"):
         cause = (f" after {state['errors']} apply error(s), e.g. a row that conflicts with one made here"
                  if state.get("errors") else "")
-        return Verdict("FAIL", f"stream stopped: the subscription is disabled{cause}", copy)
+        return Verdict("FAIL", f"stream stopped: the subscription is disabled{cause}", repair)
     if not state.get("streaming"):
         return Verdict("FAIL", f"stream not running ({describe(state)}): is the peer's PostgreSQL reachable?", copy)
     lag, silence = state.get("lag_seconds"), state.get("silence_seconds")
@@ -329,7 +333,8 @@ def stop_on_slave(dsn: str, progress: Progress = quiet) -> str | None:
         raise OperationFailed(f"cannot stop the replication stream: {database.error_text(exc)}") from None
     finally:
         conn.close()
-    sentence = "replication stream from the master disabled (the next verified copy after failback re-bases it)"
+    sentence = ("replication stream from the master disabled (once this slave stands by again, the master "
+                "re-bases it within a minute)")
     if moved:
         sentence += f"; sequences caught up: {', '.join(moved)}"
     progress(sentence)
