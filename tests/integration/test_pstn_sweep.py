@@ -83,10 +83,6 @@ class FakeCarrier(asyncio.DatagramProtocol):
             asyncio.get_running_loop().call_later(self.late, self.ok, msg, addr)
 
 
-def run(scenario):
-    asyncio.run(asyncio.wait_for(scenario(), 60))
-
-
 async def caller_for(carrier: FakeCarrier, phones=("1001",)) -> PstnCaller:
     caller = PstnCaller(("127.0.0.1", carrier.port), {did_of(p): p for p in phones},
                         PstnConfig(rate=0, hold_time=0.2))
@@ -101,6 +97,24 @@ async def until(predicate, timeout: float = 10) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition never became true")
         await asyncio.sleep(0.01)
+
+
+def swept(mode: str, limit: float, wait: float) -> tuple[PstnCaller, FakeCarrier]:
+    """One DID swept ``wait`` seconds against a carrier answering as ``mode`` says."""
+    async def scenario():
+        carrier = await FakeCarrier().open()
+        carrier.mode = mode
+        caller = await caller_for(carrier)
+        try:
+            caller.sweep(PATIENCE, limit=limit)
+            assert caller.sweeping() == 1
+            await asyncio.sleep(wait)
+            return caller, carrier
+        finally:
+            caller.stop()
+            carrier.transport.close()
+
+    return asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
 def outcomes(caller: PstnCaller, phone: str = "1001") -> list[tuple[str, str | None]]:
@@ -144,19 +158,8 @@ def test_an_unanswered_attempt_is_cancelled_and_dialled_again_until_a_call_conne
 
 
 def test_a_2xx_after_the_sweep_gave_up_is_acknowledged_and_hung_up_never_logged():
-    async def scenario():
-        carrier = await FakeCarrier().open()
-        carrier.mode = "late"  # 100 at once, 200 after 0.35 s: after the patience
-        caller = await caller_for(carrier)
-        try:
-            caller.sweep(PATIENCE, limit=PATIENCE * 1.5)  # one attempt, then a second one, then no more
-            await asyncio.sleep(1.2)
-            return caller, carrier
-        finally:
-            caller.stop()
-            carrier.transport.close()
-
-    caller, carrier = asyncio.run(asyncio.wait_for(scenario(), 60))
+    # 100 at once, 200 after 0.35 s (after the patience); one attempt, then a second one, then no more.
+    caller, carrier = swept("late", limit=PATIENCE * 1.5, wait=1.2)
     assert outcomes(caller) == [(CALL_FAILED, f"no answer within {PATIENCE:g}s")] * 2
     invites = carrier.requests("INVITE")
     assert len({m.call_id for m in invites}) == 2
@@ -167,20 +170,7 @@ def test_a_2xx_after_the_sweep_gave_up_is_acknowledged_and_hung_up_never_logged(
 
 
 def test_without_any_answer_nothing_is_cancelled_and_the_limit_ends_the_sweep():
-    async def scenario():
-        carrier = await FakeCarrier().open()
-        carrier.mode = "silent"
-        caller = await caller_for(carrier)
-        try:
-            caller.sweep(PATIENCE, limit=1.0)
-            assert caller.sweeping() == 1
-            await asyncio.sleep(1.6)
-            return caller, carrier
-        finally:
-            caller.stop()
-            carrier.transport.close()
-
-    caller, carrier = asyncio.run(asyncio.wait_for(scenario(), 60))
+    caller, carrier = swept("silent", limit=1.0, wait=1.6)
     assert carrier.requests("CANCEL") == []  # no provisional: a CANCEL may not be sent (RFC 3261 9.1)
     attempts = len({m.call_id for m in carrier.requests("INVITE")})
     assert 4 <= attempts <= 6, attempts  # one per patience until the limit
