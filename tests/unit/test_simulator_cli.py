@@ -48,3 +48,17 @@ def test_compare_replication_excludes_replication_and_nothing_is_created(tmp_pat
 def test_compare_replication_is_in_the_help(capsys):
     assert cli.main(["run", "--help"]) == 0
     assert "--compare-replication" in capsys.readouterr().out
+
+
+def test_help_into_a_pipe_closed_early_is_no_traceback():
+    """`xivo-ha-simulator run --help | head -1`: the reader leaves, the program exits quietly."""
+    import subprocess
+    import sys
+
+    program = "import sys; from xivo_ha_simulator import cli; sys.exit(cli.main(['run', '--help']))"
+    child = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.read(1)
+    child.stdout.close()
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=60) == 0
+    assert "Traceback" not in stderr, stderr
