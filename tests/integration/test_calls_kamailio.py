@@ -108,6 +108,7 @@ def test_a_callee_that_is_not_registered_gets_480(kamailio):
 
     a = asyncio.run(scenario())
     assert kinds(a, CALL_FAILED) == [(CALL_FAILED, {"to": "1005", "reason": "480 Temporarily Unavailable"})]
+    assert "480: line user5 has no binding" in kamailio.log()  # what support reads on the node
 
 
 def test_a_user_dials_a_failed_call_again_and_gets_through_once_the_callee_is_back(kamailio):

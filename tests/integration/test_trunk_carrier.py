@@ -221,6 +221,7 @@ def test_without_a_binding_the_carrier_answers_480(carrier):
     events = asyncio.run(pstn_call(carrier, did_of("1005")))
     assert events == [(CALL_PLACED, {"to": did_of("1005")}),
                       (CALL_FAILED, {"to": did_of("1005"), "reason": "480 Temporarily Unavailable"})]
+    assert f"480 for DID {did_of('1005')}: no trunk binding" in carrier.log()
 
 
 def test_a_wrong_trunk_secret_gets_no_binding(tmp_path, database, carrier):
