@@ -71,6 +71,7 @@ bench: venv
 	$(PY) bench/check_overhead.py
 	$(PY) bench/simulator_capacity.py
 	$(PY) bench/registration_lag.py
+	$(PY) bench/incall_routing.py
 
 clean:
 	rm -rf $(DIST) $(VENV) simulation-report .pytest_cache
