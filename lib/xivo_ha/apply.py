@@ -1,11 +1,13 @@
 """Role changes: observe the node, plan every side effect, apply them in order, roll back on failure.
 
-The order is XiVO's: (a) ha.conf, (b) slave PostgreSQL access (and, on a master in
-``[replication] mode = continuous``, the slave's stream access, wal_level = logical),
-(c) cron, (d) sentinels, (e) SIP expiry rows, (f) provisioning backup registrar (provd's
-registrar and device configs), (g) on an ex-slave, the slave services back on at boot
-(and started when asked), (h) the replication stream's database objects that the new
-role or mode does not keep (subscription, slots, publication, role).
+The order is XiVO's, with the replication stream's step second: (a) ha.conf, (b) the
+replication stream's database objects that the new role or mode does not keep
+(subscription, slots, publication, role), (c) slave PostgreSQL access (and, on a master
+in ``[replication] mode = continuous``, the slave's stream access, wal_level = logical),
+(d) cron, (e) sentinels, (f) SIP expiry rows, (g) provisioning backup registrar (provd's
+registrar and device configs), (h) on an ex-slave, the slave services back on at boot
+(and started when asked).  The stream's objects go before (c) restarts PostgreSQL:
+a server holding a logical slot does not start with a lower wal_level.
 Restarting every service is left to the caller.  Everything that can be checked is
 checked while observing, before the first write; a step that still fails makes every
 applied step undo itself.
@@ -160,22 +162,21 @@ def plan(target: HaConfig, settings: Settings, observed: Observed, start: bool =
     role_step = Step("a. role in /etc/xivo/ha.conf")
     _want(role_step, observed, files["ha"], target.to_json())
 
-    cron_step = Step("c. cron")
+    cron_step = Step("d. cron")
     for path, content in cron.desired_files(target, settings.replication.mode).items():
         _want(cron_step, observed, path, content)
 
-    sentinel_step = Step("d. sentinels")
+    sentinel_step = Step("e. sentinels")
     _want(sentinel_step, observed, files["primary"], "" if target.role is Role.MASTER else None)
     _want(sentinel_step, observed, files["secondary"], "" if target.role is Role.SLAVE else None)
 
-    expiry_step = Step("e. SIP expiry")
+    expiry_step = Step("f. SIP expiry")
     expiry = database.BLANK_SIP_EXPIRY if target.role is Role.DISABLED else database.HA_SIP_EXPIRY
     if observed.sip_expiry != expiry:
         expiry_step.sip_expiry = dict(expiry)
 
-    return [role_step, _pg_step(target, settings, observed), cron_step, sentinel_step, expiry_step,
-            _provd_step(target, observed), _services_step(target, settings, observed, start),
-            _stream_step(target, settings, observed)]
+    return [role_step, _stream_step(target, settings, observed), _pg_step(target, settings, observed), cron_step,
+            sentinel_step, expiry_step, _provd_step(target, observed), _services_step(target, settings, observed, start)]
 
 
 def _want(step: Step, observed: Observed, path: Path, content: str | bytes | None, mode: int = 0o644) -> None:
@@ -192,7 +193,7 @@ def _streams(target: HaConfig, settings: Settings) -> bool:
 
 
 def _pg_step(target: HaConfig, settings: Settings, observed: Observed) -> Step:
-    step = Step("b. slave PostgreSQL access")
+    step = Step("c. slave PostgreSQL access")
     master_ip = target.remote_address if target.role is Role.SLAVE else None
     slave_ip = target.remote_address if _streams(target, settings) else None
     for key, edit in (("hba_file", lambda text: pgaccess.edit_hba(text, master_ip, slave_ip)),
@@ -208,7 +209,7 @@ def _pg_step(target: HaConfig, settings: Settings, observed: Observed) -> Step:
 
 
 def _provd_step(target: HaConfig, observed: Observed) -> Step:
-    step = Step("f. provisioning backup registrar")
+    step = Step("g. provisioning backup registrar")
     leaving_slave = target.role is Role.DISABLED and observed.current.role is Role.SLAVE
     backup = target.remote_address if target.role is Role.MASTER else None
     edits, step.why = provisioning.edited_configs(observed.provd.configs, backup,
@@ -223,7 +224,7 @@ def _provd_step(target: HaConfig, observed: Observed) -> Step:
 
 
 def _services_step(target: HaConfig, settings: Settings, observed: Observed, start: bool) -> Step:
-    step = Step("g. slave services at boot")
+    step = Step("h. slave services at boot")
     if observed.current.role is Role.SLAVE and target.role is not Role.SLAVE:
         manager = services.Manager.from_settings(settings)
         step.undo_commands = []
@@ -240,8 +241,9 @@ def _services_step(target: HaConfig, settings: Settings, observed: Observed, sta
 
 def _stream_step(target: HaConfig, settings: Settings, observed: Observed) -> Step:
     """Remove the stream's objects that the new role or mode does not keep.  Not undone
-    should a later step fail: in continuous mode the next verified copy recreates them."""
-    step = Step("h. replication stream")
+    should a later step fail (the failure says so): in continuous mode the next verified
+    copy recreates them."""
+    step = Step("b. replication stream")
     plan = stream.teardown(target.role.value, settings.replication.mode, observed.stream)
     if plan.needed:
         removed = [o for o in observed.stream if (plan.subscription if o.startswith("subscription ") else plan.master)]
@@ -252,7 +254,7 @@ def _stream_step(target: HaConfig, settings: Settings, observed: Observed) -> St
 
 def devices_to_sync(steps: list[Step], observed: Observed) -> list[str]:
     """The devices whose config the provisioning step rewrites: they need a synchronize."""
-    provd_step = next(step for step in steps if step.name.startswith("f. "))
+    provd_step = next(step for step in steps if step.name.startswith("g. "))
     ids = set(provd_step.provd_puts)
     ids.update(config_id for config_id, path in observed.provd.files.items() if path in provd_step.writes)
     return provisioning.affected_devices(observed.provd.devices, ids)
@@ -492,8 +494,9 @@ def _rollback(applied: list[Step], settings: Settings, observed: Observed, timeo
 
     Whatever an undo reports, the result is what the node holds afterwards: a file is
     still applied when its content differs from the observed one, the SIP expiry when
-    the rows differ (or cannot be read).  Commands (the PostgreSQL reload) are run again
-    once the files are back; their failure leaves nothing applied.
+    the rows differ (or cannot be read), the stream's objects when any is gone.  Commands
+    (the PostgreSQL reload) are run again once the files are back; their failure leaves
+    nothing applied.
     """
     problems = []
     undo = [*([failed] if failed else []), *reversed(applied)]
@@ -525,7 +528,30 @@ def _rollback(applied: list[Step], settings: Settings, observed: Observed, timeo
                 system.run(command, timeout=timeout, check=False)
             except OperationFailed:
                 pass
+        if step.database_change is not None:
+            gone = _stream_objects_gone(settings, observed)
+            if gone:
+                problems.append(f"{step.name}: removed {', '.join(gone)} (not put back: in continuous mode "
+                                f"the next verified copy recreates the stream)")
     return problems
+
+
+def _stream_objects_gone(settings: Settings, observed: Observed) -> list[str]:
+    """The stream's objects observed before the change that the database no longer holds
+    (all of them when it cannot be read)."""
+    import psycopg
+
+    try:
+        conn = database.connect(settings.database.dsn)
+    except OperationFailed:
+        return list(observed.stream)
+    try:
+        now = set(stream.local_objects(conn))
+    except psycopg.Error:
+        return list(observed.stream)
+    finally:
+        conn.close()
+    return [name for name in observed.stream if name not in now]
 
 
 def _read_expiry_quietly(settings: Settings) -> dict[str, str | None] | None:

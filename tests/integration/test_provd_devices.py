@@ -136,7 +136,7 @@ def test_a_refused_put_puts_every_config_back(node):
         provd.refuse_put.add("c2")
         result = node.run("enable", "master", SLAVE, env={"XIVO_HA_PROVISIONING_URL": provd.url})
         assert result.returncode == 1
-        assert "f. provisioning backup registrar failed" in result.stderr and "disk full" in result.stderr
+        assert "g. provisioning backup registrar failed" in result.stderr and "disk full" in result.stderr
         assert "nothing was changed" in result.stderr
         assert provd.configs == before_configs
         assert node.tree() == before_files and node.db.snapshot() == before_db
@@ -171,7 +171,7 @@ def test_failing_service_enable_rolls_back_everything(node, tmp_path):
            for verb in ("enable", "disable")}
     result = node.run("enable", "master", SLAVE, env=env)
     assert result.returncode == 1
-    assert "g. slave services at boot failed" in result.stderr and "nothing was changed" in result.stderr
+    assert "h. slave services at boot failed" in result.stderr and "nothing was changed" in result.stderr
     after = node.tree()
     after.pop("postgresql-reloaded")
     before_files.pop("postgresql-reloaded")

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +25,7 @@ import pytest
 
 from netns import SlaveServices
 from node import closed_port, make_node, service_journal
-from pg import DEMO_USERS, TEMPLATE, Database, PgServer
+from pg import DEMO_USERS, PG_BIN, TEMPLATE, Database, PgServer
 from test_doctor import LOOPBACK, _build_pair
 from test_replication import EXCLUDED, REPLICATED, serving_state
 from xivo_ha import database, role
@@ -322,6 +325,25 @@ def test_role_change_to_hourly_master_removes_the_stream(pair, master_db, slave_
     assert stream.ROLE not in master.path("/etc/postgresql/15/main/pg_hba.conf").read_text()
 
 
+def test_a_failed_role_change_says_the_streams_objects_it_removed(pair, master_db, slave_db):
+    master, slave = pair
+    copy(master)
+    hba = master.path("/etc/postgresql/15/main/pg_hba.conf")
+    before = hba.read_bytes()
+    result = master.run("enable", "master", "127.0.0.1",
+                        env={"XIVO_HA_REPLICATION_MODE": "hourly", "XIVO_HA_POSTGRESQL_RELOAD_COMMAND": "false"})
+    assert result.returncode == 1
+    line = result.stderr.strip()
+    assert line.startswith("xivo-ha: c. slave PostgreSQL access failed: ") and "\n" not in line
+    assert f"Rollback incomplete, still applied: b. replication stream: removed replication slot {stream.SLOT_PREFIX}" in line
+    assert "the next verified copy recreates the stream" in line
+    assert hba.read_bytes() == before
+    assert master_db.query("SELECT count(*) FROM pg_replication_slots") == [(0,)]
+    # still the continuous master it was: its next verified copy starts the stream again
+    copy(master)
+    wait_for(lambda: subscription(slave_db).get("streaming"), "the stream restarts")
+
+
 def test_slave_postgresql_restarted_the_stream_resumes(pair, master_db, slave_db):
     master, slave = pair
     copy(master)
@@ -483,3 +505,68 @@ def test_repair_stream_failing_every_minute_mails_once_and_once_more_when_it_wor
     mails = outbox.read_text()
     assert mails.count("Subject: [xivo-ha]") == 2 and "slave replication works again" in mails
     wait_for(lambda: subscription(slave_db).get("streaming"), "the repaired stream runs")
+
+
+# --- leaving continuous mode with PostgreSQL really restarted by the role change ------------------
+
+
+@pytest.fixture
+def restarted_pair(subscriber_server, slave_db):
+    """A master node whose PostgreSQL cluster reads the node's own postgresql.conf and
+    pg_hba.conf (Debian's layout: config in /etc, owned by postgres) and is really
+    restarted by the role change, as `systemctl restart postgresql` does; and a slave.
+    Both made master and slave in continuous mode."""
+    base = Path(tempfile.mkdtemp(prefix="xivo-ha-restarted-"))
+    base.chmod(0o755)  # the postgres user reads the node's /etc/postgresql
+    server = PgServer()
+    master_db = StockDatabase(server, "asterisk")
+    common = {"XIVO_HA_ALLOW_LOOPBACK_PEER": "1", "XIVO_HA_REPLICATION_MODE": "continuous",
+              "XIVO_HA_REPLICATION_SLAVE_PORT": str(slave_db.server.port),
+              "XIVO_HA_REPLICATION_SLAVE_DBNAME": slave_db.name, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    master = make_node(base / "master" / "root", master_db, common)
+    slave = make_node(base / "slave" / "root", slave_db, common)
+    etc = master.path("/etc/postgresql/15/main")
+    (etc / "postgresql.conf").write_text(f"data_directory = '{server.data}'\nhba_file = '{etc}/pg_hba.conf'\n"
+                                         f"ident_file = '{etc}/pg_ident.conf'\n#listen_addresses = 'localhost'\n"
+                                         f"port = {server.port}\n")
+    (etc / "pg_ident.conf").write_text("")
+    for path in etc.iterdir():
+        os.chown(path, pwd.getpwnam("postgres").pw_uid, pwd.getpwnam("postgres").pw_gid)
+    server.options = f"-c config_file={etc}/postgresql.conf"
+    master.env["XIVO_HA_POSTGRESQL_RELOAD_COMMAND"] = ",".join(
+        ["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(server.data), "-l",
+         str(server.dir / "log"), "-w", "-t", "60", "restart"])
+    server.start()
+    try:
+        server.psql_as_postgres("postgres", f"CREATE DATABASE asterisk TEMPLATE {TEMPLATE}")
+        master_db.add_demo_users(1, 20)
+        result = master.run("enable", "master", "127.0.0.1")
+        assert result.returncode == 0, result.stderr
+        assert slave.run("enable", "slave", "127.0.0.1").returncode == 0
+        yield master, slave, master_db
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def setting(db, name: str) -> str:
+    return db.query("SELECT current_setting(%s)", (name,))[0][0]
+
+
+@pytest.mark.parametrize("args, mode", [
+    (("enable", "master", "127.0.0.1"), "hourly"),
+    (("disable",), "continuous"),
+    (("enable", "slave", "127.0.0.1"), "continuous"),
+])
+def test_leaving_the_stream_drops_the_slot_before_postgresql_restarts_without_logical_wal(
+        restarted_pair, slave_db, args, mode):
+    master, slave, master_db = restarted_pair
+    assert setting(master_db, "wal_level") == "logical"
+    copy(master)
+    wait_for(lambda: subscription(slave_db).get("streaming"), "the subscription streams")
+    result = master.run(*args, env={"XIVO_HA_REPLICATION_MODE": mode})
+    assert result.returncode == 0, result.stderr
+    # PostgreSQL came back after the role change's restart, without logical WAL or our slot.
+    assert setting(master_db, "wal_level") == "replica"
+    assert master_db.query("SELECT count(*) FROM pg_replication_slots") == [(0,)]
+    assert f"replication slot {stream.SLOT_PREFIX}" in result.stdout

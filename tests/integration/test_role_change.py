@@ -288,7 +288,7 @@ def test_failure_at_the_sip_expiry_step_rolls_back_the_earlier_steps(node):
     before_files, before_db = node.tree(), node.db.snapshot()
     result = node.run("enable", "slave", MASTER)
     assert result.returncode == 1
-    assert "e. SIP expiry failed" in result.stderr and "nothing was changed" in result.stderr
+    assert "f. SIP expiry failed" in result.stderr and "nothing was changed" in result.stderr
     assert "staticsip is locked for maintenance" in result.stderr
     after = node.tree()
     # PostgreSQL was reloaded again once its restored files were back in place
@@ -301,7 +301,7 @@ def test_failing_postgresql_reload_rolls_back(node):
     before = node.tree()
     result = node.run("enable", "slave", MASTER, env={"XIVO_HA_POSTGRESQL_RELOAD_COMMAND": "false"})
     assert result.returncode == 1
-    assert "b. slave PostgreSQL access failed" in result.stderr
+    assert "c. slave PostgreSQL access failed" in result.stderr
     assert node.tree() == before
 
 
@@ -483,7 +483,7 @@ def test_a_failed_undo_reports_only_what_is_still_applied(node, tmp_path):
     result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                             env={**os.environ, **node.env}, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
-    assert "f. provisioning backup registrar failed" in result.stderr
+    assert "g. provisioning backup registrar failed" in result.stderr
     assert "still applied" not in result.stderr and "nothing was changed" in result.stderr
     assert node.tree() == before
 

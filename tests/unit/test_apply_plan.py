@@ -64,36 +64,35 @@ RELOAD = "systemctl restart postgresql"
 def test_plan_names_every_step_in_xivo_s_order(config):
     steps = apply.plan(HaConfig(Role.MASTER, SLAVE), config, fresh(config))
     assert [step.name for step in steps] == [
-        "a. role in /etc/xivo/ha.conf", "b. slave PostgreSQL access", "c. cron", "d. sentinels",
-        "e. SIP expiry", "f. provisioning backup registrar", "g. slave services at boot",
-        "h. replication stream"]
+        "a. role in /etc/xivo/ha.conf", "b. replication stream", "c. slave PostgreSQL access", "d. cron",
+        "e. sentinels", "f. SIP expiry", "g. provisioning backup registrar", "h. slave services at boot"]
 
 
 def test_fresh_node_to_master(config):
     steps = apply.plan(HaConfig(Role.MASTER, SLAVE), config, fresh(config))
     assert summary(steps) == {
         "a": (["+/etc/xivo/ha.conf"], [], None),
-        "c": (["+/etc/cron.d/xivo-ha-master"], [], None),
-        "d": (["+/var/lib/xivo/is-primary"], [], None),
-        "e": ([], [], database.HA_SIP_EXPIRY),
+        "d": (["+/etc/cron.d/xivo-ha-master"], [], None),
+        "e": (["+/var/lib/xivo/is-primary"], [], None),
+        "f": ([], [], database.HA_SIP_EXPIRY),
     }
     role_step = steps[0]
     assert role_step.writes[paths.node(paths.HA_CONF)] == (
         '{"node_type": "master", "remote_address": "10.20.30.2"}\n', 0o644)
     cron_path = paths.node(paths.CRON_MASTER)
-    assert steps[2].writes[cron_path] == (cron.render(HaConfig(Role.MASTER, SLAVE), "hourly"), 0o644)
+    assert steps[3].writes[cron_path] == (cron.render(HaConfig(Role.MASTER, SLAVE), "hourly"), 0o644)
 
 
 def test_fresh_node_to_slave_opens_postgresql_to_the_master_and_reloads(config):
     steps = apply.plan(HaConfig(Role.SLAVE, MASTER), config, fresh(config))
     assert summary(steps) == {
         "a": (["+/etc/xivo/ha.conf"], [], None),
-        "b": (["+/etc/postgresql/15/main/pg_hba.conf", "+/etc/postgresql/15/main/postgresql.conf"], [RELOAD], None),
-        "c": (["+/etc/cron.d/xivo-ha-slave"], [], None),
-        "d": (["+/var/lib/xivo/is-secondary"], [], None),
-        "e": ([], [], database.HA_SIP_EXPIRY),
+        "c": (["+/etc/postgresql/15/main/pg_hba.conf", "+/etc/postgresql/15/main/postgresql.conf"], [RELOAD], None),
+        "d": (["+/etc/cron.d/xivo-ha-slave"], [], None),
+        "e": (["+/var/lib/xivo/is-secondary"], [], None),
+        "f": ([], [], database.HA_SIP_EXPIRY),
     }
-    hba, mode = steps[1].writes[paths.node(config.postgresql.hba_file)]
+    hba, mode = steps[2].writes[paths.node(config.postgresql.hba_file)]
     assert f"host asterisk postgres {MASTER}/32 trust".encode() in hba.splitlines()
     assert mode == 0o640
 
@@ -119,15 +118,15 @@ def test_slave_to_disabled_undoes_everything_and_gives_the_services_back(config,
 
     assert summary(steps) == {
         "a": (["+/etc/xivo/ha.conf"], [], None),
-        "b": (["+/etc/postgresql/15/main/pg_hba.conf", "+/etc/postgresql/15/main/postgresql.conf"], [RELOAD], None),
-        "c": (["-/etc/cron.d/xivo-ha-slave"], [], None),
-        "d": (["-/var/lib/xivo/is-secondary"], [], None),
-        "e": ([], [], database.BLANK_SIP_EXPIRY),
-        "g": ([], commands, None),
+        "c": (["+/etc/postgresql/15/main/pg_hba.conf", "+/etc/postgresql/15/main/postgresql.conf"], [RELOAD], None),
+        "d": (["-/etc/cron.d/xivo-ha-slave"], [], None),
+        "e": (["-/var/lib/xivo/is-secondary"], [], None),
+        "f": ([], [], database.BLANK_SIP_EXPIRY),
+        "h": ([], commands, None),
     }
-    assert steps[1].writes[paths.node(config.postgresql.hba_file)][0] == HBA
-    assert steps[1].writes[paths.node(config.postgresql.conf_file)][0] == CONF
-    undo = [" ".join(c) for c in steps[6].undo_commands]
+    assert steps[2].writes[paths.node(config.postgresql.hba_file)][0] == HBA
+    assert steps[2].writes[paths.node(config.postgresql.conf_file)][0] == CONF
+    undo = [" ".join(c) for c in steps[7].undo_commands]
     assert undo == ([f"systemctl {verb} {name}" for name in ("asterisk", "monit")
                      for verb in (("stop", "disable") if start else ("disable",))])
 
@@ -140,6 +139,6 @@ def test_master_to_slave_swaps_cron_and_sentinel(config):
     steps = apply.plan(HaConfig(Role.SLAVE, MASTER), config, as_master)
 
     got = summary(steps)
-    assert got["c"] == (["+/etc/cron.d/xivo-ha-slave", "-/etc/cron.d/xivo-ha-master"], [], None)
-    assert got["d"] == (["+/var/lib/xivo/is-secondary", "-/var/lib/xivo/is-primary"], [], None)
-    assert "e" not in got and "g" not in got
+    assert got["d"] == (["+/etc/cron.d/xivo-ha-slave", "-/etc/cron.d/xivo-ha-master"], [], None)
+    assert got["e"] == (["+/var/lib/xivo/is-secondary", "-/var/lib/xivo/is-primary"], [], None)
+    assert "f" not in got and "h" not in got

@@ -154,13 +154,13 @@ def _observed(config, stream_objects=()) -> apply.Observed:
 
 def test_a_continuous_master_plans_the_stream_access_and_a_restart(continuous):
     steps = apply.plan(HaConfig(Role.MASTER, SLAVE), continuous, _observed(continuous))
-    pg = next(step for step in steps if step.name.startswith("b. "))
+    pg = next(step for step in steps if step.name.startswith("c. "))
     hba = pg.writes[paths.node(continuous.postgresql.hba_file)][0]
     conf = pg.writes[paths.node(continuous.postgresql.conf_file)][0]
     assert pgaccess.hba_stream_peer(hba) == SLAVE and pgaccess.streams(conf)
     assert pg.commands == [list(continuous.postgresql.reload_command)]
-    assert next(step for step in steps if step.name.startswith("h. ")).is_noop()
-    cron_file = next(step for step in steps if step.name.startswith("c. ")).writes[paths.node(paths.CRON_MASTER)][0]
+    assert next(step for step in steps if step.name.startswith("b. ")).is_noop()
+    cron_file = next(step for step in steps if step.name.startswith("d. ")).writes[paths.node(paths.CRON_MASTER)][0]
     assert f"--repair-stream {SLAVE} " in cron_file
 
 
@@ -168,17 +168,20 @@ def test_an_hourly_master_plans_nothing_for_a_stream(node_root):
     hourly = settings.load(node_root / "absent.conf", environ={})
     assert hourly.replication.mode == "hourly"
     steps = apply.plan(HaConfig(Role.MASTER, SLAVE), hourly, _observed(hourly))
-    assert next(step for step in steps if step.name.startswith("b. ")).is_noop()
-    cron_file = next(step for step in steps if step.name.startswith("c. ")).writes[paths.node(paths.CRON_MASTER)][0]
+    assert next(step for step in steps if step.name.startswith("c. ")).is_noop()
+    cron_file = next(step for step in steps if step.name.startswith("d. ")).writes[paths.node(paths.CRON_MASTER)][0]
     assert "--repair-stream" not in cron_file
 
 
 def test_disable_plans_the_removal_of_the_streams_objects(continuous):
     objects = ["replication slot xivo_ha_1", "publication xivo_ha", "role xivo_ha_replication"]
     steps = apply.plan(HaConfig(Role.DISABLED, ""), continuous, _observed(continuous, objects))
-    last = steps[-1]
-    assert last.name == "h. replication stream" and last.database_change is not None
-    assert last.said == ["removed replication slot xivo_ha_1, publication xivo_ha, role xivo_ha_replication "
+    names = [step.name for step in steps]
+    # before PostgreSQL restarts without wal_level = logical, which a logical slot forbids
+    assert names.index("b. replication stream") < names.index("c. slave PostgreSQL access")
+    teardown = steps[names.index("b. replication stream")]
+    assert teardown.database_change is not None
+    assert teardown.said == ["removed replication slot xivo_ha_1, publication xivo_ha, role xivo_ha_replication "
                          "(a disabled node has no stream)"]
 
 
