@@ -144,7 +144,7 @@ class Run(Application):
                                               help="The slave's [failover] failures_before_failover (default: 1, "
                                                    "XiVO parity, or the scenario's)")
     call_rate = cli.SwitchAttr(["--call-rate"], NonNegativeFloat(3600), default=DEFAULT_CALL_RATE, argname="N",
-                               help="Calls each phone places per real hour, to random other phones (0: none)")
+                               help="Calls each phone places per real hour, to random other phones that have registered once (0: none)")
     invite_timeout = cli.SwitchAttr(["--invite-timeout"], PositiveFloat(3600), default=None, argname="SECONDS",
                                     help="How long a phone waits for an answer to an INVITE before it retries the "
                                          "call through its other registrar and re-registers there (real seconds, "

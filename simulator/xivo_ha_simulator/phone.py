@@ -26,7 +26,8 @@ small state machine driven by responses and timers:
   credentials are refused: a failure of that node.  The address of record is
   then the line's user name (usersip ``name``), as on a XiVO line.
 * **Calls** (``call_rate`` per phone per real hour, exponential intervals,
-  to a random other phone of ``peers``): an INVITE to the number through the
+  to a random other phone of ``peers``, in a fleet the other phones that have
+  registered at least once): an INVITE to the number through the
   registrar the phone is registered on (else its primary), as an INVITE
   client transaction (Timer A doubling, Timer B = ``invite_timeout``,
   default 64 x T1); a 401/407 is ACKed and answered once; a 2xx is ACKed to
@@ -809,14 +810,15 @@ class Phone(asyncio.DatagramProtocol):
 
     def _schedule_call(self) -> None:
         cfg = self.config
-        if cfg.call_rate > 0 and self.peers:
+        if cfg.call_rate > 0:
             mean = 3600.0 / cfg.call_rate / cfg.time_scale
             self._call_timer = self.loop.call_later(_rand.expovariate(1.0 / mean), self._call_due)
 
     def _call_due(self) -> None:
         self._call_timer = None
         if self._running:
-            self.call(_rand.choice(self.peers))
+            if self.peers:
+                self.call(_rand.choice(self.peers))
             self._schedule_call()
 
     def call(self, number: str, redial: int = 0) -> str:
@@ -1028,24 +1030,29 @@ class Phone(asyncio.DatagramProtocol):
             self._probe_timer = self.loop.call_later(self.config.scaled(self.config.probe_interval), self._probe)
 
 
-class _AllBut(collections.abc.Sequence):
-    """``numbers`` without its ``i``-th item, without a copy (a fleet's phones share one tuple)."""
+class _Registered(collections.abc.Sequence):
+    """The fleet's phones that have registered at least once, but ``own``: whom that phone
+    calls.  A phone not registered yet has nobody at it (a desk phone still booting):
+    calling it would measure the fleet's start-up, not the fault.  One list shared by the
+    fleet, in the order of the first registrations (``position``: number -> index), no copy."""
 
-    __slots__ = ("numbers", "i")
+    __slots__ = ("numbers", "position", "own")
 
-    def __init__(self, numbers: tuple[str, ...], i: int):
+    def __init__(self, numbers: list[str], position: dict[str, int], own: str):
         self.numbers = numbers
-        self.i = i
+        self.position = position
+        self.own = own
 
     def __len__(self) -> int:
-        return len(self.numbers) - 1
+        return len(self.numbers) - (self.own in self.position)
 
     def __getitem__(self, k: int) -> str:
         if k < 0:
             k += len(self)
         if not 0 <= k < len(self):
             raise IndexError(k)
-        return self.numbers[k if k < self.i else k + 1]
+        mine = self.position.get(self.own)
+        return self.numbers[k if mine is None or k < mine else k + 1]
 
 
 class Fleet:
@@ -1086,16 +1093,20 @@ class Fleet:
                 local_host=hosts[i % len(hosts)],
                 local_port=(base_port + i // len(hosts)) if base_port else 0,
                 stats=self.stats,
-                on_node_change=self._node_changed,
+                on_node_change=lambda old, new, user=str(first_user + i): self._node_changed(user, old, new),
                 credentials=credentials(first_user + i) if credentials else None,
             )
             for i in range(count)
         ]
-        numbers = tuple(phone.user for phone in self.phones)
-        for i, phone in enumerate(self.phones):
-            phone.peers = _AllBut(numbers, i)
+        self._registered: list[str] = []  # the phones that have registered once, in that order
+        self._position: dict[str, int] = {}
+        for phone in self.phones:
+            phone.peers = _Registered(self._registered, self._position, phone.user)
 
-    def _node_changed(self, old: str | None, new: str | None) -> None:
+    def _node_changed(self, user: str, old: str | None, new: str | None) -> None:
+        if new is not None and user not in self._position:
+            self._position[user] = len(self._registered)
+            self._registered.append(user)
         counts = self._counts
         counts[old or NONE] = counts.get(old or NONE, 0) - 1
         counts[new or NONE] = counts.get(new or NONE, 0) + 1

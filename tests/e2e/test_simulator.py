@@ -403,3 +403,22 @@ def test_hourly_and_continuous_replication_side_by_side(sim_cluster, tmp_path):
     # The hourly slave starts with expired bindings: a DID is reached once its phone re-registered
     # there; the continuous slave starts with the master's bindings.
     assert pstn["continuous"]["back_p95"] < pstn["hourly"]["back_p95"], pstn
+
+
+def test_a_continuous_cluster_goes_back_to_hourly_after_a_power_off(sim_cluster, tmp_path):
+    """What `--reuse` does before an hourly run, on a cluster left by a continuous power-off: the
+    killed master kept the stream's logical slot, which goes before its PostgreSQL restarts
+    without logical WAL (PostgreSQL does not start with a logical slot and wal_level replica)."""
+    from xivo_ha_simulator.simulation import Simulation
+
+    slots = "SELECT count(*) FROM pg_replication_slots"
+    progress = io.StringIO()
+    if sim_cluster.replication_mode("master") != "continuous" or sim_cluster.sql("master", slots) == "0":
+        Simulation(options(tmp_path, "power-off", replication="continuous"), out=progress).reuse(sim_cluster)
+    assert int(sim_cluster.sql("master", slots)) >= 1
+    assert sim_cluster.sql("master", "SELECT current_setting('wal_level')") == "logical"
+    Simulation(options(tmp_path, "power-off"), out=progress).reuse(sim_cluster)
+    assert "xivo-ha enable again on both nodes" in progress.getvalue()
+    assert sim_cluster.sql("master", "SELECT current_setting('wal_level')") == "replica"
+    assert sim_cluster.sql("master", slots) == "0"
+    assert [sim_cluster.replication_mode(node) for node in ("master", "slave")] == ["hourly", "hourly"]
