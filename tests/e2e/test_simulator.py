@@ -413,6 +413,7 @@ def test_a_continuous_cluster_goes_back_to_hourly_after_a_power_off(sim_cluster,
 
     slots = "SELECT count(*) FROM pg_replication_slots"
     progress = io.StringIO()
+    sim_cluster.restore_master()  # started again, as a reset starts it
     if sim_cluster.replication_mode("master") != "continuous" or sim_cluster.sql("master", slots) == "0":
         Simulation(options(tmp_path, "power-off", replication="continuous"), out=progress).reuse(sim_cluster)
     assert int(sim_cluster.sql("master", slots)) >= 1
